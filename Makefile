@@ -1,0 +1,80 @@
+# Entry points. `make up` sets everything up and runs the demo; `make test` runs the tests.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PIP     := $(VENV)/bin/pip
+ART     ?= artifacts
+TARGET  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+CHECKPOINT ?=
+PROTO_SRC := gateway/proto/interest/v1/gateway.proto
+PROTO_OUT := gateway/proto/interest/v1/gateway_pb2.py gateway/proto/interest/v1/gateway_pb2_grpc.py
+STAMP   := $(VENV)/.installed
+MODEL   := model_repository/interest_encoder/VERSION.json
+
+.PHONY: help up setup proto data engine serve demo test unit integration lint clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+up: setup data engine  ## first command: set up, build the engine, serve and run the demo (Ctrl-C stops)
+	$(PY) -m gateway.serve --demo
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -r requirements.lock
+	$(PIP) install --quiet --no-deps -e .
+	touch $@
+
+setup: $(STAMP) $(PROTO_OUT)  ## virtual environment with pinned dependencies + generated gRPC code
+
+$(PROTO_OUT) &: $(PROTO_SRC) $(STAMP)
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO_SRC)
+
+proto: $(PROTO_OUT)  ## generate gRPC code from gateway/proto
+
+data: setup  ## check the dataset the project carries (datasets/, copied from shared/data) and summarise it
+	$(PY) -m interest_core.datacheck
+
+$(ART)/model.fp32.onnx: $(STAMP)
+	$(PY) -m quantize.export --out $@ $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+
+$(ART)/model.int8.onnx: $(ART)/model.fp32.onnx
+	$(PY) -m quantize.int8 --fp32 $< --out $@
+
+$(ART)/validation.json: $(ART)/model.int8.onnx
+	$(PY) -m quantize.validate --reference $(ART)/model.fp32.onnx --candidate $< --report $@
+
+engine: setup $(ART)/validation.json  ## export -> INT8 Q/DQ -> accuracy gate -> (TensorRT on GPU) -> model_repository/
+ifeq ($(TARGET),gpu)
+	$(PY) -m quantize.trt_build --onnx $(ART)/model.int8.onnx --out $(ART)/model.plan
+	$(PY) -m quantize.install --onnx $(ART)/model.int8.onnx --report $(ART)/validation.json --target gpu --plan $(ART)/model.plan
+else
+	$(PY) -m quantize.trt_build --onnx $(ART)/model.int8.onnx --out $(ART)/model.plan || test $$? -eq 3
+	$(PY) -m quantize.install --onnx $(ART)/model.int8.onnx --report $(ART)/validation.json --target cpu
+endif
+
+serve: setup  ## Triton + gateway in the foreground (needs `make engine`); Ctrl-C stops both
+	$(PY) -m gateway.serve
+
+demo: setup  ## demo client against a running gateway
+	$(PY) -m gateway.demo
+
+test: setup  ## second command: unit + integration tests (starts the real Triton and gateway)
+	$(PY) -m pytest -q tests
+
+unit: setup
+	$(PY) -m pytest -q tests/unit
+
+integration: setup
+	$(PY) -m pytest -q tests/integration
+
+lint: setup  ## ruff + mypy
+	$(VENV)/bin/ruff check interest_core gateway quantize tests model_repository
+	$(VENV)/bin/mypy interest_core gateway quantize
+
+clean:  ## remove generated artifacts and state (keeps the virtual environment)
+	rm -rf $(ART) var model_repository/interest_encoder/1/model.onnx model_repository/interest_encoder/1/model.plan \
+	  model_repository/interest_encoder/config.pbtxt $(MODEL) $(PROTO_OUT) gateway/proto/interest/v1/gateway_pb2.pyi

@@ -1,0 +1,78 @@
+"""What every adapter checks: user id, event type, item id or text, text size; then it
+cleans and scrubs the text and pseudonymises the user."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from gateway.proto.interest.v1 import gateway_pb2 as pb
+from interest_core.errors import InvalidInput
+from interest_core.schemas import UnifiedEvent
+from interest_core.text import clean_text, scrub_pii
+
+MAX_USER_ID = 128
+MAX_ITEM_ID = 128
+
+
+@dataclass(frozen=True)
+class AdapterContext:
+    """What an adapter needs from the gateway: limits, the catalogue titles, the pseudonymiser."""
+
+    platform: str
+    event_types: tuple[str, ...]
+    max_text_chars: int
+    titles: Mapping[str, str]
+    pseudonymise: Callable[[str], str]
+
+
+class PlatformAdapter:
+    """Base adapter; subclasses set `name` and may override `check_item_id`."""
+
+    name = "base"
+
+    def __init__(self, ctx: AdapterContext) -> None:
+        self.ctx = ctx
+
+    def check_item_id(self, item_id: str) -> None:
+        if len(item_id) > MAX_ITEM_ID:
+            raise InvalidInput(f"item_id longer than {MAX_ITEM_ID} characters")
+
+    def adapt(self, event: pb.BehaviorEvent, index: int = 0, require_user: bool = True) -> UnifiedEvent:
+        """Validate and convert one event; raises InvalidInput saying what is wrong with it."""
+        ctx = self.ctx
+        user_id = event.user_id.strip()
+        if require_user and not user_id:
+            raise InvalidInput("user_id is empty")
+        if len(user_id) > MAX_USER_ID:
+            raise InvalidInput(f"user_id longer than {MAX_USER_ID} characters")
+        event_type = event.event_type.strip().lower()
+        if event_type not in ctx.event_types:
+            raise InvalidInput(
+                f"event_type {event.event_type!r} is not one of {', '.join(ctx.event_types)} "
+                f"for platform {ctx.platform!r}"
+            )
+        item_id = event.item_id.strip()
+        if item_id:
+            self.check_item_id(item_id)
+        if len(event.item_text) > ctx.max_text_chars:
+            raise InvalidInput(f"item_text longer than {ctx.max_text_chars} characters")
+        if event.timestamp_ms < 0 or event.position < 0:
+            raise InvalidInput("timestamp_ms and position must not be negative")
+        text = clean_text(event.item_text)
+        if not text:
+            if not item_id:
+                raise InvalidInput("event has neither item_id nor item_text")
+            if item_id not in ctx.titles:
+                raise InvalidInput(
+                    f"item_id {item_id!r} is not in the {ctx.platform} catalogue and no item_text was sent"
+                )
+            text = ctx.titles[item_id]
+        return UnifiedEvent(
+            platform=ctx.platform,
+            user_key=ctx.pseudonymise(user_id) if user_id else "",
+            item_id=item_id,
+            text=scrub_pii(text),
+            event_type=event_type,
+            order=event.timestamp_ms or event.position or index,
+        )

@@ -1,0 +1,122 @@
+"""One table from domain errors to gRPC status codes, applied by one interceptor.
+
+Clients see the domain error's message; anything unexpected becomes INTERNAL with a request
+id, and the details go to the log under that id. The same interceptor records RPC metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from tritonclient.utils import InferenceServerException
+
+from gateway.metrics import GatewayMetrics
+from interest_core.errors import (
+    DeadlineExceeded,
+    InterestError,
+    InvalidInput,
+    NotFound,
+    Overloaded,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
+
+log = logging.getLogger("interest.gateway")
+
+STATUS: dict[type[InterestError], grpc.StatusCode] = {
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+}
+
+_TRITON: dict[str, type[InterestError]] = {
+    "StatusCode.UNAVAILABLE": Unavailable,
+    "StatusCode.DEADLINE_EXCEEDED": DeadlineExceeded,
+    "StatusCode.RESOURCE_EXHAUSTED": Overloaded,
+    "StatusCode.INVALID_ARGUMENT": InvalidInput,
+    "StatusCode.NOT_FOUND": Unavailable,  # the model is not loaded: a server-side problem
+    "StatusCode.UNIMPLEMENTED": Unavailable,
+}
+
+
+def status_of(exc: InterestError) -> grpc.StatusCode:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]  # type: ignore[index]
+    return grpc.StatusCode.INTERNAL
+
+
+def from_triton(exc: InferenceServerException) -> InterestError:
+    """Translate a tritonclient error into a domain error with a client-safe message."""
+    status = str(exc.status() or "")
+    cls = _TRITON.get(status)
+    if cls is DeadlineExceeded:
+        return DeadlineExceeded("deadline exceeded while waiting for the interest model")
+    if cls is InvalidInput:
+        return InvalidInput(f"the interest model rejected the input: {exc.message()}")
+    if cls is Overloaded:
+        return Overloaded("the interest model is overloaded; retry with backoff")
+    if cls is not None or "unavailable" in str(exc).lower() or "connect" in str(exc).lower():
+        return Unavailable("the interest model (Triton) is unavailable; retry shortly")
+    return InterestError(f"Triton error {status or 'unknown'}")
+
+
+Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Maps domain errors to status codes and records grpc_server_* metrics per RPC."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        service, _, method = details.method.lstrip("/").rpartition("/")
+        inner: Handler = handler.unary_unary
+        metrics = self._metrics
+
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            labels = {"grpc_type": "unary", "grpc_service": service, "grpc_method": method}
+            metrics.started.labels(**labels).inc()
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                return await inner(request, context)
+            except InterestError as exc:
+                code = status_of(exc)
+                log.info("%s -> %s: %s", method, code.name, exc)
+                await context.abort(code, str(exc) or code.name)
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
+                raise
+            except Exception:
+                request_id = uuid.uuid4().hex[:12]
+                code = grpc.StatusCode.INTERNAL
+                log.exception("%s failed unexpectedly (request id %s)", method, request_id)
+                await context.abort(code, f"internal error (request id {request_id})")
+            finally:
+                metrics.handled.labels(**labels, grpc_code=code.name).inc()
+                metrics.handling.labels(**labels).observe(time.perf_counter() - start)
+
+        return grpc.unary_unary_rpc_method_handler(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

@@ -1,0 +1,56 @@
+"""Every Prometheus metric of the gateway, on an injectable registry (tests use a fresh one).
+
+RPC metrics follow go-grpc-prometheus naming; per-stage histograms are what the Grafana
+p50/p95/p99 panels read (Triton itself exports latency only as counters).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+STAGES = ("preprocess", "tokenize", "infer", "migrate", "rank", "total")
+
+# Sub-millisecond stages (preprocess, migrate, rank over ~30k items) up to BERT calls (10-500 ms).
+_FAST = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+_SLOW = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_BUCKETS = {"preprocess": _FAST, "tokenize": _FAST, "migrate": _FAST, "rank": _FAST,
+            "infer": _SLOW, "total": _SLOW}
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        labels = ("grpc_type", "grpc_service", "grpc_method")
+        self.started = Counter("grpc_server_started_total", "RPCs started on the server.",
+                               labels, registry=self.registry)
+        self.handled = Counter("grpc_server_handled_total", "RPCs completed, by status code.",
+                               (*labels, "grpc_code"), registry=self.registry)
+        self.handling = Histogram("grpc_server_handling_seconds",
+                                  "Response latency of RPCs handled by the server.", labels,
+                                  buckets=_SLOW, registry=self.registry)
+        self.stages = {
+            stage: Histogram(f"interest_{stage}_seconds", f"Time spent in the {stage} stage.",
+                             ("rpc", "platform"), buckets=_BUCKETS[stage], registry=self.registry)
+            for stage in STAGES
+        }
+        self.events = Counter("interest_events_total", "Ingested events by outcome.",
+                              ("platform", "outcome"), registry=self.registry)
+        self.item_cache = Counter("interest_item_cache_requests_total",
+                                  "Item-embedding cache lookups (hit skips BERT).", ("result",),
+                                  registry=self.registry)
+        self.triton_ready = Gauge("interest_triton_ready", "1 when Triton answers ready.",
+                                  registry=self.registry)
+        self.catalogue_items = Gauge("interest_catalogue_items", "Items in the ranking index.",
+                                     ("platform",), registry=self.registry)
+
+    @contextmanager
+    def stage(self, stage: str, rpc: str, platform: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages[stage].labels(rpc=rpc, platform=platform).observe(time.perf_counter() - start)

@@ -1,0 +1,181 @@
+"""grpc.aio server for interest.v1.InterestGateway with health checking, reflection and a
+Prometheus /metrics endpoint.
+
+Health is NOT_SERVING until Triton answers ready and every catalogue index is loaded, and
+goes back to NOT_SERVING whenever Triton stops answering.
+
+    python -m gateway.server [--config FILE]      # needs a running Triton (see gateway.serve)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from gateway.catalogue import build_index
+from gateway.encoder import TritonEncoder, installed_model_version
+from gateway.errors import ErrorAndMetricsInterceptor
+from gateway.metrics import GatewayMetrics
+from gateway.proto.interest.v1 import gateway_pb2 as pb
+from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
+from gateway.service import InterestGatewayService
+from interest_core.config import Settings, load_settings
+from interest_core.data import load_catalogue
+from interest_core.migration import MigrationMap
+from interest_core.profiles import ProfileStore
+
+log = logging.getLogger("interest.gateway")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InterestGateway"].full_name
+
+
+@dataclass
+class Gateway:
+    """A created (not yet started) gateway and what it owns."""
+
+    server: grpc.aio.Server
+    port: int
+    settings: Settings
+    service: InterestGatewayService
+    health: health.aio.HealthServicer
+    metrics: GatewayMetrics
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    serving: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def start(self) -> None:
+        await self._set(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        log.info("gateway listening on %s:%d (NOT_SERVING until Triton and catalogues are ready)",
+                 self.settings.grpc_host, self.port)
+        self.tasks.append(asyncio.create_task(self._startup(), name="startup"))
+
+    async def _set(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def _startup(self) -> None:
+        svc = self.service
+        try:
+            while not await svc.encoder.ready():
+                log.info("waiting for Triton at %s to report %s ready", svc.encoder.url,
+                         self.settings.model_name)
+                await asyncio.sleep(1.0)
+            svc.model_version = str(installed_model_version(self.settings)["model_version"])
+            for name in self.settings.platforms:
+                catalogue = load_catalogue(self.settings, name)
+                svc.indexes[name] = await build_index(
+                    svc.encoder, catalogue, self.settings.cache_dir, svc.model_version)
+                self.metrics.catalogue_items.labels(platform=name).set(len(catalogue))
+            await self._set(health_pb2.HealthCheckResponse.SERVING)
+            self.serving.set()
+            log.info("gateway SERVING (model version %s)", svc.model_version)
+        except Exception:
+            log.exception("gateway start-up failed; staying NOT_SERVING")
+            return
+        self.tasks.append(asyncio.create_task(self._watch_triton(), name="triton-watch"))
+
+    async def _watch_triton(self, period_s: float = 1.0) -> None:
+        """Follow Triton's readiness into the health status, both ways."""
+        up = True
+        while True:
+            await asyncio.sleep(period_s)
+            now = await self.service.encoder.ready()
+            self.metrics.triton_ready.set(1 if now else 0)
+            if now != up:
+                up = now
+                log.warning("Triton is %s: health -> %s", "back" if up else "unreachable",
+                            "SERVING" if up else "NOT_SERVING")
+                await self._set(health_pb2.HealthCheckResponse.SERVING if up
+                                else health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Refuse new RPCs, let in-flight ones finish within `grace`, then close."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.shutdown_grace_s if grace is None else grace)
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.service.encoder.close()
+        self.service.store.close()
+
+
+def create_server(
+    settings: Settings, metrics: GatewayMetrics | None = None, triton_url: str | None = None,
+    port: int | None = None,
+) -> Gateway:
+    """Build the gateway on `port` (default settings.grpc_port; 0 picks a free one)."""
+    metrics = metrics or GatewayMetrics()
+    encoder = TritonEncoder(settings, metrics, url=triton_url)
+    titles = {}
+    for name in settings.platforms:
+        catalogue = load_catalogue(settings, name)
+        titles[name] = dict(zip(catalogue.item_ids, catalogue.titles))
+    migration = MigrationMap.load(384, settings.var_dir / "migration.npz")
+    store = ProfileStore(settings.store_path)
+    service = InterestGatewayService(settings, store, encoder, metrics, migration, titles)
+    server = grpc.aio.server(interceptors=[ErrorAndMetricsInterceptor(metrics)],
+                             options=[("grpc.max_receive_message_length", 8 * 1024 * 1024)])
+    pb_grpc.add_InterestGatewayServicer_to_server(service, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME), server)
+    bound = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port if port is None else port}")
+    return Gateway(server, bound, settings, service, health_servicer, metrics)
+
+
+async def run_gateway(settings: Settings, stop: asyncio.Event, triton_url: str | None = None) -> Gateway:
+    """Create, start and serve /metrics; returns once started (caller awaits `stop`)."""
+    metrics = GatewayMetrics()
+    start_http_server(settings.metrics_port, addr=settings.grpc_host, registry=metrics.registry)
+    log.info("gateway metrics on http://%s:%d/metrics", settings.grpc_host, settings.metrics_port)
+    gw = create_server(settings, metrics, triton_url)
+    await gw.start()
+    return gw
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+async def _main(settings: Settings) -> None:
+    stop = asyncio.Event()
+    install_signal_handlers(stop)
+    gw = await run_gateway(settings, stop)
+    await stop.wait()
+    log.info("shutting down: draining in-flight RPCs (grace %.1fs)", settings.shutdown_grace_s)
+    await gw.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gateway.server", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=None, help="YAML config file")
+    args = parser.parse_args(argv)
+    settings = load_settings(args.config)
+    setup_logging(settings.log_level)
+    asyncio.run(_main(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""One frozen settings object: YAML file, then `INTEREST_*` environment variables on top.
+
+This is the only module that reads the environment; everything else takes `Settings`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_FILE = ROOT / "config" / "default.yaml"
+
+
+class PlatformConfig(BaseModel):
+    """One platform: which adapter reads its events and where its catalogue comes from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    adapter: str = Field(description="registered adapter name, e.g. 'amazon_review'")
+    dataset: str = Field(description="dataset folder name under data_dir")
+    side: str = Field(description="which side of the dataset this platform is ('A' or 'B')")
+    display_name: str = ""
+    event_types: tuple[str, ...] = ("review", "purchase", "view", "rating")
+
+
+def _default_platforms() -> dict[str, PlatformConfig]:
+    return {
+        "food": PlatformConfig(
+            adapter="amazon_review", dataset="amazon-food-kitchen", side="A",
+            display_name="grocery shop (Amazon Grocery & Gourmet Food)",
+        ),
+        "kitchen": PlatformConfig(
+            adapter="amazon_review", dataset="amazon-food-kitchen", side="B",
+            display_name="home-goods shop (Amazon Home & Kitchen)",
+        ),
+    }
+
+
+class Settings(BaseSettings):
+    """Everything configurable about the stack, with defaults that run `make up` as is."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="INTEREST_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    # data and state
+    data_dir: Path = ROOT / "datasets"
+    var_dir: Path = ROOT / "var"
+    platforms: dict[str, PlatformConfig] = Field(default_factory=_default_platforms)
+    catalogue_limit: int | None = Field(
+        default=None, description="keep only the first N items of each catalogue (tests)"
+    )
+
+    # model
+    model_repository: Path = ROOT / "model_repository"
+    model_name: str = "interest_encoder"
+    checkpoint: Path | None = Field(
+        default=None, description="trained checkpoint dir; None = pretrained backbone"
+    )
+    max_seq_len: int = 64
+    triton_max_batch_size: int = 64
+
+    # servers
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 50051
+    metrics_port: int = 9464
+    triton_host: str = "127.0.0.1"
+    triton_http_port: int = 8000
+    triton_grpc_port: int = 8001
+    triton_metrics_port: int = 8002
+    triton_timeout_s: float = 10.0
+    triton_ready_timeout_s: float = 180.0
+    shutdown_grace_s: float = 5.0
+
+    # limits
+    max_events_per_request: int = 512
+    max_text_chars: int = 1000
+    max_k: int = 200
+    max_exclude_ids: int = 10_000
+
+    # privacy
+    hmac_key: SecretStr = SecretStr("dev-only-pseudonymisation-key-change-me")
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment wins over the YAML file (passed in as init kwargs by load_settings).
+        return env_settings, init_settings
+
+    @property
+    def triton_grpc_url(self) -> str:
+        return f"{self.triton_host}:{self.triton_grpc_port}"
+
+    @property
+    def store_path(self) -> Path:
+        return self.var_dir / "profiles.sqlite3"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.var_dir / "cache"
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Read the YAML config (`INTEREST_CONFIG` or config/default.yaml), apply env, then overrides."""
+    path = Path(config_file or os.environ.get("INTEREST_CONFIG") or DEFAULT_CONFIG_FILE)
+    data: dict[str, Any] = {}
+    if path.exists():
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {path} must hold a mapping, got {type(loaded).__name__}")
+        data.update(loaded)
+    elif config_file is not None:
+        raise FileNotFoundError(f"config file {path} does not exist")
+    data.update(overrides)
+    return Settings(**data)

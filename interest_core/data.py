@@ -1,0 +1,96 @@
+"""Read the cross-domain dataset (LLMCDSR Amazon format): catalogues and user sequences.
+
+Item ids in sequence files are global: side A owns 0..n_A-1, side B owns n_A.. (local = id - n_A).
+Platforms expose items by their real id (ASIN); a catalogue row's position is its local index.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from interest_core.config import PlatformConfig, Settings
+from interest_core.text import clean_text
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """One platform's items: item_ids[i] and titles[i] describe local item i."""
+
+    platform: str
+    item_ids: tuple[str, ...]
+    titles: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def index(self) -> dict[str, int]:
+        return {item: i for i, item in enumerate(self.item_ids)}
+
+
+@dataclass(frozen=True)
+class UserSequence:
+    """A held-out or training user's time-ordered items, split by side (local indices)."""
+
+    uid: str
+    items_a: tuple[int, ...]
+    items_b: tuple[int, ...]
+
+
+def dataset_dir(settings: Settings, platform: PlatformConfig) -> Path:
+    path = settings.data_dir / platform.dataset
+    if not path.is_dir():
+        raise FileNotFoundError(f"dataset folder {path} is missing (run `make data`)")
+    return path
+
+
+def side_size(folder: Path, side: str) -> int:
+    n_a, n_b = (int(x) for x in (folder / "num.txt").read_text().split())
+    return n_a if side == "A" else n_b
+
+
+def load_catalogue(settings: Settings, name: str) -> Catalogue:
+    """Catalogue of platform `name` in local-index order, titles cleaned, sliced by catalogue_limit."""
+    platform = settings.platforms[name]
+    folder = dataset_dir(settings, platform)
+    index: dict[str, int] = json.loads((folder / f"item_set_{platform.side}.json").read_text())
+    texts: dict[str, str] = json.loads((folder / f"text_{platform.side}.json").read_text())
+    ordered = sorted(index.items(), key=lambda kv: kv[1])
+    if [i for _, i in ordered] != list(range(len(ordered))):
+        raise ValueError(f"{folder}/item_set_{platform.side}.json: local indices are not 0..n-1")
+    if settings.catalogue_limit is not None:
+        ordered = ordered[: settings.catalogue_limit]
+    item_ids = tuple(asin for asin, _ in ordered)
+    titles = tuple(clean_text(texts.get(asin, "")) or asin for asin in item_ids)
+    return Catalogue(platform=name, item_ids=item_ids, titles=titles)
+
+
+def load_sequences(folder: Path, filename: str) -> list[UserSequence]:
+    """Parse `uid<TAB>id,id,...` lines into per-side local item lists (order kept)."""
+    n_a = side_size(folder, "A")
+    users: list[UserSequence] = []
+    for line in (folder / filename).read_text().splitlines():
+        if not line.strip():
+            continue
+        uid, _, items = line.partition("\t")
+        ids = [int(x) for x in items.split(",") if x]
+        users.append(
+            UserSequence(
+                uid=uid,
+                items_a=tuple(i for i in ids if i < n_a),
+                items_b=tuple(i - n_a for i in ids if i >= n_a),
+            )
+        )
+    return users
+
+
+def behaviour_texts(settings: Settings, n: int, seed: int = 0) -> list[str]:
+    """`n` real behaviour texts (item titles from every platform), seeded sample."""
+    texts: list[str] = []
+    for name in settings.platforms:
+        texts.extend(load_catalogue(settings, name).titles)
+    rng = random.Random(seed)
+    rng.shuffle(texts)
+    return texts[:n]

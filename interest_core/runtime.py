@@ -1,0 +1,62 @@
+"""ONNX Runtime execution of the interest model for Triton's python backend (CPU).
+
+Requests arrive with their own sequence lengths (ragged batching); they are padded to the
+longest, run as one batch, and split back per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
+OUTPUT = "interest_embedding"
+
+
+def pad_and_stack(
+    arrays: Sequence[np.ndarray], pad_value: int = 0
+) -> tuple[np.ndarray, list[int]]:
+    """Stack int64 [b_i, t_i] arrays into [sum b_i, max t_i]; returns the stack and each b_i."""
+    longest = max(a.shape[1] for a in arrays)
+    sizes = [int(a.shape[0]) for a in arrays]
+    out = np.full((sum(sizes), longest), pad_value, dtype=np.int64)
+    row = 0
+    for a in arrays:
+        out[row : row + a.shape[0], : a.shape[1]] = a
+        row += a.shape[0]
+    return out, sizes
+
+
+class OnnxInterestRuntime:
+    """Runs interest_embedding = model(input_ids, attention_mask) on ONNX Runtime (CPU)."""
+
+    def __init__(self, onnx_path: Path, intra_op_threads: int = 0) -> None:
+        if not onnx_path.exists():
+            raise FileNotFoundError(f"model file {onnx_path} is missing: run `make engine`")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._session = ort.InferenceSession(
+            str(onnx_path), options, providers=["CPUExecutionProvider"]
+        )
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """int64 [B, T] x2 -> float32 [B, D]."""
+        (out,) = self._session.run(
+            [OUTPUT], {INPUT_IDS: input_ids.astype(np.int64), ATTENTION_MASK: attention_mask.astype(np.int64)}
+        )
+        return np.asarray(out, dtype=np.float32)
+
+    def run_many(
+        self, requests: Sequence[tuple[np.ndarray, np.ndarray]]
+    ) -> list[np.ndarray]:
+        """Several requests' (ids, mask) -> one padded batch -> per-request [b_i, D] outputs."""
+        ids, sizes = pad_and_stack([r[0] for r in requests])
+        mask, _ = pad_and_stack([r[1] for r in requests])
+        out = self.run(ids, mask)
+        return list(np.split(out, np.cumsum(sizes)[:-1]))

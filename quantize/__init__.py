@@ -1,0 +1,1 @@
+"""Model export and quantization CLIs: export -> quantize -> (build on GPU) -> validate -> install."""

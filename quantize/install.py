@@ -1,0 +1,116 @@
+"""Install a validated model into the Triton model repository, with its config.pbtxt.
+
+Refuses unless the validation report says the candidate passed the accuracy gate.
+TARGET=cpu: python backend running the ONNX on ONNX Runtime (model.py is committed).
+TARGET=gpu: Triton's TensorRT backend running model.plan.
+
+    python -m quantize.install --onnx artifacts/model.int8.onnx \
+        --report artifacts/validation.json --target cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from interest_core.config import load_settings
+
+_IO = """input [
+  {{ name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ]{ragged} }},
+  {{ name: "attention_mask" data_type: TYPE_INT64 dims: [ -1 ]{ragged} }}
+]
+output [
+  {{ name: "interest_embedding" data_type: TYPE_FP32 dims: [ {dim} ] }}
+]"""
+
+_WARMUP = """model_warmup [
+  {{
+    name: "short_behaviour_text"
+    batch_size: {batch}
+    inputs {{ key: "input_ids" value: {{ data_type: TYPE_INT64 dims: [ 16 ] zero_data: true }} }}
+    inputs {{ key: "attention_mask" value: {{ data_type: TYPE_INT64 dims: [ 16 ] zero_data: true }} }}
+  }}
+]"""
+
+
+def render_config(name: str, target: str, max_batch: int, dim: int, max_seq: int, threads: int) -> str:
+    """config.pbtxt text: explicit max_batch_size, dynamic batching, instances, warmup."""
+    batching = (
+        "dynamic_batching {\n  preferred_batch_size: [ 8, 16, 32 ]\n"
+        "  max_queue_delay_microseconds: 2000\n}"
+    )
+    if target == "cpu":
+        head = f'name: "{name}"\nbackend: "python"\nmax_batch_size: {max_batch}'
+        io = _IO.format(ragged=" allow_ragged_batch: true", dim=dim)
+        instances = "instance_group [ { count: 1 kind: KIND_CPU } ]"
+        params = "\n".join(
+            f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}'
+            for k, v in (("onnx_file", "model.onnx"), ("intra_op_threads", threads),
+                         ("max_seq_len", max_seq), ("vocab_size", 30522))
+        )
+    else:
+        head = f'name: "{name}"\nplatform: "tensorrt_plan"\nmax_batch_size: {max_batch}'
+        io = _IO.format(ragged="", dim=dim)
+        instances = "instance_group [ { count: 1 kind: KIND_GPU } ]"
+        params = ""
+    parts = [head, io, batching, instances, _WARMUP.format(batch=1), params]
+    return "\n".join(p for p in parts if p) + "\n"
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m quantize.install",
+        description="Copy a validated model into model_repository/ and write its config.pbtxt.",
+    )
+    parser.add_argument("--onnx", type=Path, required=True, help="validated ONNX (INT8 Q/DQ)")
+    parser.add_argument("--report", type=Path, required=True, help="report from quantize.validate")
+    parser.add_argument("--target", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--plan", type=Path, default=None, help="TensorRT plan (target gpu)")
+    parser.add_argument("--dim", type=int, default=384, help="interest embedding size")
+    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
+    args = parser.parse_args(argv)
+    if not args.report.exists():
+        parser.error(f"{args.report} is missing: run quantize.validate first")
+    report = json.loads(args.report.read_text())
+    if not report.get("passed"):
+        print(f"[install] REFUSED: {args.report} says the model failed its accuracy gate "
+              f"(mean cosine {report.get('mean_cosine')} < {report.get('threshold_mean_cosine')})")
+        return 1
+    if args.target == "gpu" and (args.plan is None or not args.plan.exists()):
+        parser.error("--target gpu needs --plan pointing at a built TensorRT engine")
+    settings = load_settings()
+    model_dir = settings.model_repository / settings.model_name
+    version_dir = model_dir / "1"
+    version_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("model.onnx", "model.plan"):
+        (version_dir / stale).unlink(missing_ok=True)
+    artifact = args.onnx if args.target == "cpu" else args.plan
+    assert artifact is not None
+    dest = version_dir / ("model.onnx" if args.target == "cpu" else "model.plan")
+    shutil.copyfile(artifact, dest)
+    (model_dir / "config.pbtxt").write_text(
+        render_config(settings.model_name, args.target, settings.triton_max_batch_size,
+                      args.dim, settings.max_seq_len, args.threads)
+    )
+    version = {"model_version": file_digest(args.onnx), "target": args.target,
+               "source": str(args.onnx), "dim": args.dim, "validation": report}
+    (model_dir / "VERSION.json").write_text(json.dumps(version, indent=2))
+    print(f"[install] {dest} installed for target {args.target}, model version "
+          f"{version['model_version']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Quantize the fp32 ONNX interest model to INT8 with explicit, symmetric Q/DQ nodes.
+
+Calibrated on real behaviour texts from the configured platforms (ONNX Runtime static
+quantizer, QDQ format). Weight MatMuls are quantized except the FFN down-projections; activation x
+activation MatMuls (attention) stay fp32 (see `fp32_matmuls`). The result runs on ONNX Runtime (CPU) and feeds a strongly
+typed TensorRT build (GPU) unchanged.
+
+    python -m quantize.int8 --fp32 artifacts/model.fp32.onnx --out artifacts/model.int8.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+
+from interest_core.config import load_settings
+from interest_core.data import behaviour_texts
+from interest_core.tokenize import BehaviourTokenizer
+
+log = logging.getLogger("quantize.int8")
+
+
+class TextCalibrationReader(CalibrationDataReader):
+    """Feeds tokenized real texts in batches of `batch` (dicts of int64 [B, T])."""
+
+    def __init__(self, texts: list[str], tokenizer: BehaviourTokenizer, batch: int = 16) -> None:
+        self._batches: Iterator[dict[str, np.ndarray]] = iter(
+            self._encode(texts[i : i + batch], tokenizer) for i in range(0, len(texts), batch)
+        )
+
+    @staticmethod
+    def _encode(texts: list[str], tokenizer: BehaviourTokenizer) -> dict[str, np.ndarray]:
+        # Histogram calibrators stack every batch: pad all of them to the same length.
+        ids, mask = tokenizer(texts)
+        pad = tokenizer.max_len - ids.shape[1]
+        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=tokenizer.pad_id)
+        return {"input_ids": ids, "attention_mask": np.pad(mask, ((0, 0), (0, pad)))}
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def fp32_matmuls(model_path: Path) -> list[str]:
+    """MatMul nodes to keep in fp32: activation x activation (attention scores and context),
+    and those fed by GELU (FFN down-projections), whose long-tailed input symmetric
+    per-tensor INT8 resolves badly (mean cosine 0.84 -> 0.985 when they are kept fp32)."""
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    constants = {i.name for i in graph.initializer}
+    constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def after_gelu(tensor: str, depth: int = 4) -> bool:
+        node = producer.get(tensor)
+        if node is None or depth == 0:
+            return False
+        if node.op_type in ("Gelu", "FastGelu", "Erf"):
+            return True
+        return any(after_gelu(i, depth - 1) for i in node.input if i not in constants)
+
+    keep = []
+    for node in graph.node:
+        if node.op_type != "MatMul":
+            continue
+        activations = [i for i in node.input if i not in constants]
+        if len(activations) == 2 or any(after_gelu(i) for i in activations):
+            keep.append(node.name)
+    return keep
+
+
+def quantize_int8(fp32: Path, out: Path, texts: list[str], max_seq_len: int) -> Path:
+    excluded = fp32_matmuls(fp32)
+    log.info("calibrating on %d texts; keeping %d MatMuls in fp32", len(texts), len(excluded))
+    reader = TextCalibrationReader(texts, BehaviourTokenizer(max_len=max_seq_len))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    quantize_static(
+        str(fp32),
+        str(out),
+        reader,
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["MatMul"],
+        nodes_to_exclude=excluded,
+        per_channel=True,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+    )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m quantize.int8",
+        description="Static INT8 quantization (explicit symmetric Q/DQ) calibrated on real "
+        "behaviour texts from the dataset.",
+    )
+    parser.add_argument("--fp32", type=Path, required=True, help="fp32 ONNX from quantize.export")
+    parser.add_argument("--out", type=Path, required=True, help="INT8 Q/DQ ONNX to write")
+    parser.add_argument("--calib-texts", type=int, default=512, help="calibration texts (default 512)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed for calibration texts")
+    args = parser.parse_args(argv)
+    if not args.fp32.exists():
+        parser.error(f"--fp32 {args.fp32} does not exist: run `python -m quantize.export` first")
+    if args.calib_texts < 16:
+        parser.error("--calib-texts must be at least 16")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_settings()
+    texts = behaviour_texts(settings, args.calib_texts, seed=args.seed)
+    quantize_int8(args.fp32, args.out, texts, settings.max_seq_len)
+    log.info("wrote %s (%.1f MB)", args.out, args.out.stat().st_size / 1e6)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Accuracy gate: compare a candidate ONNX (INT8) with the fp32 reference on real texts.
+
+Refuses (exit 1) when the mean cosine similarity of the interest embeddings is below the
+threshold. Writes a JSON report that `quantize.install` requires before installing.
+
+    python -m quantize.validate --reference artifacts/model.fp32.onnx \
+        --candidate artifacts/model.int8.onnx --report artifacts/validation.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from interest_core.config import load_settings
+from interest_core.data import behaviour_texts
+from interest_core.runtime import OnnxInterestRuntime
+from interest_core.tokenize import BehaviourTokenizer
+
+log = logging.getLogger("quantize.validate")
+
+# Measured on 512 real titles (all-MiniLM-L6-v2, pretrained): the naive INT8 (every weight
+# MatMul, min-max) scored mean cosine 0.84 and kept only 60% of each text's 10 nearest
+# neighbours; keeping FFN down-projections fp32 scored 0.985 and kept 86%. 0.97 rejects the
+# former kind of damage and admits the latter; the ranking gate on real users comes on top.
+DEFAULT_MIN_COSINE = 0.97
+
+
+def embed(runtime: OnnxInterestRuntime, tok: BehaviourTokenizer, texts: list[str]) -> np.ndarray:
+    out = [runtime.run(*tok(texts[i : i + 32])) for i in range(0, len(texts), 32)]
+    return np.concatenate(out)
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, k: int = 10) -> dict[str, float]:
+    """Per-text cosine (rows are unit vectors) and overlap of each text's k nearest neighbours."""
+    cos = (reference * candidate).sum(axis=1)
+    ref_nn = np.argsort(-(reference @ reference.T), axis=1)[:, 1 : k + 1]
+    cand_nn = np.argsort(-(candidate @ candidate.T), axis=1)[:, 1 : k + 1]
+    overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(ref_nn, cand_nn)])
+    return {
+        "mean_cosine": float(cos.mean()),
+        "min_cosine": float(cos.min()),
+        "p01_cosine": float(np.percentile(cos, 1)),
+        f"top{k}_neighbour_overlap": float(overlap),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m quantize.validate",
+        description="Gate a quantized interest model against the fp32 reference on real texts.",
+    )
+    parser.add_argument("--reference", type=Path, required=True, help="fp32 ONNX")
+    parser.add_argument("--candidate", type=Path, required=True, help="ONNX to gate (INT8)")
+    parser.add_argument("--report", type=Path, required=True, help="JSON report to write")
+    parser.add_argument("--texts", type=int, default=512, help="real texts to compare (>= 256)")
+    parser.add_argument("--min-cosine", type=float, default=DEFAULT_MIN_COSINE)
+    parser.add_argument("--seed", type=int, default=1, help="sample seed (calibration uses 0)")
+    args = parser.parse_args(argv)
+    for path in (args.reference, args.candidate):
+        if not path.exists():
+            parser.error(f"{path} does not exist")
+    if args.texts < 256:
+        parser.error("--texts must be at least 256")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_settings()
+    calibration = set(behaviour_texts(settings, 512, seed=0))
+    pool = [t for t in behaviour_texts(settings, args.texts + 1024, seed=args.seed) if t not in calibration]
+    texts = pool[: args.texts]
+    tok = BehaviourTokenizer(max_len=settings.max_seq_len)
+    ref = embed(OnnxInterestRuntime(args.reference), tok, texts)
+    cand = embed(OnnxInterestRuntime(args.candidate), tok, texts)
+    report = compare(ref, cand)
+    passed = report["mean_cosine"] >= args.min_cosine
+    report.update(
+        {"texts": len(texts), "threshold_mean_cosine": args.min_cosine, "passed": passed,
+         "reference": str(args.reference), "candidate": str(args.candidate)}
+    )
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text(json.dumps(report, indent=2))
+    verdict = "PASS" if passed else "FAIL"
+    print(
+        f"[validate] {verdict}: INT8 vs fp32 on {len(texts)} real texts: mean cosine "
+        f"{report['mean_cosine']:.4f} (min {report['min_cosine']:.4f}, threshold "
+        f"{args.min_cosine}); top-10 neighbour overlap {report['top10_neighbour_overlap']:.3f}"
+    )
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
