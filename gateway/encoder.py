@@ -80,7 +80,7 @@ class TritonEncoder:
         """True when Triton is up and the model is loaded."""
         try:
             return bool(await self._client.is_model_ready(self.model, client_timeout=2.0))
-        except (InferenceServerException, OSError, asyncio.TimeoutError):
+        except (TimeoutError, InferenceServerException, OSError):
             return False
 
     async def _infer(self, ids: np.ndarray, mask: np.ndarray, timeout: float | None) -> np.ndarray:

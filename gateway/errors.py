@@ -89,7 +89,7 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or handler.unary_unary is None:
             return handler
         service, _, method = details.method.lstrip("/").rpartition("/")
-        inner: Handler = handler.unary_unary
+        inner: Handler = handler.unary_unary  # type: ignore[assignment]
         metrics = self._metrics
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import _async as health_aio  # what grpc_health.v1.health.aio re-exports
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
@@ -47,7 +48,7 @@ class Gateway:
     port: int
     settings: Settings
     service: InterestGatewayService
-    health: health.aio.HealthServicer
+    health: health_aio.HealthServicer
     metrics: GatewayMetrics
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     serving: asyncio.Event = field(default_factory=asyncio.Event)
@@ -128,7 +129,7 @@ def create_server(
     server = grpc.aio.server(interceptors=[ErrorAndMetricsInterceptor(metrics)],
                              options=[("grpc.max_receive_message_length", 8 * 1024 * 1024)])
     pb_grpc.add_InterestGatewayServicer_to_server(service, server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,

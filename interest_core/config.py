@@ -1,4 +1,5 @@
-"""One frozen settings object: YAML file, then `INTEREST_*` environment variables on top.
+"""One frozen settings object: YAML file, `INTEREST_*` environment variables on top, then
+explicit overrides from the caller.
 
 This is the only module that reads the environment; everything else takes `Settings`.
 """
@@ -11,7 +12,12 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_FILE = ROOT / "config" / "default.yaml"
@@ -98,8 +104,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Environment wins over the YAML file (passed in as init kwargs by load_settings).
-        return env_settings, init_settings
+        # load_settings merges YAML < environment < overrides itself and passes the result in.
+        return (init_settings,)
 
     @property
     def triton_grpc_url(self) -> str:
@@ -115,7 +121,8 @@ class Settings(BaseSettings):
 
 
 def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
-    """Read the YAML config (`INTEREST_CONFIG` or config/default.yaml), apply env, then overrides."""
+    """Read the YAML config (`INTEREST_CONFIG` or config/default.yaml), apply `INTEREST_*`
+    env vars on top, then explicit `overrides` (callers' arguments win over everything)."""
     path = Path(config_file or os.environ.get("INTEREST_CONFIG") or DEFAULT_CONFIG_FILE)
     data: dict[str, Any] = {}
     if path.exists():
@@ -125,5 +132,15 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
         data.update(loaded)
     elif config_file is not None:
         raise FileNotFoundError(f"config file {path} does not exist")
+    _merge(data, EnvSettingsSource(Settings)())
     data.update(overrides)
     return Settings(**data)
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> None:
+    """Deep-merge `top` into `base` (nested env vars override single keys of a YAML mapping)."""
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value

@@ -37,7 +37,7 @@ class InterestEncoder(nn.Module):
     def dim(self) -> int:
         if self.head is not None:
             return int(self.head.out_features)
-        return int(self.backbone.config.hidden_size)
+        return int(self.backbone.config.hidden_size)  # type: ignore[union-attr,arg-type]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -70,7 +70,7 @@ class InterestEncoder(nn.Module):
     def save(self, directory: Path) -> None:
         """Write a checkpoint that `load` (and so `make engine`) reads unchanged."""
         directory.mkdir(parents=True, exist_ok=True)
-        self.backbone.save_pretrained(str(directory))
+        self.backbone.save_pretrained(str(directory))  # type: ignore[operator]
         cfg: dict[str, int | None] = {"in_features": None, "out_features": None}
         if self.head is not None:
             cfg = {"in_features": self.head.in_features, "out_features": self.head.out_features}

@@ -10,8 +10,10 @@ _TAG = re.compile(r"<[^>]{1,200}>")
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 # 13-19 digits, optionally grouped by spaces or dashes: card-like numbers.
 _CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
-# Phone numbers: optional +country, then 9-14 digits with common separators.
-_PHONE = re.compile(r"(?<![\w])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,4}){2,3}(?![\w])")
+# Phone numbers: optional +country, an area code (bracketed or not), then 6-8 more digits.
+_PHONE = re.compile(
+    r"(?<!\w)(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])\d{3,4}[ .-]?\d{3,4}(?!\w)"
+)
 
 
 def clean_text(text: str) -> str:

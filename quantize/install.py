@@ -17,7 +17,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from interest_core.config import load_settings
+from interest_core.config import ROOT, load_settings
+
+# The committed python-backend adapter; copied when installing into another repository.
+MODEL_PY = ROOT / "model_repository" / "interest_encoder" / "1" / "model.py"
 
 _IO = """input [
   {{ name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ]{ragged} }},
@@ -100,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     assert artifact is not None
     dest = version_dir / ("model.onnx" if args.target == "cpu" else "model.plan")
     shutil.copyfile(artifact, dest)
+    if args.target == "cpu" and not (version_dir / "model.py").exists():
+        shutil.copyfile(MODEL_PY, version_dir / "model.py")
     (model_dir / "config.pbtxt").write_text(
         render_config(settings.model_name, args.target, settings.triton_max_batch_size,
                       args.dim, settings.max_seq_len, args.threads)

@@ -1,9 +1,9 @@
 """Quantize the fp32 ONNX interest model to INT8 with explicit, symmetric Q/DQ nodes.
 
 Calibrated on real behaviour texts from the configured platforms (ONNX Runtime static
-quantizer, QDQ format). Weight MatMuls are quantized except the FFN down-projections; activation x
-activation MatMuls (attention) stay fp32 (see `fp32_matmuls`). The result runs on ONNX Runtime (CPU) and feeds a strongly
-typed TensorRT build (GPU) unchanged.
+quantizer, QDQ format). Weight MatMuls are quantized except the FFN down-projections;
+activation x activation MatMuls (attention) stay fp32 (see `fp32_matmuls`). The result
+runs on ONNX Runtime (CPU) and feeds a strongly typed TensorRT build (GPU) unchanged.
 
     python -m quantize.int8 --fp32 artifacts/model.fp32.onnx --out artifacts/model.int8.onnx
 """

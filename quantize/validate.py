@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     tok = BehaviourTokenizer(max_len=settings.max_seq_len)
     ref = embed(OnnxInterestRuntime(args.reference), tok, texts)
     cand = embed(OnnxInterestRuntime(args.candidate), tok, texts)
-    report = compare(ref, cand)
-    passed = report["mean_cosine"] >= args.min_cosine
+    report: dict[str, object] = dict(compare(ref, cand))
+    passed = float(report["mean_cosine"]) >= args.min_cosine  # type: ignore[arg-type]
     report.update(
         {"texts": len(texts), "threshold_mean_cosine": args.min_cosine, "passed": passed,
          "reference": str(args.reference), "candidate": str(args.candidate)}

@@ -67,7 +67,7 @@ class PlatformAdapter:
                 raise InvalidInput(
                     f"item_id {item_id!r} is not in the {ctx.platform} catalogue and no item_text was sent"
                 )
-            text = ctx.titles[item_id]
+            text = clean_text(ctx.titles[item_id])
         return UnifiedEvent(
             platform=ctx.platform,
             user_key=ctx.pseudonymise(user_id) if user_id else "",

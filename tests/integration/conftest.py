@@ -1,0 +1,135 @@
+"""Session fixtures: build the engine with the real CLIs on a slice of the real data, start
+the REAL Triton server on free ports, and the real gateway in-process on port 0."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import start_http_server
+
+from gateway.metrics import GatewayMetrics
+from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
+from gateway.server import Gateway, create_server
+from interest_core.config import Settings, load_settings
+from interest_core.tritonserver import TritonServer, start_triton
+
+CATALOGUE_SLICE = 1500  # items per platform in tests; `make up` uses all of them
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    triton: TritonServer
+    gateway: Gateway
+    channel: grpc.aio.Channel
+    stub: pb_grpc.InterestGatewayStub
+    health: health_pb2_grpc.HealthStub
+    metrics_port: int
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("stack")
+
+
+@pytest.fixture(scope="session")
+def stack_env(workdir: Path) -> Iterator[dict[str, str]]:
+    """INTEREST_* overrides pointing the whole stack at a temporary repository and state."""
+    overrides = {
+        "INTEREST_MODEL_REPOSITORY": str(workdir / "model_repository"),
+        "INTEREST_VAR_DIR": str(workdir / "var"),
+        "INTEREST_CATALOGUE_LIMIT": str(CATALOGUE_SLICE),
+    }
+    saved = {k: os.environ.get(k) for k in overrides}
+    os.environ.update(overrides)
+    yield dict(os.environ)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def run_cli(module: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", module, *args], env=env, capture_output=True,
+                          text=True, check=False, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def engine(workdir: Path, stack_env: dict[str, str]) -> Path:
+    """export -> int8 -> validate -> install, exactly as `make engine` runs them."""
+    art = workdir / "artifacts"
+    steps = [
+        ("quantize.export", "--out", str(art / "model.fp32.onnx")),
+        ("quantize.int8", "--fp32", str(art / "model.fp32.onnx"), "--out", str(art / "model.int8.onnx"),
+         "--calib-texts", "128"),
+        ("quantize.validate", "--reference", str(art / "model.fp32.onnx"), "--candidate",
+         str(art / "model.int8.onnx"), "--report", str(art / "validation.json"), "--texts", "256"),
+        ("quantize.install", "--onnx", str(art / "model.int8.onnx"), "--report",
+         str(art / "validation.json"), "--target", "cpu"),
+    ]
+    for module, *args in steps:
+        done = run_cli(module, *args, env=stack_env)
+        assert done.returncode == 0, f"{module} failed:\n{done.stdout}\n{done.stderr}"
+    return art
+
+
+@pytest.fixture(scope="session")
+def settings(engine: Path, stack_env: dict[str, str]) -> Settings:
+    return load_settings(grpc_port=0, metrics_port=free_port(), triton_http_port=free_port(),
+                         triton_grpc_port=free_port(), triton_metrics_port=free_port())
+
+
+@pytest.fixture(scope="session")
+def triton(settings: Settings) -> Iterator[TritonServer]:
+    server = start_triton(settings)
+    yield server
+    server.stop()
+
+
+async def wait_serving(health: health_pb2_grpc.HealthStub, timeout_s: float = 300.0,
+                       want: int = health_pb2.HealthCheckResponse.SERVING) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    status = None
+    while loop.time() < deadline:
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        status = reply.status
+        if status == want:
+            return
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"health stayed {status}, wanted {want} within {timeout_s}s")
+
+
+@pytest_asyncio.fixture(scope="session")
+async def stack(settings: Settings, triton: TritonServer) -> AsyncIterator[Stack]:
+    metrics = GatewayMetrics()
+    http_server, _ = start_http_server(settings.metrics_port, addr="127.0.0.1", registry=metrics.registry)
+    gateway = create_server(settings, metrics, triton_url=triton.grpc_url, port=0)
+    await gateway.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}")
+    health = health_pb2_grpc.HealthStub(channel)
+    await wait_serving(health)
+    yield Stack(settings, triton, gateway, channel, pb_grpc.InterestGatewayStub(channel), health,
+                settings.metrics_port, dict(os.environ))
+    await channel.close()
+    await gateway.stop(grace=1.0)
+    http_server.shutdown()

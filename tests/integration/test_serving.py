@@ -1,0 +1,164 @@
+"""End to end over gRPC: real Triton + real gateway, real held-out users' behaviour."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+
+from gateway.proto.interest.v1 import gateway_pb2 as pb
+from interest_core.data import Catalogue, UserSequence, load_catalogue, load_sequences
+from interest_core.profiles import ProfileStore
+from tests.integration.conftest import CATALOGUE_SLICE, Stack
+
+pytestmark = pytest.mark.integration
+
+
+def real_test_user(stack: Stack) -> tuple[UserSequence, Catalogue, Catalogue]:
+    """A held-out test user with food history and >= 2 kitchen items inside the test slice."""
+    s = stack.settings
+    food, kitchen = load_catalogue(s, "food"), load_catalogue(s, "kitchen")
+    users = load_sequences(s.data_dir / "amazon-food-kitchen", "test.txt")
+    for user in users:
+        if len(user.items_a) >= 5 and sum(i < CATALOGUE_SLICE for i in user.items_b) >= 2:
+            return user, food, kitchen
+    raise AssertionError("no suitable test user")
+
+
+def food_events(stack: Stack, user_id: str, user: UserSequence) -> list[pb.BehaviorEvent]:
+    """The user's real food history; items beyond the test slice carry their title as item_text."""
+    full = load_catalogue(stack.settings.model_copy(update={"catalogue_limit": None}), "food")
+    return [pb.BehaviorEvent(user_id=user_id, item_id=full.item_ids[i], item_text=full.titles[i],
+                             event_type="review", position=n + 1)
+            for n, i in enumerate(user.items_a)]
+
+
+async def test_real_user_food_history_gets_valid_kitchen_recommendations(stack: Stack) -> None:
+    user, _, kitchen = real_test_user(stack)
+    user_id = f"it-user-{user.uid}"
+    events = food_events(stack, user_id, user)
+    owned = [kitchen.item_ids[i] for i in user.items_b if i < CATALOGUE_SLICE][:2]
+    ingest = await stack.stub.IngestEvents(pb.IngestEventsRequest(platform="food", events=events), timeout=60)
+    assert ingest.accepted == len(events) and ingest.rejected == 0 and ingest.users_updated == 1
+    owned_events = [pb.BehaviorEvent(user_id=user_id, item_id=i, event_type="purchase") for i in owned]
+    ingest_k = await stack.stub.IngestEvents(pb.IngestEventsRequest(platform="kitchen", events=owned_events),
+                                             timeout=60)
+    assert ingest_k.accepted == 2
+
+    request = pb.RecommendRequest(user_id=user_id, target_platform="kitchen", k=20)
+    first = await stack.stub.Recommend(request, timeout=10)
+    second = await stack.stub.Recommend(request, timeout=10)
+    ids = [item.item_id for item in first.items]
+    catalogue = set(kitchen.item_ids)
+    assert len(ids) == 20
+    assert set(ids) <= catalogue, "every recommendation is a kitchen catalogue item"
+    assert len(set(ids)) == len(ids), "no duplicates"
+    assert not set(owned) & set(ids), "never an item the user already has on kitchen"
+    assert ids == [item.item_id for item in second.items], "stable across two calls"
+    scores = [item.score for item in first.items]
+    assert scores == sorted(scores, reverse=True)
+    assert [item.rank for item in first.items] == list(range(1, 21))
+    titles = dict(zip(kitchen.item_ids, kitchen.titles))
+    assert all(item.title == titles[item.item_id] for item in first.items)
+    assert list(first.source_platforms) == ["food"]
+    assert first.model_version
+
+    excluded = await stack.stub.Recommend(
+        pb.RecommendRequest(user_id=user_id, target_platform="kitchen", k=20, exclude_item_ids=ids[:5]),
+        timeout=10)
+    assert not set(ids[:5]) & {item.item_id for item in excluded.items}
+
+
+async def test_profile_get_and_delete_removes_every_row(stack: Stack) -> None:
+    user_id = "it-delete-me"
+    events = [pb.BehaviorEvent(user_id=user_id, item_text="Organic green tea bags, 100 count",
+                               event_type="purchase")]
+    await stack.stub.IngestEvents(pb.IngestEventsRequest(platform="food", events=events), timeout=30)
+    profile = await stack.stub.GetProfile(pb.GetProfileRequest(user_id=user_id), timeout=5)
+    assert [(p.platform, p.event_count) for p in profile.platforms] == [("food", 1)]
+    assert profile.dim == 384
+    deleted = await stack.stub.DeleteUser(pb.DeleteUserRequest(user_id=user_id), timeout=5)
+    assert deleted.platforms_removed == 1
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.stub.GetProfile(pb.GetProfileRequest(user_id=user_id), timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    key = stack.gateway.service.pseudonymise(user_id)
+    store = ProfileStore(stack.settings.store_path)
+    assert store.load(key) == {}
+    raw = store.path.read_bytes()
+    assert user_id.encode() not in raw, "the raw user id is never stored"
+    store.close()
+
+
+async def test_encode_interest_matches_mean_of_event_embeddings(stack: Stack) -> None:
+    texts = ["Mae Ploy Thai Green Curry Paste - 14 oz jar", "Jasmine rice, 5 lb bag"]
+    events = [pb.BehaviorEvent(item_text=t, event_type="purchase") for t in texts]
+    reply = await stack.stub.EncodeInterest(pb.EncodeInterestRequest(platform="food", events=events),
+                                            timeout=30)
+    vec = np.array(reply.embedding, dtype=np.float32)
+    assert reply.dim == 384 == vec.shape[0] and reply.events_used == 2
+    assert abs(float(np.linalg.norm(vec)) - 1.0) < 1e-4
+    singles = []
+    for event in events:
+        one = await stack.stub.EncodeInterest(pb.EncodeInterestRequest(platform="food", events=[event]),
+                                              timeout=30)
+        singles.append(np.array(one.embedding, dtype=np.float32))
+    mean = np.sum(singles, axis=0)
+    mean /= np.linalg.norm(mean)
+    assert float(vec @ mean) > 0.999
+    assert float(singles[0] @ singles[1]) < 0.99, "different texts give different embeddings"
+
+
+async def test_ingest_applies_valid_events_and_reports_each_bad_one(stack: Stack) -> None:
+    user_id = "it-mixed-batch"
+    events = [
+        pb.BehaviorEvent(user_id=user_id, item_text="Earl Grey tea", event_type="review"),
+        pb.BehaviorEvent(user_id=user_id, item_text="Dark chocolate", event_type="teleport"),
+        pb.BehaviorEvent(user_id="", item_text="Honey", event_type="review"),
+        pb.BehaviorEvent(user_id=user_id, event_type="review"),
+        pb.BehaviorEvent(user_id=user_id, item_id="NOT-IN-CATALOGUE", event_type="review"),
+        pb.BehaviorEvent(user_id=user_id, item_id="bad id with spaces", item_text="x", event_type="review"),
+        pb.BehaviorEvent(user_id=user_id, item_text="Matcha powder", event_type="purchase"),
+    ]
+    reply = await stack.stub.IngestEvents(pb.IngestEventsRequest(platform="food", events=events), timeout=30)
+    assert (reply.accepted, reply.rejected) == (2, 5)
+    by_index = {r.index: r for r in reply.results}
+    assert by_index[0].accepted and by_index[6].accepted
+    assert "event_type 'teleport'" in by_index[1].error
+    assert by_index[2].error == "user_id is empty"
+    assert "neither item_id nor item_text" in by_index[3].error
+    assert "not in the food catalogue" in by_index[4].error
+    assert "not a product id" in by_index[5].error
+    assert all(by_index[i].error_code == "INVALID_ARGUMENT" for i in (1, 2, 3, 4, 5))
+    profile = await stack.stub.GetProfile(pb.GetProfileRequest(user_id=user_id), timeout=5)
+    assert profile.platforms[0].event_count == 2
+
+
+async def test_metrics_endpoint_shows_stage_histograms(stack: Stack) -> None:
+    await stack.stub.IngestEvents(pb.IngestEventsRequest(platform="kitchen", events=[
+        pb.BehaviorEvent(user_id="it-metrics", item_text="chef knife", event_type="view")]), timeout=30)
+    await stack.stub.Recommend(pb.RecommendRequest(user_id="it-metrics", target_platform="kitchen", k=5),
+                               timeout=10)
+    await stack.stub.EncodeInterest(pb.EncodeInterestRequest(
+        platform="kitchen", events=[pb.BehaviorEvent(item_text="cast iron skillet", event_type="view")]),
+        timeout=30)
+    body = urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=5).read().decode()
+    samples = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+
+    def count(metric: str, **labels: str) -> float:
+        return sum(v for k, v in samples.items() if k.startswith(metric + "{")
+                   and all(f'{lk}="{lv}"' in k for lk, lv in labels.items()))
+
+    for stage in ("preprocess", "tokenize", "infer", "total"):
+        assert count(f"interest_{stage}_seconds_count", rpc="EncodeInterest", platform="kitchen") >= 1, stage
+    for stage in ("migrate", "rank", "total"):
+        assert count(f"interest_{stage}_seconds_count", rpc="Recommend", platform="kitchen") >= 1, stage
+    assert count("grpc_server_handled_total", grpc_method="Recommend", grpc_code="OK") >= 1
+    assert count("grpc_server_handling_seconds_count", grpc_method="EncodeInterest") >= 1
+    assert count("interest_catalogue_items", platform="kitchen") == CATALOGUE_SLICE

@@ -1,0 +1,90 @@
+"""Adapters, the error table and metrics, without Triton."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from prometheus_client import CollectorRegistry
+from tritonclient.utils import InferenceServerException
+
+from gateway.adapters import AdapterContext, adapter_for
+from gateway.errors import from_triton, status_of
+from gateway.metrics import STAGES, GatewayMetrics
+from gateway.proto.interest.v1 import gateway_pb2 as pb
+from interest_core import errors
+from interest_core.privacy import Pseudonymiser
+
+CTX = AdapterContext("food", ("review", "purchase"), 100, {"B000TEA": "Green Tea &amp; Mint"},
+                     Pseudonymiser("k"))
+
+
+def adapt(**kw: object) -> object:
+    return adapter_for("amazon_review")(CTX).adapt(pb.BehaviorEvent(**kw))  # type: ignore[arg-type]
+
+
+def test_adapter_resolves_catalogue_title_and_pseudonymises() -> None:
+    event = adapt(user_id="alice", item_id="B000TEA", event_type="Review", position=4)
+    assert event.text == "Green Tea & Mint" and event.event_type == "review"  # type: ignore[attr-defined]
+    assert event.user_key == Pseudonymiser("k")("alice") and event.order == 4  # type: ignore[attr-defined]
+
+
+def test_adapter_scrubs_pii_from_text() -> None:
+    event = adapt(user_id="a", item_text="Tea for bob@mail.com", event_type="review")
+    assert event.text == "Tea for [email]"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("kw", "fragment"), [
+    ({"user_id": "", "item_text": "t", "event_type": "review"}, "user_id is empty"),
+    ({"user_id": "u" * 200, "item_text": "t", "event_type": "review"}, "user_id longer"),
+    ({"user_id": "a", "item_text": "t", "event_type": "like"}, "event_type 'like' is not one of"),
+    ({"user_id": "a", "event_type": "review"}, "neither item_id nor item_text"),
+    ({"user_id": "a", "item_id": "B0NOPE", "event_type": "review"}, "not in the food catalogue"),
+    ({"user_id": "a", "item_id": "../etc", "item_text": "t", "event_type": "review"}, "not a product id"),
+    ({"user_id": "a", "item_text": "x" * 101, "event_type": "review"}, "longer than 100"),
+    ({"user_id": "a", "item_text": "t", "event_type": "review", "timestamp_ms": -1}, "negative"),
+    ({"user_id": "a", "item_text": " &nbsp; ", "event_type": "review"}, "neither item_id nor item_text"),
+])
+def test_adapter_rejects_malformed_events(kw: dict[str, object], fragment: str) -> None:
+    with pytest.raises(errors.InvalidInput, match=fragment):
+        adapt(**kw)
+
+
+def test_unknown_adapter_name_is_clear() -> None:
+    with pytest.raises(ValueError, match="no adapter named 'tiktok'"):
+        adapter_for("tiktok")
+
+
+@pytest.mark.parametrize(("exc", "code"), [
+    (errors.InvalidInput("x"), grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.NotFound("x"), grpc.StatusCode.NOT_FOUND),
+    (errors.Unavailable("x"), grpc.StatusCode.UNAVAILABLE),
+    (errors.Overloaded("x"), grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.DeadlineExceeded("x"), grpc.StatusCode.DEADLINE_EXCEEDED),
+    (errors.Unauthenticated("x"), grpc.StatusCode.UNAUTHENTICATED),
+    (errors.PermissionDenied("x"), grpc.StatusCode.PERMISSION_DENIED),
+    (errors.InterestError("x"), grpc.StatusCode.INTERNAL),
+])
+def test_status_table(exc: errors.InterestError, code: grpc.StatusCode) -> None:
+    assert status_of(exc) == code
+
+
+@pytest.mark.parametrize(("status", "cls"), [
+    ("StatusCode.UNAVAILABLE", errors.Unavailable),
+    ("StatusCode.DEADLINE_EXCEEDED", errors.DeadlineExceeded),
+    ("StatusCode.INVALID_ARGUMENT", errors.InvalidInput),
+    ("StatusCode.RESOURCE_EXHAUSTED", errors.Overloaded),
+    (None, errors.Unavailable),  # connection refused has no status
+])
+def test_triton_errors_translate(status: str | None, cls: type) -> None:
+    exc = InferenceServerException("failed to connect to all addresses", status=status)
+    assert type(from_triton(exc)) is cls
+
+
+def test_stage_metrics_on_a_fresh_registry() -> None:
+    metrics = GatewayMetrics(CollectorRegistry())
+    with metrics.stage("rank", "Recommend", "kitchen"):
+        pass
+    value = metrics.registry.get_sample_value(
+        "interest_rank_seconds_count", {"rpc": "Recommend", "platform": "kitchen"})
+    assert value == 1.0
+    assert set(metrics.stages) == set(STAGES)

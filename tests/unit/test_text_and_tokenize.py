@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import numpy as np
+
+from interest_core.runtime import pad_and_stack
+from interest_core.text import clean_text, scrub_pii
+from interest_core.tokenize import BehaviourTokenizer
+
+
+def test_clean_text_unescapes_html_and_squashes_whitespace() -> None:
+    assert clean_text("Salt &amp;amp; Pepper  <br/> Grinder\n Set ") == "Salt & Pepper Grinder Set"
+    assert clean_text("   ") == ""
+
+
+def test_scrub_pii_on_realistic_strings() -> None:
+    text = ("Gift for jane.doe@example.com, call +1 (555) 123-4567 or 020 7946 0958, "
+            "paid with 4111 1111 1111 1111 - Lodge 10.25 Inch Cast Iron Skillet, 12 oz")
+    out = scrub_pii(text)
+    assert "jane.doe" not in out and "4111" not in out and "555" not in out and "7946" not in out
+    assert "[email]" in out and "[number]" in out and "[phone]" in out
+    assert "Lodge 10.25 Inch Cast Iron Skillet, 12 oz" in out, "product facts survive"
+
+
+def test_tokenizer_pads_only_to_longest_and_truncates() -> None:
+    tok = BehaviourTokenizer(max_len=16)
+    ids, mask = tok(["tea", "a much longer product title with several words in it"])
+    assert ids.dtype == np.int64 and ids.shape == mask.shape
+    assert ids.shape[1] == int(mask[1].sum()) < 16
+    assert mask[0].sum() == 3  # [CLS] tea [SEP]
+    long_ids, _ = tok(["word " * 100])
+    assert long_ids.shape == (1, 16)
+
+
+def test_pad_and_stack_keeps_request_boundaries() -> None:
+    a = np.array([[1, 2, 3]], dtype=np.int64)
+    b = np.array([[4], [5]], dtype=np.int64)
+    out, sizes = pad_and_stack([a, b])
+    assert sizes == [1, 2]
+    assert out.tolist() == [[1, 2, 3], [4, 0, 0], [5, 0, 0]]
