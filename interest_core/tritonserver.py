@@ -7,10 +7,12 @@ runs model.py with the first `python3` there), then polls readiness.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -90,7 +92,8 @@ class TritonServer:
         raise TritonStartError(f"tritonserver not ready after {timeout_s:.0f}s; log: {self.log_path}")
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """SIGINT (Triton's clean shutdown), then SIGKILL if it does not exit in time."""
+        """SIGINT (Triton's clean shutdown), then SIGKILL if it does not exit in time; then
+        reap what is left of its process group (python-backend stubs)."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
             try:
@@ -98,6 +101,26 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self._kill_group()
+
+    def kill(self) -> None:
+        """SIGKILL Triton and its stubs at once (fault injection)."""
+        self._kill_group()
+        self.process.wait()
+
+    def _kill_group(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
 
 
 def tail(path: Path, lines: int = 20) -> str:
@@ -125,6 +148,12 @@ def start_triton(
     http_port = http_port or settings.triton_http_port
     grpc_port = grpc_port or settings.triton_grpc_port
     metrics_port = metrics_port or settings.triton_metrics_port
+    for label, port in (("HTTP", http_port), ("gRPC", grpc_port), ("metrics", metrics_port)):
+        if port_in_use(port):
+            raise TritonStartError(
+                f"Triton {label} port {port} is already in use (another Triton running?); stop it "
+                f"or choose another port (INTEREST_TRITON_{label.upper()}_PORT)"
+            )
     log_path = log_path or settings.var_dir / "triton" / f"tritonserver-{grpc_port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     libs = _pytriton_dir().parent / "nvidia_pytriton.libs"

@@ -4,7 +4,6 @@ and the server stays up."""
 from __future__ import annotations
 
 import asyncio
-import signal
 
 import grpc
 import pytest
@@ -98,8 +97,7 @@ async def test_dead_triton_answers_unavailable(stack: Stack) -> None:
 
 async def test_triton_killed_then_restarted_recovers_by_itself(stack: Stack) -> None:
     """Kill the real Triton: UNAVAILABLE and NOT_SERVING; restart it: SERVING and answers again."""
-    stack.triton.process.send_signal(signal.SIGKILL)
-    await asyncio.to_thread(stack.triton.process.wait)
+    await asyncio.to_thread(stack.triton.kill)
     unseen = pb.BehaviorEvent(item_text="never embedded before: rooibos", event_type="view")
     await expect(stack.stub.EncodeInterest(pb.EncodeInterestRequest(platform="food", events=[unseen]),
                                            timeout=10), grpc.StatusCode.UNAVAILABLE, "unavailable")

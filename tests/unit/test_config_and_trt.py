@@ -45,3 +45,19 @@ def test_trt_build_says_why_not_here(capsys: pytest.CaptureFixture[str], tmp_pat
         pytest.skip("TensorRT and a GPU are present")
     assert trt_build.main(["--onnx", str(onnx), "--out", str(tmp_path / "m.plan")]) == 3
     assert "cannot build a TensorRT engine on this machine" in capsys.readouterr().out
+
+
+def test_triton_refuses_a_port_already_in_use(tmp_path: Path) -> None:
+    """Never mistake someone else's server on our port for the Triton we started."""
+    import socket
+
+    (tmp_path / "repo" / "interest_encoder").mkdir(parents=True)
+    (tmp_path / "repo" / "interest_encoder" / "config.pbtxt").write_text('name: "interest_encoder"\n')
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        s = load_settings(model_repository=tmp_path / "repo", var_dir=tmp_path / "var",
+                          triton_grpc_port=port)
+        with pytest.raises(TritonStartError, match=f"gRPC port {port} is already in use"):
+            start_triton(s)
