@@ -49,6 +49,8 @@ class EmbeddingCache:
         return vec
 
     def put(self, text: str, vec: np.ndarray) -> None:
+        if self.capacity == 0:
+            return
         self._data[text] = vec
         self._data.move_to_end(text)
         while len(self._data) > self.capacity:
@@ -70,7 +72,7 @@ class TritonEncoder:
         self.url = url or settings.triton_grpc_url
         self.model = settings.model_name
         self.tokenizer = BehaviourTokenizer(max_len=settings.max_seq_len)
-        self.cache = EmbeddingCache()
+        self.cache = EmbeddingCache(settings.item_cache_size)
         self._client = triton.InferenceServerClient(self.url)
 
     async def close(self) -> None:

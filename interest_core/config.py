@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     data_dir: Path = ROOT / "datasets"
     var_dir: Path = ROOT / "var"
     platforms: dict[str, PlatformConfig] = Field(default_factory=_default_platforms)
+    catalogue_cache_dir: Path | None = Field(
+        default=None, description="where catalogue embeddings are cached; default var_dir/cache"
+    )
     catalogue_limit: int | None = Field(
         default=None, description="keep only the first N items of each catalogue (tests)"
     )
@@ -83,6 +86,11 @@ class Settings(BaseSettings):
     triton_timeout_s: float = 10.0
     triton_ready_timeout_s: float = 180.0
     shutdown_grace_s: float = 5.0
+
+    item_cache_size: int = Field(
+        default=200_000, ge=0,
+        description="item-embedding cache entries (texts seen before skip BERT); 0 turns it off",
+    )
 
     # limits
     max_events_per_request: int = 512
@@ -117,7 +125,7 @@ class Settings(BaseSettings):
 
     @property
     def cache_dir(self) -> Path:
-        return self.var_dir / "cache"
+        return self.catalogue_cache_dir or self.var_dir / "cache"
 
 
 def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:

@@ -88,3 +88,20 @@ def test_stage_metrics_on_a_fresh_registry() -> None:
         "interest_rank_seconds_count", {"rpc": "Recommend", "platform": "kitchen"})
     assert value == 1.0
     assert set(metrics.stages) == set(STAGES)
+
+
+def test_embedding_cache_is_lru_and_can_be_off() -> None:
+    import numpy as np
+
+    from gateway.encoder import EmbeddingCache
+
+    cache = EmbeddingCache(capacity=2)
+    one, two, three = (np.full(2, v, dtype=np.float32) for v in (1, 2, 3))
+    cache.put("a", one)
+    cache.put("b", two)
+    assert cache.get("a") is one  # "a" is now the most recent
+    cache.put("c", three)
+    assert cache.get("b") is None and cache.get("a") is one and len(cache) == 2
+    off = EmbeddingCache(capacity=0)
+    off.put("a", one)
+    assert off.get("a") is None and len(off) == 0

@@ -1,0 +1,81 @@
+"""CPU time and peak memory of processes (and their process groups) from /proc."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Every live pid whose process group is `pgid` (Triton and its python-backend stubs)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid:
+                pids.append(int(entry.name))
+    return pids
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process, seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def peak_rss_mb(pid: int) -> float:
+    """VmHWM (peak resident set) of one process, MiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+@dataclass
+class Watched:
+    """A named process (or whole process group) whose CPU and memory a run reports."""
+
+    name: str
+    pid: int
+    group: bool = False
+
+    def pids(self) -> list[int]:
+        return group_pids(self.pid) if self.group else [self.pid]
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(p) for p in self.pids())
+
+    def peak_mb(self) -> float:
+        return sum(peak_rss_mb(p) for p in self.pids())
+
+
+class CpuMeter:
+    """CPU cores used by each watched process between start() and stop()."""
+
+    def __init__(self, watched: list[Watched]) -> None:
+        self.watched = watched
+        self._start: dict[str, float] = {}
+
+    def start(self) -> None:
+        self._start = {w.name: w.cpu() for w in self.watched}
+
+    def stop(self, wall_s: float) -> dict[str, dict[str, float]]:
+        return {
+            w.name: {
+                "cpu_cores": round((w.cpu() - self._start.get(w.name, 0.0)) / max(wall_s, 1e-9), 3),
+                "peak_rss_mb": round(w.peak_mb(), 1),
+            }
+            for w in self.watched
+        }

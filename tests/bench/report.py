@@ -1,0 +1,232 @@
+"""Turn the bench run into results/bench.json (the issue's schema + details), a Markdown
+table and a latency-vs-throughput plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+RECOMMEND_TARGET_RATE = 200.0
+RECOMMEND_TARGET_P99_MS = 15.0
+
+
+def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return max(runs, key=lambda r: r["throughput_rps"])
+
+
+def _short(run: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "throughput_rps": run["throughput_rps"],
+        "p50_ms": run["p50_ms"],
+        "p99_ms": run["p99_ms"],
+        "concurrency": run["level"],
+    }
+
+
+def summarise(data: dict[str, Any]) -> dict[str, Any]:
+    seed = _best(data["encode_runs"]["seed_eager"])
+    stack_runs = data["encode_runs"]["stack"]
+    stack = _best(stack_runs)
+    within_p99 = [r for r in stack_runs if r["p99_ms"] <= seed["p99_ms"] and not r["errors"]]
+    stack_at_seed_p99 = _best(within_p99) if within_p99 else None
+    limit = data["limit_ort"]
+    rec_runs = data["recommend_runs"]
+    rec = next((r for r in rec_runs if r["level"] == RECOMMEND_TARGET_RATE), rec_runs[-1])
+    ingest = data["ingest_runs"][0]
+    targets = {
+        "encode_3x_seed_at_equal_or_better_p99": {
+            "stack_rps": stack_at_seed_p99["throughput_rps"] if stack_at_seed_p99 else None,
+            "seed_rps": seed["throughput_rps"],
+            "seed_p99_ms": seed["p99_ms"],
+            "ratio": round(stack_at_seed_p99["throughput_rps"] / seed["throughput_rps"], 2)
+            if stack_at_seed_p99
+            else None,
+            "met": bool(
+                stack_at_seed_p99 and stack_at_seed_p99["throughput_rps"] >= 3 * seed["throughput_rps"]
+            ),
+        },
+        "stack_85pct_of_limit": {
+            "stack_rps": stack["throughput_rps"],
+            "limit_rps": limit["requests_per_s"],
+            "fraction": round(stack["throughput_rps"] / limit["requests_per_s"], 3),
+            "met": stack["throughput_rps"] >= 0.85 * limit["requests_per_s"],
+        },
+        "recommend_p99_under_15ms_at_200rps": {
+            "rate_rps": rec["level"],
+            "achieved_rps": rec["throughput_rps"],
+            "p99_ms": rec["p99_ms"],
+            "errors": rec["errors"],
+            "met": rec["level"] >= RECOMMEND_TARGET_RATE
+            and rec["p99_ms"] < RECOMMEND_TARGET_P99_MS
+            and not rec["errors"],
+        },
+    }
+    return {
+        "revision": data["revision"],
+        "machine": data["machine"],
+        "encode": {
+            "seed_eager": _short(seed),
+            "limit_ort": {
+                "throughput_rps": limit["requests_per_s"],
+                "p50_ms": limit["batch_p50_ms"],
+                "p99_ms": limit["batch_p99_ms"],
+                "texts_per_s": limit["texts_per_s"],
+                "note": "latency = one length-sorted batch of 64 texts",
+            },
+            "stack": _short(stack),
+        },
+        "recommend": {
+            "rate_rps": rec["level"],
+            "achieved_rps": rec["throughput_rps"],
+            "p50_ms": rec["p50_ms"],
+            "p99_ms": rec["p99_ms"],
+        },
+        "ingest": {
+            "throughput_rps": ingest["throughput_rps"],
+            "p99_ms": ingest["p99_ms"],
+            "cache_hit_rate": ingest["cache_hit_rate"],
+        },
+        "perf_analyzer": data.get("perf_analyzer", {}),
+        "targets": targets,
+        "details": data,
+    }
+
+
+def _table(runs: list[dict[str, Any]], procs: tuple[str, ...]) -> list[str]:
+    head = (
+        "| mode | level | req/s | p50 ms | p95 ms | p99 ms | errors | "
+        + " | ".join(f"{p} CPU cores / peak MiB" for p in procs)
+        + " |"
+    )
+    lines = [head, "|" + " --- |" * (7 + len(procs))]
+    for r in runs:
+        cells = [
+            f"{r['processes'].get(p, {}).get('cpu_cores', 0):.2f} / "
+            f"{r['processes'].get(p, {}).get('peak_rss_mb', 0):.0f}"
+            for p in procs
+        ]
+        lines.append(
+            f"| {r['mode']} | {r['level']:g} | {r['throughput_rps']} | {r['p50_ms']} | {r['p95_ms']} | "
+            f"{r['p99_ms']} | {r['errors'] or ''} | " + " | ".join(cells) + " |"
+        )
+    return lines
+
+
+def write_markdown(summary: dict[str, Any], path: Path) -> None:
+    d = summary["details"]
+    t = summary["targets"]
+    enc = t["encode_3x_seed_at_equal_or_better_p99"]
+    lim = t["stack_85pct_of_limit"]
+    rec = t["recommend_p99_under_15ms_at_200rps"]
+    ing = d["ingest_runs"][0]
+    lines = [
+        "# Benchmark (`make bench`)",
+        "",
+        f"Revision `{summary['revision']}` on {summary['machine']}; {d['duration_s']:g} s per run.",
+        f"EncodeInterest requests carry the last {d['mean_events_per_encode_request']} (mean) real food "
+        "titles of a held-out user; the stack's gateway here has its item cache off, so every text "
+        "goes through BERT, as it does in (a) and (b).",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | met |",
+        "| --- | --- | --- |",
+        f"| EncodeInterest ≥ 3× seed at equal or better p99 | {enc['ratio']}× "
+        f"({enc['stack_rps']} vs {enc['seed_rps']} req/s, seed p99 {enc['seed_p99_ms']} ms) | {enc['met']} |",
+        f"| stack ≥ 85% of in-process limit | {lim['fraction']:.0%} "
+        f"({lim['stack_rps']} vs {lim['limit_rps']} req/s) | {lim['met']} |",
+        f"| Recommend p99 < 15 ms at 200 req/s | p99 {rec['p99_ms']} ms "
+        f"at {rec['achieved_rps']} req/s | {rec['met']} |",
+        f"| ingest skips BERT for items seen before | cache hit rate {ing['cache_hit_rate']:.1%} | |",
+        "",
+        "## EncodeInterest",
+        "",
+        "(a) seed: PyTorch eager fp32, plain gRPC server, one request at a time, 128-token padding",
+        "",
+        *_table(d["encode_runs"]["seed_eager"], ("seed_server", "load_generator")),
+        "",
+        "(c) this stack: gateway → Triton dynamic batching → ONNX Runtime INT8",
+        "",
+        *_table(d["encode_runs"]["stack"], ("gateway_uncached", "triton", "load_generator")),
+        "",
+        f"(b) limit, ONNX Runtime INT8 in-process, length-sorted batches of {d['limit_ort']['batch']}: "
+        f"{d['limit_ort']['texts_per_s']} texts/s = {d['limit_ort']['requests_per_s']} requests/s",
+        "",
+        "## Recommend (open loop, stored profiles, whole 27,637-item catalogue)",
+        "",
+        *_table(d["recommend_runs"], ("gateway", "load_generator")),
+        "",
+        "## IngestEvents (closed loop, item cache on)",
+        "",
+        *_table(d["ingest_runs"], ("gateway", "triton", "load_generator")),
+        "",
+        f"Cache: {ing['cache_hits']:.0f} hits, {ing['cache_misses']:.0f} misses.",
+        "",
+        "## perf_analyzer (Triton alone, real tokenized titles, batch 1 per request)",
+        "",
+    ]
+    pa = summary["perf_analyzer"]
+    if pa.get("by_concurrency"):
+        lines += ["| concurrency | infer/s | p50 ms | p99 ms |", "| --- | --- | --- | --- |"]
+        lines += [
+            f"| {r['concurrency']} | {r['throughput_infer_per_s']} | {r['p50_ms']} | {r['p99_ms']} |"
+            for r in pa["by_concurrency"]
+        ]
+    else:
+        lines.append(f"not run: {pa.get('error', 'unknown reason')}")
+    lines += ["", "![latency vs throughput](bench.png)", ""]
+    path.write_text("\n".join(lines))
+
+
+def plot(summary: dict[str, Any], path: Path) -> None:
+    d = summary["details"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, style in (("seed_eager", "o--"), ("stack", "s-")):
+        runs = d["encode_runs"][name]
+        ax1.plot([r["throughput_rps"] for r in runs], [r["p99_ms"] for r in runs], style, label=f"{name} p99")
+        ax1.plot(
+            [r["throughput_rps"] for r in runs],
+            [r["p50_ms"] for r in runs],
+            style,
+            alpha=0.4,
+            label=f"{name} p50",
+        )
+        for r in runs:
+            ax1.annotate(f"c={r['level']:g}", (r["throughput_rps"], r["p99_ms"]), fontsize=7)
+    ax1.axvline(d["limit_ort"]["requests_per_s"], color="grey", ls=":", label="limit (ORT in-process)")
+    ax1.set(
+        xlabel="throughput (requests/s)",
+        ylabel="latency (ms)",
+        yscale="log",
+        title="EncodeInterest: latency vs throughput",
+    )
+    ax1.legend(fontsize=8)
+    runs = d["recommend_runs"]
+    ax2.plot([r["level"] for r in runs], [r["p99_ms"] for r in runs], "s-", label="p99")
+    ax2.plot([r["level"] for r in runs], [r["p50_ms"] for r in runs], "o-", alpha=0.5, label="p50")
+    ax2.axhline(RECOMMEND_TARGET_P99_MS, color="red", ls=":", label="p99 target 15 ms")
+    ax2.set(
+        xlabel="offered rate (requests/s)",
+        ylabel="latency (ms)",
+        title="Recommend (stored profile) under open-loop load",
+    )
+    ax2.legend(fontsize=8)
+    fig.suptitle(f"{summary['machine'][:90]} — rev {summary['revision']}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(data: dict[str, Any], out: Path) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarise(data)
+    (out / "bench.json").write_text(json.dumps(summary, indent=2))
+    write_markdown(summary, out / "bench.md")
+    plot(summary, out / "bench.png")
+    return summary

@@ -1,0 +1,383 @@
+"""`make bench`: the stack against the seed approach and the in-process limit, same inputs.
+
+Starts the real Triton, two real gateways (item-embedding cache on, and off so that every
+EncodeInterest text really goes through BERT) and the seed server, drives them over gRPC
+with real users' histories, runs perf_analyzer against Triton, and writes
+results/bench.json, results/bench.md and results/bench.png.
+
+    python -m tests.bench.run [--duration 15] [--out results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gateway.proto.interest.v1 import gateway_pb2 as pb
+from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
+from interest_core.config import ROOT, Settings, load_settings
+from interest_core.data import load_catalogue, load_sequences
+from interest_core.tritonserver import TritonServer, start_triton
+from tests.bench.limit import ort_limit
+from tests.bench.loadgen import RunResult, closed_loop, open_loop
+from tests.bench.procstat import CpuMeter, Watched
+from tests.bench.report import write_report
+
+MAX_EVENTS = 8  # events per EncodeInterest request: the last 8 of a real user's history
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    return f"{cpu}, {os.cpu_count()} cores, {mem_kb / 2**20:.0f} GiB RAM, no GPU, {platform.platform()}"
+
+
+def revision() -> str:
+    rev = (
+        subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
+        or "unknown"
+    )
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return rev + ("-dirty" if dirty else "")
+
+
+class Proc:
+    """A child process of the bench with its log file."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], logs: Path) -> None:
+        self.name = name
+        self.log = logs / f"{name}.log"
+        self.popen = subprocess.Popen(
+            cmd, env=env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT
+        )
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+
+
+def gateway_env(
+    settings: Settings,
+    triton: TritonServer,
+    grpc_port: int,
+    metrics_port: int,
+    var: Path,
+    cache_size: int | None = None,
+) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "INTEREST_GRPC_PORT": str(grpc_port),
+            "INTEREST_METRICS_PORT": str(metrics_port),
+            "INTEREST_TRITON_GRPC_PORT": str(triton.grpc_port),
+            "INTEREST_VAR_DIR": str(var),
+            "INTEREST_CATALOGUE_CACHE_DIR": str(settings.cache_dir),
+            "INTEREST_LOG_LEVEL": "WARNING",
+        }
+    )
+    if cache_size is not None:
+        env["INTEREST_ITEM_CACHE_SIZE"] = str(cache_size)
+    return env
+
+
+async def wait_serving(port: int, proc: Proc, timeout_s: float = 900) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.popen.poll() is not None:
+                raise RuntimeError(f"{proc.name} exited; see {proc.log}")
+            try:
+                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(1)
+    raise RuntimeError(f"{proc.name} not SERVING after {timeout_s}s; see {proc.log}")
+
+
+def cache_counts(metrics_port: int) -> dict[str, float]:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    out = {"hit": 0.0, "miss": 0.0}
+    for line in body.splitlines():
+        if line.startswith("interest_item_cache_requests_total{"):
+            for result in out:
+                if f'result="{result}"' in line:
+                    out[result] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+async def measured(meter: CpuMeter, coro: Any) -> RunResult:
+    meter.start()
+    result: RunResult = await coro
+    result.cpu = meter.stop(result.wall_s)
+    summary = result.summary()
+    log(
+        f"  {result.mode} {result.level:g}: {summary['throughput_rps']} req/s, p50 {summary['p50_ms']} ms, "
+        f"p99 {summary['p99_ms']} ms, errors {result.errors or 0}"
+    )
+    return result
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    settings = load_settings()
+    model_dir = settings.model_repository / settings.model_name
+    if not (model_dir / "VERSION.json").exists():
+        raise SystemExit("no model installed: run `make engine` first")
+    logs = ROOT / "var" / "bench" / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    folder = settings.data_dir / settings.platforms["food"].dataset
+    users = load_sequences(folder, "test.txt")
+    food = load_catalogue(settings.model_copy(update={"catalogue_limit": None}), "food")
+    kitchen = load_catalogue(settings.model_copy(update={"catalogue_limit": None}), "kitchen")
+    encode_requests = [[food.titles[i] for i in u.items_a[-MAX_EVENTS:]] for u in users if u.items_a]
+    texts = [t for req in encode_requests for t in req]
+    mean_events = len(texts) / len(encode_requests)
+    log(f"{len(encode_requests)} EncodeInterest requests from real test users, {mean_events:.2f} events each")
+
+    triton = start_triton(
+        settings,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        log_path=logs / "tritonserver.log",
+    )
+    procs: list[Proc] = []
+    try:
+        ports = {name: (free_port(), free_port()) for name in ("cached", "uncached")}
+        cached = Proc(
+            "gateway-cached",
+            [sys.executable, "-m", "gateway.server"],
+            gateway_env(settings, triton, *ports["cached"], ROOT / "var" / "bench" / "cached"),
+            logs,
+        )
+        procs.append(cached)
+        log("gateway (cache on) starting: the first run embeds the whole catalogue, later ones load it")
+        await wait_serving(ports["cached"][0], cached)
+        uncached = Proc(
+            "gateway-uncached",
+            [sys.executable, "-m", "gateway.server"],
+            gateway_env(
+                settings, triton, *ports["uncached"], ROOT / "var" / "bench" / "uncached", cache_size=0
+            ),
+            logs,
+        )
+        procs.append(uncached)
+        seed_port = free_port()
+        seed = Proc(
+            "seed-server",
+            [sys.executable, "-m", "tests.bench.seed_server", "--port", str(seed_port)],
+            dict(os.environ),
+            logs,
+        )
+        procs.append(seed)
+        await wait_serving(ports["uncached"][0], uncached)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{seed_port}") as ch:
+            await asyncio.wait_for(ch.channel_ready(), timeout=120)
+        log("all servers up")
+        watched = [
+            Watched("gateway", cached.popen.pid),
+            Watched("gateway_uncached", uncached.popen.pid),
+            Watched("triton", triton.process.pid, group=True),
+            Watched("seed_server", seed.popen.pid),
+            Watched("load_generator", os.getpid()),
+        ]
+        meter = CpuMeter(watched)
+        results: dict[str, Any] = {"encode_runs": {}, "recommend_runs": [], "ingest_runs": []}
+        d = args.duration
+
+        def encode_call(stub: pb_grpc.InterestGatewayStub, platform_name: str = "food") -> Any:
+            async def call(i: int) -> object:
+                events = [
+                    pb.BehaviorEvent(item_text=t, event_type="review")
+                    for t in encode_requests[i % len(encode_requests)]
+                ]
+                return await stub.EncodeInterest(
+                    pb.EncodeInterestRequest(platform=platform_name, events=events), timeout=30
+                )
+
+            return call
+
+        channels = {
+            name: grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+            for name, port in (
+                ("seed", seed_port),
+                ("uncached", ports["uncached"][0]),
+                ("cached", ports["cached"][0]),
+            )
+        }
+        stubs = {name: pb_grpc.InterestGatewayStub(ch) for name, ch in channels.items()}
+
+        log("(a) seed: PyTorch eager behind a plain gRPC server")
+        results["encode_runs"]["seed_eager"] = [
+            (await measured(meter, closed_loop(encode_call(stubs["seed"]), c, d))).summary()
+            for c in args.seed_concurrency
+        ]
+        log("(c) stack: gateway -> Triton (item cache off: every text goes through BERT)")
+        results["encode_runs"]["stack"] = [
+            (await measured(meter, closed_loop(encode_call(stubs["uncached"]), c, d))).summary()
+            for c in args.concurrency
+        ]
+        log("(b) limit: ONNX Runtime INT8 in-process, length-sorted batches of 64")
+        results["limit_ort"] = ort_limit(model_dir / "1" / "model.onnx", texts, settings.max_seq_len)
+        results["limit_ort"]["requests_per_s"] = round(results["limit_ort"]["texts_per_s"] / mean_events, 1)
+        log(f"  {results['limit_ort']}")
+
+        log("ingest: real users' food and kitchen histories (item cache on)")
+        ingest_users = [u for u in users if u.items_a and u.items_b]
+        before = cache_counts(ports["cached"][1])
+
+        async def ingest_call(i: int) -> object:
+            u = ingest_users[i % len(ingest_users)]
+            side, cat, items = ("food", food, u.items_a) if i % 2 == 0 else ("kitchen", kitchen, u.items_b)
+            events = [
+                pb.BehaviorEvent(
+                    user_id=f"bench-{u.uid}",
+                    item_id=cat.item_ids[j],
+                    item_text=cat.titles[j],
+                    event_type="review",
+                    position=n,
+                )
+                for n, j in enumerate(items[:MAX_EVENTS])
+            ]
+            return await stubs["cached"].IngestEvents(
+                pb.IngestEventsRequest(platform=side, events=events), timeout=30
+            )
+
+        ingest = await measured(meter, closed_loop(ingest_call, 4, d))
+        after = cache_counts(ports["cached"][1])
+        hits, misses = after["hit"] - before["hit"], after["miss"] - before["miss"]
+        results["ingest_runs"].append(
+            {
+                **ingest.summary(),
+                "cache_hits": hits,
+                "cache_misses": misses,
+                "cache_hit_rate": round(hits / max(hits + misses, 1), 4),
+            }
+        )
+        # Make sure every user that Recommend asks for has a stored profile.
+        for i in range(min(400, 2 * len(ingest_users))):
+            await ingest_call(i)
+
+        log("recommend: open loop for users with stored profiles (no BERT on the path)")
+
+        async def recommend_call(i: int) -> object:
+            u = ingest_users[i % min(len(ingest_users), 200)]
+            return await stubs["cached"].Recommend(
+                pb.RecommendRequest(user_id=f"bench-{u.uid}", target_platform="kitchen", k=10), timeout=10
+            )
+
+        for rate in args.rates:
+            results["recommend_runs"].append(
+                (await measured(meter, open_loop(recommend_call, rate, d))).summary()
+            )
+
+        for ch in channels.values():
+            await ch.close()
+
+        log("perf_analyzer against Triton directly")
+        results["perf_analyzer"] = run_perf_analyzer_safely(triton, settings, texts)
+    finally:
+        for proc in procs:
+            proc.stop()
+        triton.stop()
+    return {
+        "revision": revision(),
+        "machine": machine(),
+        "duration_s": d,
+        "mean_events_per_encode_request": round(mean_events, 2),
+        **results,
+    }
+
+
+def run_perf_analyzer_safely(triton: TritonServer, settings: Settings, texts: list[str]) -> dict[str, Any]:
+    """perf_analyzer results, or why it could not run (reported, not hidden)."""
+    try:
+        from tests.bench import perf_analyzer
+    except ImportError as exc:
+        return {"error": f"perf_analyzer module unavailable: {exc}"}
+    try:
+        return perf_analyzer.run_perf_analyzer(  # type: ignore[no-any-return]
+            triton.grpc_url,
+            settings.model_name,
+            texts[:512],
+            [1, 2, 4, 8],
+            ROOT / "var" / "bench" / "perf_analyzer",
+        )
+    except Exception as exc:
+        log(f"  perf_analyzer did not run: {exc}")
+        return {"error": str(exc)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.bench.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per measured run")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        default=[1, 2, 4, 8, 16, 32],
+        help="closed-loop concurrencies for the stack's EncodeInterest",
+    )
+    parser.add_argument("--seed-concurrency", type=int, nargs="+", default=[1, 4])
+    parser.add_argument(
+        "--rates",
+        type=float,
+        nargs="+",
+        default=[50, 100, 200, 400],
+        help="open-loop Recommend rates, requests/s",
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "results")
+    args = parser.parse_args(argv)
+    data = asyncio.run(run(args))
+    write_report(data, args.out)
+    log(f"wrote {args.out}/bench.json, bench.md, bench.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
