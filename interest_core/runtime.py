@@ -34,13 +34,15 @@ def pad_and_stack(
 class OnnxInterestRuntime:
     """Runs interest_embedding = model(input_ids, attention_mask) on ONNX Runtime (CPU)."""
 
-    def __init__(self, onnx_path: Path, intra_op_threads: int = 0) -> None:
+    def __init__(self, onnx_path: Path, intra_op_threads: int = 0, allow_spinning: bool = True) -> None:
         if not onnx_path.exists():
             raise FileNotFoundError(f"model file {onnx_path} is missing: run `make engine`")
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spin-waiting worker threads steal the cores Triton and the gateway need (2-core box).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
         self._session = ort.InferenceSession(
             str(onnx_path), options, providers=["CPUExecutionProvider"]
         )

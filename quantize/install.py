@@ -53,7 +53,7 @@ def render_config(name: str, target: str, max_batch: int, dim: int, max_seq: int
         params = "\n".join(
             f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}'
             for k, v in (("onnx_file", "model.onnx"), ("intra_op_threads", threads),
-                         ("max_seq_len", max_seq), ("vocab_size", 30522))
+                         ("allow_spinning", 0), ("max_seq_len", max_seq), ("vocab_size", 30522))
         )
     else:
         head = f'name: "{name}"\nplatform: "tensorrt_plan"\nmax_batch_size: {max_batch}'

@@ -80,6 +80,7 @@ def engine(workdir: Path, stack_env: dict[str, str]) -> Path:
     steps = [
         ("quantize.export", "--out", str(art / "model.fp32.onnx")),
         ("quantize.int8", "--fp32", str(art / "model.fp32.onnx"), "--out", str(art / "model.int8.onnx"),
+         "--activations", "uint8",
          "--calib-texts", "128"),
         ("quantize.validate", "--reference", str(art / "model.fp32.onnx"), "--candidate",
          str(art / "model.int8.onnx"), "--report", str(art / "validation.json"), "--texts", "256"),

@@ -23,6 +23,7 @@ class TritonPythonModel:
         self.runtime = OnnxInterestRuntime(
             version_dir / params.get("onnx_file", "model.onnx"),
             intra_op_threads=int(params.get("intra_op_threads", "0")),
+            allow_spinning=params.get("allow_spinning", "1") == "1",
         )
         self.max_seq_len = int(params.get("max_seq_len", "128"))
         self.vocab_size = int(params.get("vocab_size", "30522"))

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Ensure the Prometheus server binary is installed (Debian package `prometheus`, binary at
+# /usr/bin/prometheus). Idempotent: does nothing when `prometheus` is already on PATH.
+#
+# The package's post-install would normally start a system service; we never rely on it.
+# While installing, a temporary /usr/sbin/policy-rc.d (exit 101) forbids service starts
+# (unless one already exists), and any prometheus service that got started anyway is
+# stopped afterwards. Run Prometheus yourself with:
+#   prometheus --config.file=build/prometheus.yml
+set -euo pipefail
+
+SUDO=""
+if [[ ${EUID} -ne 0 ]]; then
+    command -v sudo >/dev/null 2>&1 || { echo "install-prometheus: run as root or install sudo" >&2; exit 1; }
+    SUDO="sudo"
+fi
+
+if command -v prometheus >/dev/null 2>&1; then
+    echo "prometheus already installed at $(command -v prometheus)"
+else
+    command -v apt-get >/dev/null 2>&1 || {
+        echo "install-prometheus: no apt-get here; install Prometheus >= 2.x by hand" >&2; exit 1; }
+    policy=/usr/sbin/policy-rc.d
+    made_policy=0
+    if [[ ! -e ${policy} ]]; then
+        printf '#!/bin/sh\nexit 101\n' | ${SUDO} tee "${policy}" >/dev/null
+        ${SUDO} chmod 755 "${policy}"
+        made_policy=1
+    fi
+    cleanup() { if [[ ${made_policy} -eq 1 ]]; then ${SUDO} rm -f "${policy}"; fi; }
+    trap cleanup EXIT
+    ${SUDO} apt-get update -qq
+    ${SUDO} env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+    # Should the package have started its service anyway, stop it: nothing here relies on it.
+    if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]; then
+        ${SUDO} systemctl stop prometheus.service >/dev/null 2>&1 || true
+    elif command -v service >/dev/null 2>&1; then
+        ${SUDO} service prometheus stop >/dev/null 2>&1 || true
+    fi
+fi
+
+prometheus --version 2>&1 | head -n 1
