@@ -46,6 +46,7 @@ $(ART)/model.fp32.onnx: $(STAMP)
 ACT     := $(if $(filter gpu,$(TARGET)),int8,uint8)
 INT8    := $(ART)/model.int8-$(ACT).onnx
 
+.PRECIOUS: $(ART)/model.int8-%.onnx $(ART)/validation-%.json
 $(ART)/model.int8-%.onnx: $(ART)/model.fp32.onnx
 	$(PY) -m quantize.int8 --fp32 $< --out $@ --activations $*
 
