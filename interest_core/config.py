@@ -73,7 +73,7 @@ class Settings(BaseSettings):
         default=None, description="trained checkpoint dir; None = pretrained backbone"
     )
     max_seq_len: int = 64
-    triton_max_batch_size: int = 64
+    triton_max_batch_size: int = 256
 
     # servers
     grpc_host: str = "127.0.0.1"

@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         "--concurrency",
         type=int,
         nargs="+",
-        default=[1, 2, 4, 8, 16, 32],
+        default=[1, 2, 4, 8, 16, 32, 64],
         help="closed-loop concurrencies for the stack's EncodeInterest",
     )
     parser.add_argument("--seed-concurrency", type=int, nargs="+", default=[1, 4])

@@ -37,3 +37,30 @@ def test_pad_and_stack_keeps_request_boundaries() -> None:
     out, sizes = pad_and_stack([a, b])
     assert sizes == [1, 2]
     assert out.tolist() == [[1, 2, 3], [4, 0, 0], [5, 0, 0]]
+
+
+def test_run_many_sorts_rows_into_chunks_and_restores_order() -> None:
+    """Rows from ragged requests are regrouped by length; each request gets its own rows back."""
+    from interest_core.runtime import OnnxInterestRuntime
+
+    calls: list[tuple[int, int]] = []
+
+    def fake_run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        calls.append(ids.shape)
+        # a row's "embedding": (sum of its real token ids, real length) - padding-invariant
+        return np.stack([(ids * mask).sum(axis=1), mask.sum(axis=1)], axis=1).astype(np.float32)
+
+    runtime = OnnxInterestRuntime.__new__(OnnxInterestRuntime)
+    runtime.run = fake_run  # type: ignore[method-assign]
+    tok = BehaviourTokenizer(max_len=32)
+    texts = [["tea", "a long title with many many words in it"], ["x"], ["mid length text", "b c", "d"]]
+    requests = [tok(t) for t in texts]
+    outs = runtime.run_many(requests, chunk_rows=2)
+    assert [o.shape[0] for o in outs] == [2, 1, 3]
+    for req, out in zip(requests, outs):
+        ids, mask = req
+        assert out[:, 1].tolist() == mask.sum(axis=1).tolist()
+        assert out[:, 0].tolist() == (ids * mask).sum(axis=1).tolist()
+    assert len(calls) == 3 and all(rows <= 2 for rows, _ in calls)
+    widths = [w for _, w in calls]
+    assert widths == sorted(widths), "chunks go from short to long rows"

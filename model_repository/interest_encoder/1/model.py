@@ -26,6 +26,7 @@ class TritonPythonModel:
             allow_spinning=params.get("allow_spinning", "1") == "1",
         )
         self.max_seq_len = int(params.get("max_seq_len", "128"))
+        self.chunk_rows = int(params.get("chunk_rows", "16"))
         self.vocab_size = int(params.get("vocab_size", "30522"))
 
     def _check(self, ids: np.ndarray, mask: np.ndarray) -> str | None:
@@ -53,7 +54,7 @@ class TritonPythonModel:
                 good.append(n)
                 inputs.append((ids, mask))
         if inputs:
-            for n, out in zip(good, self.runtime.run_many(inputs)):
+            for n, out in zip(good, self.runtime.run_many(inputs, self.chunk_rows)):
                 responses[n] = pb_utils.InferenceResponse(
                     output_tensors=[pb_utils.Tensor(OUTPUT, out)]
                 )
