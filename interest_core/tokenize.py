@@ -27,7 +27,10 @@ class BehaviourTokenizer:
         self.pad_id = self._tok.token_to_id("[PAD]") or 0
 
     def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        encodings = self._tok.encode_batch(list(texts))
+        # encode_batch's thread pool costs more CPU than it saves on the few texts of a request.
+        texts = list(texts)
+        encodings = (self._tok.encode_batch(texts) if len(texts) > 64
+                     else [self._tok.encode(t) for t in texts])
         longest = max((len(e.ids) for e in encodings), default=0)
         ids = np.full((len(encodings), longest), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(encodings), longest), dtype=np.int64)

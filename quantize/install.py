@@ -54,7 +54,8 @@ def render_config(
         params = "\n".join(
             f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}'
             for k, v in (("onnx_file", "model.onnx"), ("intra_op_threads", threads),
-                         ("allow_spinning", 0), ("chunk_rows", 32), ("max_seq_len", max_seq), ("vocab_size", 30522))
+                         ("allow_spinning", 0), ("chunk_rows", 16), ("max_seq_len", max_seq),
+                         ("vocab_size", 30522))
         )
     else:
         head = f'name: "{name}"\nplatform: "tensorrt_plan"\nmax_batch_size: {max_batch}'

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from interest_core.config import load_settings
+
 log = logging.getLogger("quantize.trt_build")
 CANNOT_BUILD_HERE = 3
 
@@ -63,12 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m quantize.trt_build",
         description="Build a strongly typed TensorRT plan from the Q/DQ ONNX; the optimization "
-        "profile spans batch 1..max-batch and sequence 1..max-seq.",
+        "profile spans batch 1..max-batch and sequence 1..max-seq (the config.pbtxt's limits).",
     )
     parser.add_argument("--onnx", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--max-batch", type=int, default=64, help="= config.pbtxt max_batch_size")
-    parser.add_argument("--max-seq", type=int, default=64)
+    settings = load_settings()
+    parser.add_argument("--max-batch", type=int, default=settings.triton_max_batch_size,
+                        help="= config.pbtxt max_batch_size (default from settings: %(default)s)")
+    parser.add_argument("--max-seq", type=int, default=settings.max_seq_len,
+                        help="longest token sequence (default from settings: %(default)s)")
     args = parser.parse_args(argv)
     if not args.onnx.exists():
         parser.error(f"--onnx {args.onnx} does not exist")

@@ -68,7 +68,8 @@ class PlatformAdapter:
                     f"item_id {item_id!r} is not in the {ctx.platform} catalogue and no item_text was sent"
                 )
             text = clean_text(ctx.titles[item_id])
-        return UnifiedEvent(
+        # Every field was checked above; skip pydantic's second validation on this hot path.
+        return UnifiedEvent.model_construct(
             platform=ctx.platform,
             user_key=ctx.pseudonymise(user_id) if user_id else "",
             item_id=item_id,

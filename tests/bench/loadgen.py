@@ -23,6 +23,7 @@ class RunResult:
     latencies_ms: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
     cpu: dict[str, dict[str, float]] = field(default_factory=dict)
+    cpu_wall_s: float = 0.0  # the window CPU use is divided by (warm-up included)
 
     @property
     def ok(self) -> int:
@@ -73,6 +74,7 @@ async def closed_loop(call: Call, concurrency: int, duration_s: float, warmup_s:
                 _record(result, start, exc)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
+    result.cpu_wall_s = warmup_s + duration_s
     return result
 
 
@@ -107,6 +109,7 @@ async def open_loop(call: Call, rate: float, duration_s: float, max_in_flight: i
     if tasks:
         await asyncio.wait(tasks, timeout=60)
     result.wall_s = max(loop.time() - t0, duration_s)
+    result.cpu_wall_s = loop.time() - t0
     return result
 
 
