@@ -13,10 +13,16 @@ from interest_core.tokenize import BehaviourTokenizer
 
 
 def ort_limit(
-    onnx_path: Path, texts: list[str], max_len: int, batch: int = 64, threads: int = 2, repeats: int = 2
+    onnx_path: Path,
+    texts: list[str],
+    max_len: int,
+    batch: int = 64,
+    threads: int = 2,
+    repeats: int = 2,
+    spinning: bool = True,
 ) -> dict[str, float]:
     """Texts/s of ORT on `texts` in length-sorted batches of `batch` (best of `repeats`)."""
-    runtime = OnnxInterestRuntime(onnx_path, intra_op_threads=threads)
+    runtime = OnnxInterestRuntime(onnx_path, intra_op_threads=threads, allow_spinning=spinning)
     tok = BehaviourTokenizer(max_len=max_len)
     ordered = sorted(texts, key=lambda t: len(tok([t])[0][0]))
     batches = [tok(ordered[i : i + batch]) for i in range(0, len(ordered), batch)]
@@ -33,6 +39,7 @@ def ort_limit(
     return {
         "texts": len(texts),
         "batch": batch,
+        "spinning": spinning,
         "seconds": round(best, 3),
         "texts_per_s": round(len(texts) / best, 1),
         "batch_p50_ms": round(float(np.percentile(batch_ms, 50)), 2),

@@ -43,7 +43,7 @@ def summarise(data: dict[str, Any]) -> dict[str, Any]:
     stack_at_seed_p99 = _best(within_p99) if within_p99 else None
     limit = data["limit_ort"]
     rec_runs = data["recommend_runs"]
-    rec = next((r for r in rec_runs if r["level"] == RECOMMEND_TARGET_RATE), rec_runs[-1])
+    rec = next(r for r in rec_runs if r["mode"] == "open" and r["level"] == RECOMMEND_TARGET_RATE)
     ingest = data["ingest_runs"][0]
     targets = {
         "encode_3x_seed_at_equal_or_better_p99": {
@@ -165,11 +165,11 @@ def write_markdown(summary: dict[str, Any], path: Path) -> None:
         f"{d['limit_ort']['batch']} (best of 16/32/64): "
         f"{d['limit_ort']['texts_per_s']} texts/s = {d['limit_ort']['requests_per_s']} requests/s",
         "",
-        "## Recommend (open loop, stored profiles, whole 27,637-item catalogue)",
+        "## Recommend (stored profiles, whole 27,637-item catalogue)",
         "",
         *_table(d["recommend_runs"], ("gateway", "load_generator")),
         "",
-        "## IngestEvents (closed loop, item cache on)",
+        "## IngestEvents (item cache on)",
         "",
         *_table(d["ingest_runs"], ("gateway", "triton", "load_generator")),
         "",
@@ -195,7 +195,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     d = summary["details"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, style in (("seed_eager", "o--"), ("stack", "s-")):
-        runs = d["encode_runs"][name]
+        runs = [r for r in d["encode_runs"][name] if r["mode"] == "closed"]
         ax1.plot([r["throughput_rps"] for r in runs], [r["p99_ms"] for r in runs], style, label=f"{name} p99")
         ax1.plot(
             [r["throughput_rps"] for r in runs],
@@ -214,7 +214,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         title="EncodeInterest: latency vs throughput",
     )
     ax1.legend(fontsize=8)
-    runs = d["recommend_runs"]
+    runs = [r for r in d["recommend_runs"] if r["mode"] == "open"]
     ax2.plot([r["level"] for r in runs], [r["p99_ms"] for r in runs], "s-", label="p99")
     ax2.plot([r["level"] for r in runs], [r["p50_ms"] for r in runs], "o-", alpha=0.5, label="p50")
     ax2.axhline(RECOMMEND_TARGET_P99_MS, color="red", ls=":", label="p99 target 15 ms")
