@@ -32,7 +32,7 @@ async def _serve(settings: Settings, demo: bool, config: Path | None) -> int:
         log.error("%s", exc)
         return 2
     try:
-        gw = await run_gateway(settings, stop)
+        gw = await run_gateway(settings)
         waiter = asyncio.create_task(gw.serving.wait())
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)

@@ -32,7 +32,7 @@ from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.service import InterestGatewayService
 from interest_core.config import Settings, load_settings
-from interest_core.data import load_catalogue
+from interest_core.data import Catalogue, load_catalogue
 from interest_core.migration import MigrationMap
 from interest_core.profiles import ProfileStore
 
@@ -50,6 +50,7 @@ class Gateway:
     service: InterestGatewayService
     health: health_aio.HealthServicer
     metrics: GatewayMetrics
+    catalogues: dict[str, Catalogue]
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     serving: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -72,8 +73,7 @@ class Gateway:
                          self.settings.model_name)
                 await asyncio.sleep(1.0)
             svc.model_version = str(installed_model_version(self.settings)["model_version"])
-            for name in self.settings.platforms:
-                catalogue = load_catalogue(self.settings, name)
+            for name, catalogue in self.catalogues.items():
                 svc.indexes[name] = await build_index(
                     svc.encoder, catalogue, self.settings.cache_dir, svc.model_version)
                 self.metrics.catalogue_items.labels(platform=name).set(len(catalogue))
@@ -119,10 +119,8 @@ def create_server(
     """Build the gateway on `port` (default settings.grpc_port; 0 picks a free one)."""
     metrics = metrics or GatewayMetrics()
     encoder = TritonEncoder(settings, metrics, url=triton_url)
-    titles = {}
-    for name in settings.platforms:
-        catalogue = load_catalogue(settings, name)
-        titles[name] = dict(zip(catalogue.item_ids, catalogue.titles))
+    catalogues = {name: load_catalogue(settings, name) for name in settings.platforms}
+    titles = {name: dict(zip(c.item_ids, c.titles)) for name, c in catalogues.items()}
     migration = MigrationMap.load(384, settings.var_dir / "migration.npz")
     store = ProfileStore(settings.store_path)
     service = InterestGatewayService(settings, store, encoder, metrics, migration, titles)
@@ -135,10 +133,10 @@ def create_server(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), server)
     bound = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port if port is None else port}")
-    return Gateway(server, bound, settings, service, health_servicer, metrics)
+    return Gateway(server, bound, settings, service, health_servicer, metrics, catalogues)
 
 
-async def run_gateway(settings: Settings, stop: asyncio.Event, triton_url: str | None = None) -> Gateway:
+async def run_gateway(settings: Settings, triton_url: str | None = None) -> Gateway:
     """Create, start and serve /metrics; returns once started (caller awaits `stop`)."""
     metrics = GatewayMetrics()
     start_http_server(settings.metrics_port, addr=settings.grpc_host, registry=metrics.registry)
@@ -161,7 +159,7 @@ def setup_logging(level: str) -> None:
 async def _main(settings: Settings) -> None:
     stop = asyncio.Event()
     install_signal_handlers(stop)
-    gw = await run_gateway(settings, stop)
+    gw = await run_gateway(settings)
     await stop.wait()
     log.info("shutting down: draining in-flight RPCs (grace %.1fs)", settings.shutdown_grace_s)
     await gw.stop()

@@ -55,7 +55,7 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
             raise NotFound(f"unknown platform {name!r}; known: {', '.join(self.adapters)}")
         return name
 
-    def _batch(self, events: object, n: int) -> None:
+    def _batch(self, n: int) -> None:
         if n == 0:
             raise InvalidInput("events is empty: send at least one behaviour event")
         if n > self.settings.max_events_per_request:
@@ -81,7 +81,7 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
     ) -> pb.IngestEventsResponse:
         rpc = "IngestEvents"
         platform = self._platform(request.platform, "platform")
-        self._batch(request.events, len(request.events))
+        self._batch(len(request.events))
         with self.metrics.stage("total", rpc, platform):
             results: list[pb.EventResult] = []
             good: list[UnifiedEvent] = []
@@ -159,7 +159,7 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
     ) -> pb.EncodeInterestResponse:
         rpc = "EncodeInterest"
         platform = self._platform(request.platform, "platform")
-        self._batch(request.events, len(request.events))
+        self._batch(len(request.events))
         with self.metrics.stage("total", rpc, platform):
             with self.metrics.stage("preprocess", rpc, platform):
                 events = []
