@@ -75,10 +75,16 @@ Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
 class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Maps domain errors to status codes and records grpc_server_* metrics per RPC."""
+    """Maps domain errors to status codes, records grpc_server_* metrics per RPC, and sheds
+    load: past `max_in_flight` concurrent RPCs of the service, new ones get
+    RESOURCE_EXHAUSTED at once instead of queueing behind the model."""
 
-    def __init__(self, metrics: GatewayMetrics) -> None:
+    def __init__(self, metrics: GatewayMetrics, max_in_flight: int = 256,
+                 service_prefix: str = "/interest.v1.") -> None:
         self._metrics = metrics
+        self._max_in_flight = max_in_flight
+        self._prefix = service_prefix
+        self.in_flight = 0
 
     async def intercept_service(
         self,
@@ -91,13 +97,23 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
         service, _, method = details.method.lstrip("/").rpartition("/")
         inner: Handler = handler.unary_unary  # type: ignore[assignment]
         metrics = self._metrics
+        admitted = details.method.startswith(self._prefix)
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             labels = {"grpc_type": "unary", "grpc_service": service, "grpc_method": method}
             metrics.started.labels(**labels).inc()
             start = time.perf_counter()
             code = grpc.StatusCode.OK
+            counted = False
             try:
+                if admitted:
+                    if self.in_flight >= self._max_in_flight:
+                        raise Overloaded(
+                            f"gateway overloaded: {self.in_flight} requests in flight (limit "
+                            f"{self._max_in_flight}); retry with backoff"
+                        )
+                    self.in_flight += 1
+                    counted = True
                 return await inner(request, context)
             except InterestError as exc:
                 code = status_of(exc)
@@ -112,6 +128,8 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
                 log.exception("%s failed unexpectedly (request id %s)", method, request_id)
                 await context.abort(code, f"internal error (request id {request_id})")
             finally:
+                if counted:
+                    self.in_flight -= 1
                 metrics.handled.labels(**labels, grpc_code=code.name).inc()
                 metrics.handling.labels(**labels).observe(time.perf_counter() - start)
 

@@ -124,7 +124,7 @@ def create_server(
     migration = MigrationMap.load(384, settings.var_dir / "migration.npz")
     store = ProfileStore(settings.store_path)
     service = InterestGatewayService(settings, store, encoder, metrics, migration, titles)
-    server = grpc.aio.server(interceptors=[ErrorAndMetricsInterceptor(metrics)],
+    server = grpc.aio.server(interceptors=[ErrorAndMetricsInterceptor(metrics, settings.max_in_flight)],
                              options=[("grpc.max_receive_message_length", 8 * 1024 * 1024)])
     pb_grpc.add_InterestGatewayServicer_to_server(service, server)
     health_servicer = health_aio.HealthServicer()

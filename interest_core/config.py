@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     )
 
     # limits
+    max_in_flight: int = Field(
+        default=256, ge=1,
+        description="RPCs handled at once; beyond it the gateway answers RESOURCE_EXHAUSTED at once",
+    )
     max_events_per_request: int = 512
     max_text_chars: int = 1000
     max_k: int = 200
