@@ -132,8 +132,26 @@ def create_server(
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), server)
-    bound = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port if port is None else port}")
+    address = f"{settings.grpc_host}:{settings.grpc_port if port is None else port}"
+    credentials = server_credentials(settings)
+    bound = (server.add_secure_port(address, credentials) if credentials is not None
+             else server.add_insecure_port(address))
+    if not service.auth.enabled:
+        log.warning("no API keys configured: the gateway accepts every caller (development mode)")
     return Gateway(server, bound, settings, service, health_servicer, metrics, catalogues)
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS when a certificate is configured; mutual TLS when a client CA is configured too."""
+    if settings.tls_cert_file is None:
+        return None
+    if settings.tls_key_file is None:
+        raise ValueError("tls_cert_file is set but tls_key_file is not")
+    ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+        root_certificates=ca, require_client_auth=ca is not None,
+    )
 
 
 async def run_gateway(settings: Settings, triton_url: str | None = None) -> Gateway:

@@ -13,6 +13,7 @@ import grpc
 import numpy as np
 
 from gateway.adapters import AdapterContext, PlatformAdapter, adapter_for
+from gateway.auth import ANY_PLATFORM, Authorizer
 from gateway.encoder import TritonEncoder
 from gateway.metrics import GatewayMetrics
 from gateway.proto.interest.v1 import gateway_pb2 as pb
@@ -39,6 +40,7 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
         self.metrics = metrics
         self.migration = migration
         self.pseudonymise = Pseudonymiser(settings.hmac_key.get_secret_value())
+        self.auth = Authorizer(settings.api_keys)
         self.indexes: dict[str, CatalogueIndex] = {}
         self.model_version = ""
         self.adapters: dict[str, PlatformAdapter] = {}
@@ -80,7 +82,9 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
         self, request: pb.IngestEventsRequest, context: grpc.aio.ServicerContext
     ) -> pb.IngestEventsResponse:
         rpc = "IngestEvents"
+        self.auth.caller(context)
         platform = self._platform(request.platform, "platform")
+        self.auth.require(context, platform)
         self._batch(len(request.events))
         with self.metrics.stage("total", rpc, platform):
             results: list[pb.EventResult] = []
@@ -126,7 +130,9 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
         self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecommendResponse:
         rpc = "Recommend"
+        self.auth.caller(context)
         target = self._platform(request.target_platform, "target_platform")
+        self.auth.require(context, target)
         if not 1 <= request.k <= self.settings.max_k:
             raise InvalidInput(f"k={request.k} is out of range 1..{self.settings.max_k}")
         if len(request.exclude_item_ids) > self.settings.max_exclude_ids:
@@ -158,7 +164,9 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
         self, request: pb.EncodeInterestRequest, context: grpc.aio.ServicerContext
     ) -> pb.EncodeInterestResponse:
         rpc = "EncodeInterest"
+        self.auth.caller(context)
         platform = self._platform(request.platform, "platform")
+        self.auth.require(context, platform)
         self._batch(len(request.events))
         with self.metrics.stage("total", rpc, platform):
             with self.metrics.stage("preprocess", rpc, platform):
@@ -179,7 +187,10 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
     async def GetProfile(
         self, request: pb.GetProfileRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetProfileResponse:
+        caller = self.auth.caller(context)
         profiles = self.store.load(self._user(request.user_id))
+        if caller != ANY_PLATFORM:  # a platform sees only its own part of the profile
+            profiles = {p: prof for p, prof in profiles.items() if p == caller}
         if not profiles:
             raise NotFound("no interest profile for this user")
         return pb.GetProfileResponse(
@@ -192,6 +203,7 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
     async def DeleteUser(
         self, request: pb.DeleteUserRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteUserResponse:
+        self.auth.caller(context)  # any authenticated platform may erase a user entirely
         removed = self.store.delete(self._user(request.user_id))
         log.info("deleted %d platform profile(s) of one user", removed)
         return pb.DeleteUserResponse(platforms_removed=removed)

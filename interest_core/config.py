@@ -102,6 +102,14 @@ class Settings(BaseSettings):
     max_k: int = 200
     max_exclude_ids: int = 10_000
 
+    # access control: SHA-256 hex digest of an API key -> platform ("*" = operator); empty = open
+    api_keys: dict[str, str] = Field(default_factory=dict)
+    tls_cert_file: Path | None = Field(default=None, description="server certificate (PEM): TLS on")
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = Field(
+        default=None, description="CA (PEM) that client certificates must chain to: mutual TLS"
+    )
+
     # privacy
     hmac_key: SecretStr = SecretStr("dev-only-pseudonymisation-key-change-me")
 
