@@ -13,12 +13,13 @@ PROTO_OUT := gateway/proto/interest/v1/gateway_pb2.py gateway/proto/interest/v1/
 STAMP   := $(VENV)/.installed
 MODEL   := model_repository/interest_encoder/VERSION.json
 
-.PHONY: help up setup proto data engine serve demo test unit integration lint clean bench tools
+.PHONY: help up setup proto data engine serve demo test unit integration lint clean bench tools FORCE
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-up: setup data engine  ## first command: set up, build the engine, serve and run the demo (Ctrl-C stops)
+up: setup data  ## first command: set up, build the engine (CPU), serve and run the demo (Ctrl-C stops)
+	$(MAKE) --no-print-directory engine TARGET=cpu
 	$(PY) -m gateway.serve --demo
 
 $(STAMP): requirements.lock pyproject.toml
@@ -38,8 +39,11 @@ proto: $(PROTO_OUT)  ## generate gRPC code from gateway/proto
 data: setup  ## check the dataset the project carries (datasets/, copied from shared/data) and summarise it
 	$(PY) -m interest_core.datacheck
 
-$(ART)/model.fp32.onnx: $(STAMP)
+# A CHECKPOINT always re-exports (make cannot see inside the checkpoint folder).
+$(ART)/model.fp32.onnx: $(STAMP) $(if $(CHECKPOINT),FORCE)
 	$(PY) -m quantize.export --out $@ $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+
+FORCE:
 
 # INT8 activations: int8 for TensorRT (GPU); uint8 with zero point 128 on CPU, where ONNX
 # Runtime's u8 x s8 kernels run 1.5x faster than s8 x s8 (both symmetric, same accuracy).
@@ -57,6 +61,7 @@ engine: setup $(ART)/validation-$(ACT).json  ## export -> INT8 Q/DQ -> accuracy 
 ifeq ($(TARGET),gpu)
 	$(PY) -m quantize.trt_build --onnx $(INT8) --out $(ART)/model.plan
 	$(PY) -m quantize.install --onnx $(INT8) --report $(ART)/validation-$(ACT).json --target gpu --plan $(ART)/model.plan
+	@echo "installed a TensorRT plan: serve model_repository/ with the NGC tritonserver container (see README)"
 else
 	$(PY) -m quantize.trt_build --onnx $(INT8) --out $(ART)/model.plan || test $$? -eq 3
 	$(PY) -m quantize.install --onnx $(INT8) --report $(ART)/validation-$(ACT).json --target cpu

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -41,14 +42,15 @@ async def build_index(
         parts = []
         for i in range(0, len(catalogue), chunk):
             parts.append(await encoder.embed_uncached(
-                catalogue.titles[i : i + chunk], rpc="CatalogueBuild", platform=catalogue.platform))
+                catalogue.titles[i : i + chunk], rpc="CatalogueBuild", platform=catalogue.platform,
+                timeout=encoder.settings.triton_timeout_s * 6))
             done = min(i + chunk, len(catalogue))
             rate = done / max(time.monotonic() - start, 1e-6)
             log.info("catalogue %s: %d/%d titles (%.0f/s, ~%.0fs left)", catalogue.platform,
                      done, len(catalogue), rate, (len(catalogue) - done) / rate)
         embeddings = np.concatenate(parts)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
         np.save(tmp, embeddings)
         tmp.replace(path)
     for title, vec in zip(catalogue.titles, embeddings):

@@ -68,7 +68,9 @@ def from_triton(exc: InferenceServerException) -> InterestError:
         return Overloaded("the interest model is overloaded; retry with backoff")
     if cls is not None or "unavailable" in str(exc).lower() or "connect" in str(exc).lower():
         return Unavailable("the interest model (Triton) is unavailable; retry shortly")
-    return InterestError(f"Triton error {status or 'unknown'}")
+    request_id = uuid.uuid4().hex[:12]
+    log.error("Triton failed (request id %s): %s %s", request_id, status, exc.message())
+    return InterestError(f"the interest model failed (request id {request_id})")
 
 
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]

@@ -13,6 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
+import grpc
 from grpc_health.v1 import health_pb2
 
 from gateway.demo import run_demo
@@ -41,8 +42,11 @@ async def _serve(settings: Settings, demo: bool, config: Path | None) -> int:
                   f":{settings.metrics_port}/metrics, Triton gRPC :{settings.triton_grpc_port} "
                   f"(Ctrl-C stops both)", flush=True)
             if demo:
-                await run_demo(f"{settings.grpc_host}:{gw.port}", 3, "food", "kitchen", 10, config)
-                print("\ndemo done; still serving (Ctrl-C stops both servers)", flush=True)
+                try:
+                    await run_demo(f"{settings.grpc_host}:{gw.port}", 3, "food", "kitchen", 10, config)
+                    print("\ndemo done; still serving (Ctrl-C stops both servers)", flush=True)
+                except grpc.aio.AioRpcError as exc:
+                    log.error("demo failed: %s %s; still serving", exc.code().name, exc.details())
         await stop.wait()
         log.info("stopping gateway (grace %.1fs)", settings.shutdown_grace_s)
         await gw.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -31,7 +31,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.service import InterestGatewayService
-from interest_core.config import Settings, load_settings
+from interest_core.config import DEFAULT_HMAC_KEY, Settings, load_settings
 from interest_core.data import Catalogue, load_catalogue
 from interest_core.migration import MigrationMap
 from interest_core.profiles import ProfileStore
@@ -66,6 +66,15 @@ class Gateway:
             await self.health.set(name, status)
 
     async def _startup(self) -> None:
+        """Wait for Triton, load the catalogues; retried with backoff until it succeeds."""
+        delay = 1.0
+        while not await self._try_startup():
+            log.warning("gateway start-up will be retried in %.0fs", delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+        self.tasks.append(asyncio.create_task(self._watch_triton(), name="triton-watch"))
+
+    async def _try_startup(self) -> bool:
         svc = self.service
         try:
             while not await svc.encoder.ready():
@@ -80,10 +89,10 @@ class Gateway:
             await self._set(health_pb2.HealthCheckResponse.SERVING)
             self.serving.set()
             log.info("gateway SERVING (model version %s)", svc.model_version)
+            return True
         except Exception:
             log.exception("gateway start-up failed; staying NOT_SERVING")
-            return
-        self.tasks.append(asyncio.create_task(self._watch_triton(), name="triton-watch"))
+            return False
 
     async def _watch_triton(self, period_s: float = 1.0) -> None:
         """Follow Triton's readiness into the health status, both ways."""
@@ -112,6 +121,14 @@ class Gateway:
         self.service.store.close()
 
 
+def installed_dim(settings: Settings, default: int = 384) -> int:
+    """Embedding size of the installed model (VERSION.json), 384 before one is installed."""
+    try:
+        return int(installed_model_version(settings).get("dim", default))  # type: ignore[call-overload]
+    except Exception:
+        return default
+
+
 def create_server(
     settings: Settings, metrics: GatewayMetrics | None = None, triton_url: str | None = None,
     port: int | None = None,
@@ -121,7 +138,7 @@ def create_server(
     encoder = TritonEncoder(settings, metrics, url=triton_url)
     catalogues = {name: load_catalogue(settings, name) for name in settings.platforms}
     titles = {name: dict(zip(c.item_ids, c.titles)) for name, c in catalogues.items()}
-    migration = MigrationMap.load(384, settings.var_dir / "migration.npz")
+    migration = MigrationMap.load(installed_dim(settings), settings.var_dir / "migration.npz")
     store = ProfileStore(settings.store_path)
     service = InterestGatewayService(settings, store, encoder, metrics, migration, titles)
     server = grpc.aio.server(interceptors=[ErrorAndMetricsInterceptor(metrics, settings.max_in_flight)],
@@ -136,6 +153,9 @@ def create_server(
     credentials = server_credentials(settings)
     bound = (server.add_secure_port(address, credentials) if credentials is not None
              else server.add_insecure_port(address))
+    if settings.hmac_key.get_secret_value() == DEFAULT_HMAC_KEY:
+        log.warning("INTEREST_HMAC_KEY is the public development default: pseudonyms are reversible "
+                    "by anyone who guesses user ids; set a secret key in production")
     if not service.auth.enabled:
         log.warning("no API keys configured: the gateway accepts every caller (development mode)")
     return Gateway(server, bound, settings, service, health_servicer, metrics, catalogues)

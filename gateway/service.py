@@ -72,10 +72,11 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
             raise InvalidInput("user_id longer than 128 characters")
         return self.pseudonymise(user_id.strip())
 
-    @staticmethod
-    def _timeout(context: grpc.aio.ServicerContext) -> float | None:
+    def _timeout(self, context: grpc.aio.ServicerContext) -> float:
+        """Seconds left for the Triton call: the caller's deadline, capped by triton_timeout_s."""
         remaining = context.time_remaining()
-        return None if remaining is None else max(float(remaining), 0.0)
+        cap = self.settings.triton_timeout_s
+        return cap if remaining is None else max(min(float(remaining), cap), 0.0)
 
     # --- RPCs ---
     async def IngestEvents(

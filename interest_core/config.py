@@ -21,6 +21,7 @@ from pydantic_settings import (
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_FILE = ROOT / "config" / "default.yaml"
+DEFAULT_HMAC_KEY = "dev-only-pseudonymisation-key-change-me"
 
 
 class PlatformConfig(BaseModel):
@@ -111,7 +112,7 @@ class Settings(BaseSettings):
     )
 
     # privacy
-    hmac_key: SecretStr = SecretStr("dev-only-pseudonymisation-key-change-me")
+    hmac_key: SecretStr = SecretStr(DEFAULT_HMAC_KEY)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

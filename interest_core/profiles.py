@@ -61,6 +61,7 @@ class ProfileStore:
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA secure_delete=ON")  # deleted profiles are overwritten, not left in pages
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:

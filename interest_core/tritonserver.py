@@ -144,6 +144,11 @@ def start_triton(
     model_dir = settings.model_repository / settings.model_name
     if not (model_dir / "config.pbtxt").exists():
         raise TritonStartError(f"no model installed at {model_dir}: run `make engine` first")
+    if "tensorrt_plan" in (model_dir / "config.pbtxt").read_text():
+        raise TritonStartError(
+            f"{model_dir} holds a TensorRT plan, which the CPU Triton of the nvidia-pytriton wheel "
+            "cannot run: serve it with the NGC tritonserver container, or `make engine TARGET=cpu`"
+        )
     backends = prepare_backend_dir(settings.var_dir / "triton" / "backends")
     http_port = http_port or settings.triton_http_port
     grpc_port = grpc_port or settings.triton_grpc_port

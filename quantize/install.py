@@ -66,6 +66,17 @@ def render_config(
     return "\n".join(p for p in parts if p) + "\n"
 
 
+def output_dim(onnx_path: Path) -> int:
+    """Size of `interest_embedding`'s last axis, from the ONNX graph."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    dims = graph.output[0].type.tensor_type.shape.dim
+    if not dims or not dims[-1].dim_value:
+        raise ValueError(f"{onnx_path}: output has no static embedding size; pass --dim")
+    return int(dims[-1].dim_value)
+
+
 def file_digest(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -83,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, required=True, help="report from quantize.validate")
     parser.add_argument("--target", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--plan", type=Path, default=None, help="TensorRT plan (target gpu)")
-    parser.add_argument("--dim", type=int, default=384, help="interest embedding size")
+    parser.add_argument("--dim", type=int, default=None,
+                        help="interest embedding size (default: read from the ONNX output shape)")
     # Two single-threaded instances beat one two-threaded instance on 2 cores (bench: 139 vs
     # 130 req/s at concurrency 32): no intra-op synchronisation, and batches overlap.
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads per instance")
@@ -98,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.target == "gpu" and (args.plan is None or not args.plan.exists()):
         parser.error("--target gpu needs --plan pointing at a built TensorRT engine")
+    if args.dim is None:
+        args.dim = output_dim(args.onnx)
     settings = load_settings()
     model_dir = settings.model_repository / settings.model_name
     version_dir = model_dir / "1"

@@ -59,7 +59,7 @@ class PlatformAdapter:
             raise InvalidInput(f"item_text longer than {ctx.max_text_chars} characters")
         if event.timestamp_ms < 0 or event.position < 0:
             raise InvalidInput("timestamp_ms and position must not be negative")
-        text = clean_text(event.item_text)
+        text = scrub_pii(clean_text(event.item_text))  # free text from the platform
         if not text:
             if not item_id:
                 raise InvalidInput("event has neither item_id nor item_text")
@@ -67,13 +67,13 @@ class PlatformAdapter:
                 raise InvalidInput(
                     f"item_id {item_id!r} is not in the {ctx.platform} catalogue and no item_text was sent"
                 )
-            text = clean_text(ctx.titles[item_id])
+            text = clean_text(ctx.titles[item_id])  # our own catalogue title: nothing to scrub
         # Every field was checked above; skip pydantic's second validation on this hot path.
         return UnifiedEvent.model_construct(
             platform=ctx.platform,
             user_key=ctx.pseudonymise(user_id) if user_id else "",
             item_id=item_id,
-            text=scrub_pii(text),
+            text=text,
             event_type=event_type,
             order=event.timestamp_ms or event.position or index,
         )

@@ -67,7 +67,9 @@ async def test_bad_requests_get_clear_statuses(stack: Stack) -> None:
     assert reply.status == health_pb2.HealthCheckResponse.SERVING, "still serving after bad input"
 
 
-async def test_deadline_reaches_the_triton_call(stack: Stack) -> None:
+async def test_short_deadline_answers_deadline_exceeded(stack: Stack) -> None:
+    """The client sees DEADLINE_EXCEEDED (the server-side propagation of the deadline to the
+    Triton call is asserted in tests/unit/test_service.py)."""
     events = [pb.BehaviorEvent(item_text=f"unseen text number {i} about kitchen scales", event_type="view")
               for i in range(200)]
     await expect(stack.stub.EncodeInterest(pb.EncodeInterestRequest(platform="kitchen", events=events),

@@ -55,7 +55,7 @@ def test_install_writes_repository_with_version(tmp_path: Path, monkeypatch: pyt
     report = tmp_path / "validation.json"
     report.write_text(json.dumps({"passed": True, "mean_cosine": 0.98}))
     monkeypatch.setenv("INTEREST_MODEL_REPOSITORY", str(tmp_path / "repo"))
-    assert install.main(["--onnx", str(onnx), "--report", str(report)]) == 0
+    assert install.main(["--onnx", str(onnx), "--report", str(report), "--dim", "384"]) == 0
     model = tmp_path / "repo" / "interest_encoder"
     assert (model / "1" / "model.onnx").read_bytes() == b"weights"
     assert (model / "1" / "model.py").exists()
