@@ -40,6 +40,7 @@ async def run_demo(target: str, users: int, source: str, dest: str, k: int, conf
                      if i < len(dst_cat)}
             user_id = f"demo-test-user-{person.uid}"
             await stub.DeleteUser(pb.DeleteUserRequest(user_id=user_id), timeout=10)
+            await stub.SetConsent(pb.SetConsentRequest(user_id=user_id, migrate=True), timeout=10)
             events = [pb.BehaviorEvent(user_id=user_id, item_id=src_cat.item_ids[i],
                                        item_text=src_cat.titles[i], event_type="review",
                                        position=n + 1)

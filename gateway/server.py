@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import logging
 import signal
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import numpy as np
 from grpc_health.v1 import _async as health_aio  # what grpc_health.v1.health.aio re-exports
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -32,9 +34,9 @@ from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.service import InterestGatewayService
 from interest_core.config import DEFAULT_HMAC_KEY, Settings, load_settings
-from interest_core.data import Catalogue, load_catalogue
+from interest_core.data import Catalogue, item_popularity, load_catalogue
 from interest_core.migration import MigrationMap
-from interest_core.profiles import ProfileStore
+from interest_core.profiles import ProfileCipher, ProfileStore
 
 log = logging.getLogger("interest.gateway")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InterestGateway"].full_name
@@ -139,8 +141,13 @@ def create_server(
     catalogues = {name: load_catalogue(settings, name) for name in settings.platforms}
     titles = {name: dict(zip(c.item_ids, c.titles)) for name, c in catalogues.items()}
     migration = MigrationMap.load(installed_dim(settings), settings.var_dir / "migration.npz")
-    store = ProfileStore(settings.store_path)
+    cipher = None
+    if settings.profile_encryption_key is not None:
+        cipher = ProfileCipher(base64.b64decode(settings.profile_encryption_key.get_secret_value()))
+    store = ProfileStore(settings.store_path, cipher)
     service = InterestGatewayService(settings, store, encoder, metrics, migration, titles)
+    service.popularity = {name: np.asarray(item_popularity(settings, name), dtype=np.float32)
+                          for name in settings.platforms}
     server = grpc.aio.server(interceptors=[ErrorAndMetricsInterceptor(metrics, settings.max_in_flight)],
                              options=[("grpc.max_receive_message_length", 8 * 1024 * 1024)])
     pb_grpc.add_InterestGatewayServicer_to_server(service, server)

@@ -41,6 +41,7 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
         self.migration = migration
         self.pseudonymise = Pseudonymiser(settings.hmac_key.get_secret_value())
         self.auth = Authorizer(settings.api_keys)
+        self.popularity: dict[str, np.ndarray] = {}
         self.indexes: dict[str, CatalogueIndex] = {}
         self.model_version = ""
         self.adapters: dict[str, PlatformAdapter] = {}
@@ -147,19 +148,41 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
             index = self.indexes.get(target)
             if index is None:
                 raise Unavailable(f"the {target} catalogue is still loading; retry shortly")
-            with self.metrics.stage("migrate", rpc, target):
-                query = self.migration.migrate(
-                    {p: (prof.vector, prof.events) for p, prof in profiles.items()}, target)
-            with self.metrics.stage("rank", rpc, target):
-                owned = profiles[target].items if target in profiles else []
-                ranked = index.top_k(query, request.k, [*owned, *request.exclude_item_ids])
+            consent = self.store.consent(user_key)
+            used = profiles if consent else {p: v for p, v in profiles.items() if p == target}
+            owned = profiles[target].items if target in profiles else []
+            exclude = [*owned, *request.exclude_item_ids]
+            if used:
+                with self.metrics.stage("migrate", rpc, target):
+                    query = self.migration.migrate(
+                        {p: (prof.vector, prof.events) for p, prof in used.items()}, target)
+                with self.metrics.stage("rank", rpc, target):
+                    ranked = index.top_k(query, request.k, exclude)
+                sources = sorted(p for p in used if p != target)
+                explanation = (f"interests migrated from {', '.join(sources)}" if sources
+                               else f"from this user's {target} activity")
+                if not consent and len(profiles) > len(used):
+                    explanation += "; cross-platform migration is off (no consent)"
+            else:
+                with self.metrics.stage("rank", rpc, target):
+                    ranked = index.top_k(None, request.k, exclude, scores=self.popularity.get(target))
+                sources = []
+                explanation = (f"not personalised: cross-platform migration is off for this user "
+                               f"(no consent) and there is no {target} activity; most popular items")
         return pb.RecommendResponse(
             target_platform=target,
             items=[pb.RecommendedItem(item_id=r.item_id, title=r.title, score=r.score, rank=n + 1)
                    for n, r in enumerate(ranked)],
-            source_platforms=sorted(p for p in profiles if p != target),
-            model_version=self.model_version,
+            source_platforms=sources, model_version=self.model_version,
+            personalised=bool(used), explanation=explanation,
         )
+
+    async def SetConsent(
+        self, request: pb.SetConsentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetConsentResponse:
+        self.auth.caller(context)
+        self.store.set_consent(self._user(request.user_id), request.migrate)
+        return pb.SetConsentResponse(migrate=request.migrate)
 
     async def EncodeInterest(
         self, request: pb.EncodeInterestRequest, context: grpc.aio.ServicerContext
@@ -195,6 +218,7 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
         if not profiles:
             raise NotFound("no interest profile for this user")
         return pb.GetProfileResponse(
+            migrate_consent=self.store.consent(self._user(request.user_id)),
             platforms=[pb.PlatformProfile(platform=p.platform, event_count=p.events,
                                           item_count=len(p.items), updated_at_ms=p.updated_ms)
                        for p in sorted(profiles.values(), key=lambda p: p.platform)],

@@ -114,6 +114,10 @@ class Settings(BaseSettings):
     # privacy
     hmac_key: SecretStr = SecretStr(DEFAULT_HMAC_KEY)
 
+    profile_encryption_key: SecretStr | None = Field(
+        default=None, description="base64 of 32 random bytes: profiles encrypted at rest (AES-GCM)"
+    )
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @classmethod

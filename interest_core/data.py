@@ -86,6 +86,23 @@ def load_sequences(folder: Path, filename: str) -> list[UserSequence]:
     return users
 
 
+def item_popularity(settings: Settings, name: str) -> list[int]:
+    """Training interactions per catalogue item of platform `name` (local-index order): the
+    non-personalised fallback ranking. Uses only training files, never valid/test."""
+    platform = settings.platforms[name]
+    folder = dataset_dir(settings, platform)
+    counts = [0] * side_size(folder, platform.side)
+    for filename in ("train_overlap.txt", f"train_{platform.side}.txt"):
+        if not (folder / filename).exists():
+            continue
+        for user in load_sequences(folder, filename):
+            for i in user.items_a if platform.side == "A" else user.items_b:
+                counts[i] += 1
+    if settings.catalogue_limit is not None:
+        counts = counts[: settings.catalogue_limit]
+    return counts
+
+
 def behaviour_texts(settings: Settings, n: int, seed: int = 0) -> list[str]:
     """`n` real behaviour texts (item titles from every platform), seeded sample."""
     texts: list[str] = []

@@ -7,6 +7,7 @@ The profile vector is the normalised mean of the user's event embeddings on that
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -25,6 +26,11 @@ CREATE TABLE IF NOT EXISTS profiles (
     items      TEXT    NOT NULL,
     updated_ms INTEGER NOT NULL,
     PRIMARY KEY (user_key, platform)
+);
+CREATE TABLE IF NOT EXISTS consent (
+    user_key   TEXT    PRIMARY KEY,
+    migrate    INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
 );
 """
 
@@ -52,10 +58,31 @@ class Profile:
             self.items.append(item_id)
 
 
-class ProfileStore:
-    """SQLite-backed profiles; every `save_many` is one transaction (all or nothing)."""
+class ProfileCipher:
+    """AES-256-GCM for profile fields at rest; the row's key and field are the associated
+    data, so a ciphertext moved to another row or column does not decrypt."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, key: bytes) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        if len(key) != 32:
+            raise ValueError("the profile encryption key must be 32 bytes (base64 of 32 random bytes)")
+        self._aead = AESGCM(key)
+
+    def seal(self, data: bytes, aad: str) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + self._aead.encrypt(nonce, data, aad.encode())
+
+    def open(self, blob: bytes, aad: str) -> bytes:
+        return self._aead.decrypt(blob[:12], blob[12:], aad.encode())
+
+
+class ProfileStore:
+    """SQLite-backed profiles; every `save_many` is one transaction (all or nothing).
+    With a cipher, the vector and item list of every row are stored encrypted."""
+
+    def __init__(self, path: Path, cipher: ProfileCipher | None = None) -> None:
+        self._cipher = cipher
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
@@ -72,37 +99,58 @@ class ProfileStore:
             "SELECT platform, dim, vec_sum, events, items, updated_ms FROM profiles WHERE user_key=?",
             (user_key,),
         ).fetchall()
-        return {
-            platform: Profile(
-                platform=platform,
-                vec_sum=np.frombuffer(blob, dtype=np.float32, count=dim).copy(),
-                events=events,
-                items=json.loads(items),
-                updated_ms=updated,
+        out = {}
+        for platform, dim, blob, events, items, updated in rows:
+            if self._cipher is not None:
+                blob = self._cipher.open(blob, f"{user_key}|{platform}|vec")
+                items = self._cipher.open(bytes(items), f"{user_key}|{platform}|items").decode()
+            out[platform] = Profile(
+                platform=platform, vec_sum=np.frombuffer(blob, dtype=np.float32, count=dim).copy(),
+                events=events, items=json.loads(items), updated_ms=updated,
             )
-            for platform, dim, blob, events, items, updated in rows
-        }
+        return out
+
+    def _fields(self, key: str, p: Profile) -> tuple[bytes, str | bytes]:
+        vec = p.vec_sum.astype(np.float32).tobytes()
+        items = json.dumps(p.items)
+        if self._cipher is None:
+            return vec, items
+        return (self._cipher.seal(vec, f"{key}|{p.platform}|vec"),
+                self._cipher.seal(items.encode(), f"{key}|{p.platform}|items"))
 
     def save_many(self, profiles: Iterable[tuple[str, Profile]]) -> None:
         """Upsert (user_key, profile) pairs atomically."""
         now = int(time.time() * 1000)
-        rows = [
-            (key, p.platform, int(p.vec_sum.shape[0]), p.vec_sum.astype(np.float32).tobytes(),
-             p.events, json.dumps(p.items), now)
-            for key, p in profiles
-        ]
+        rows = [(key, p.platform, int(p.vec_sum.shape[0]), *self._fields(key, p), p.events, now)
+                for key, p in profiles]
         with self._transaction():
             self._db.executemany(
-                "INSERT INTO profiles VALUES (?,?,?,?,?,?,?) ON CONFLICT(user_key, platform) DO "
+                "INSERT INTO profiles (user_key, platform, dim, vec_sum, items, events, updated_ms) "
+                "VALUES (?,?,?,?,?,?,?) ON CONFLICT(user_key, platform) DO "
                 "UPDATE SET dim=excluded.dim, vec_sum=excluded.vec_sum, events=excluded.events, "
                 "items=excluded.items, updated_ms=excluded.updated_ms",
                 rows,
             )
 
     def delete(self, user_key: str) -> int:
+        """Remove every row of the user (profiles and consent); returns profiles removed."""
         with self._transaction():
             cur = self._db.execute("DELETE FROM profiles WHERE user_key=?", (user_key,))
+            self._db.execute("DELETE FROM consent WHERE user_key=?", (user_key,))
         return int(cur.rowcount)
+
+    def set_consent(self, user_key: str, migrate: bool) -> None:
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO consent VALUES (?,?,?) ON CONFLICT(user_key) DO UPDATE SET "
+                "migrate=excluded.migrate, updated_ms=excluded.updated_ms",
+                (user_key, int(migrate), int(time.time() * 1000)),
+            )
+
+    def consent(self, user_key: str) -> bool:
+        """Cross-platform migration consent; off unless the user turned it on."""
+        row = self._db.execute("SELECT migrate FROM consent WHERE user_key=?", (user_key,)).fetchone()
+        return bool(row and row[0])
 
     def count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM profiles").fetchone()[0])

@@ -33,9 +33,15 @@ class CatalogueIndex:
     def position(self, item_id: str) -> int | None:
         return self._pos.get(item_id)
 
-    def top_k(self, query: np.ndarray, k: int, exclude: Iterable[str] = ()) -> list[Ranked]:
-        """The k best items by score, never one in `exclude`; ties broken by catalogue order."""
-        scores = self.embeddings @ query.astype(np.float32)
+    def top_k(self, query: np.ndarray | None, k: int, exclude: Iterable[str] = (),
+              scores: np.ndarray | None = None) -> list[Ranked]:
+        """The k best items by score (query . item, or the given per-item `scores`), never one
+        in `exclude`; ties broken by catalogue order."""
+        if scores is None:
+            assert query is not None
+            scores = self.embeddings @ query.astype(np.float32)
+        else:
+            scores = scores.astype(np.float32).copy()
         banned = [p for p in (self._pos.get(i) for i in exclude) if p is not None]
         if banned:
             scores[banned] = -np.inf

@@ -130,6 +130,8 @@ async def test_keys_and_scope(secured: Secured) -> None:
     assert ok == grpc.StatusCode.OK
     # The gateway is in-process here; wait for its catalogues before asking for recommendations.
     await secured.gateway.serving.wait()
+    consent = pb.SetConsentRequest(user_id="acl-user", migrate=True)
+    await s.SetConsent(consent, timeout=5, metadata=key("food"))
     rec = pb.RecommendRequest(user_id="acl-user", target_platform="kitchen", k=3)
     denied = await status_of(s.Recommend(rec, timeout=10, metadata=key("food")))
     assert denied == grpc.StatusCode.PERMISSION_DENIED

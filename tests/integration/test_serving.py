@@ -39,6 +39,7 @@ async def test_real_user_food_history_gets_valid_kitchen_recommendations(stack: 
     user, _, kitchen = real_test_user(stack)
     user_id = f"it-user-{user.uid}"
     events = food_events(stack, user_id, user)
+    await stack.stub.SetConsent(pb.SetConsentRequest(user_id=user_id, migrate=True), timeout=5)
     owned = [kitchen.item_ids[i] for i in user.items_b if i < CATALOGUE_SLICE][:2]
     ingest = await stack.stub.IngestEvents(pb.IngestEventsRequest(platform="food", events=events), timeout=60)
     assert ingest.accepted == len(events) and ingest.rejected == 0 and ingest.users_updated == 1
@@ -63,6 +64,7 @@ async def test_real_user_food_history_gets_valid_kitchen_recommendations(stack: 
     titles = dict(zip(kitchen.item_ids, kitchen.titles))
     assert all(item.title == titles[item.item_id] for item in first.items)
     assert list(first.source_platforms) == ["food"]
+    assert first.personalised and "migrated from food" in first.explanation
     assert first.model_version
 
     excluded = await stack.stub.Recommend(
@@ -162,3 +164,23 @@ async def test_metrics_endpoint_shows_stage_histograms(stack: Stack) -> None:
     assert count("grpc_server_handled_total", grpc_method="Recommend", grpc_code="OK") >= 1
     assert count("grpc_server_handling_seconds_count", grpc_method="EncodeInterest") >= 1
     assert count("interest_catalogue_items", platform="kitchen") == CATALOGUE_SLICE
+
+
+async def test_without_consent_nothing_migrates(stack: Stack) -> None:
+    """Consent off (the default): a food-only user gets a non-personalised kitchen answer that
+    says so; consent on: the food interests migrate; DeleteUser removes the consent too."""
+    user_id = "it-consent"
+    events = [pb.BehaviorEvent(user_id=user_id, item_text="Japanese sencha green tea", event_type="review")]
+    await stack.stub.IngestEvents(pb.IngestEventsRequest(platform="food", events=events), timeout=30)
+    request = pb.RecommendRequest(user_id=user_id, target_platform="kitchen", k=5)
+    off = await stack.stub.Recommend(request, timeout=10)
+    assert not off.personalised and "no consent" in off.explanation and not off.source_platforms
+    assert len(off.items) == 5
+    scores = [i.score for i in off.items]
+    assert scores == sorted(scores, reverse=True) and scores[0] >= 1, "most popular first"
+    await stack.stub.SetConsent(pb.SetConsentRequest(user_id=user_id, migrate=True), timeout=5)
+    on = await stack.stub.Recommend(request, timeout=10)
+    assert on.personalised and list(on.source_platforms) == ["food"]
+    assert (await stack.stub.GetProfile(pb.GetProfileRequest(user_id=user_id), timeout=5)).migrate_consent
+    await stack.stub.DeleteUser(pb.DeleteUserRequest(user_id=user_id), timeout=5)
+    assert not stack.gateway.service.store.consent(stack.gateway.service.pseudonymise(user_id))

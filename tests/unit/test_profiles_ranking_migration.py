@@ -70,3 +70,35 @@ def test_pseudonymiser_is_keyed_and_stable() -> None:
     a, b = Pseudonymiser("k1"), Pseudonymiser("k2")
     assert a("alice") == a("alice") != a("bob")
     assert a("alice") != b("alice") and len(a("alice")) == 64 and "alice" not in a("alice")
+
+
+def test_profiles_encrypted_at_rest(tmp_path: Path) -> None:
+    import base64
+    import os
+
+    from cryptography.exceptions import InvalidTag
+
+    from interest_core.profiles import ProfileCipher
+
+    key = os.urandom(32)
+    store = ProfileStore(tmp_path / "p.sqlite3", ProfileCipher(key))
+    p = Profile("food", np.array([0.25, 0.5, 0.75], dtype=np.float32), 2, items=["B00SECRETITEM"])
+    store.save_many([("u1", p)])
+    assert store.load("u1")["food"].items == ["B00SECRETITEM"]
+    assert np.allclose(store.load("u1")["food"].vec_sum, p.vec_sum)
+    store.close()
+    raw = b"".join(f.read_bytes() for f in tmp_path.glob("p.sqlite3*"))
+    assert b"B00SECRETITEM" not in raw and p.vec_sum.tobytes() not in raw
+    with pytest.raises(InvalidTag):
+        ProfileStore(tmp_path / "p.sqlite3", ProfileCipher(os.urandom(32))).load("u1")
+    with pytest.raises(ValueError, match="32 bytes"):
+        ProfileCipher(base64.b64decode("c2hvcnQ="))
+
+
+def test_consent_defaults_off_and_is_deleted_with_the_user(tmp_path: Path) -> None:
+    store = ProfileStore(tmp_path / "p.sqlite3")
+    assert store.consent("u1") is False
+    store.set_consent("u1", True)
+    assert store.consent("u1") is True
+    store.delete("u1")
+    assert store.consent("u1") is False
