@@ -13,7 +13,7 @@ PROTO_OUT := gateway/proto/interest/v1/gateway_pb2.py gateway/proto/interest/v1/
 STAMP   := $(VENV)/.installed
 MODEL   := model_repository/interest_encoder/VERSION.json
 
-.PHONY: help up setup proto data engine serve demo test unit integration lint clean bench tools FORCE
+.PHONY: help up setup proto data engine serve demo test unit integration lint clean bench fuzz tools FORCE
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -88,6 +88,11 @@ tools:  ## Debian's prometheus server (the monitoring test scrapes the real stac
 bench: engine  ## benchmark: seed vs in-process limit vs this stack, perf_analyzer; writes results/bench.*
 	bash build/install-perf-analyzer.sh
 	$(PY) -m tests.bench.run
+	$(MAKE) --no-print-directory fuzz
+
+fuzz: setup  ## 2,500 fuzzed examples x 4 RPCs = 10,000 bad-input cases against the real stack
+	FUZZ_EXAMPLES=2500 $(PY) -m pytest -q -p no:cacheprovider tests/integration/test_reliability.py \
+	  -k fuzzed --hypothesis-show-statistics
 
 lint: setup  ## ruff + mypy
 	$(VENV)/bin/ruff check interest_core gateway quantize tests model_repository

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from tritonclient.utils import InferenceServerException
 
@@ -105,3 +107,21 @@ def test_embedding_cache_is_lru_and_can_be_off() -> None:
     off = EmbeddingCache(capacity=0)
     off.put("a", one)
     assert off.get("a") is None and len(off) == 0
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.builds(
+    pb.BehaviorEvent,
+    user_id=st.text(max_size=140), item_id=st.text(max_size=140), item_text=st.text(max_size=150),
+    event_type=st.sampled_from(["review", "purchase", "view", "Review", "", "like"]) | st.text(max_size=10),
+    timestamp_ms=st.integers(-(2**63), 2**63 - 1), position=st.integers(-(2**63), 2**63 - 1),
+))
+def test_fuzzed_events_are_adapted_or_rejected_clearly(event: pb.BehaviorEvent) -> None:
+    """Any event either becomes a valid UnifiedEvent or raises InvalidInput: nothing else."""
+    adapter = adapter_for("amazon_review")(CTX)
+    try:
+        unified = adapter.adapt(event)
+    except errors.InvalidInput as exc:
+        assert str(exc)
+        return
+    assert unified.text and unified.user_key and unified.event_type in CTX.event_types
