@@ -98,7 +98,27 @@ async def test_dead_triton_answers_unavailable(stack: Stack) -> None:
 
 
 async def test_triton_killed_then_restarted_recovers_by_itself(stack: Stack) -> None:
-    """Kill the real Triton: UNAVAILABLE and NOT_SERVING; restart it: SERVING and answers again."""
+    """Kill the real Triton under load: UNAVAILABLE (never a hang or INTERNAL) and NOT_SERVING;
+    restart it: SERVING and answers again, with nothing restarted on the gateway side."""
+    codes: list[grpc.StatusCode] = []
+    stop = asyncio.Event()
+
+    async def load() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            try:
+                event = pb.BehaviorEvent(item_text=f"load during the outage {n}", event_type="view")
+                await stack.stub.EncodeInterest(
+                    pb.EncodeInterestRequest(platform="food", events=[event]), timeout=10)
+                codes.append(grpc.StatusCode.OK)
+            except grpc.aio.AioRpcError as err:
+                codes.append(err.code())
+            await asyncio.sleep(0.01)
+
+    loader = asyncio.ensure_future(load())
+    while grpc.StatusCode.OK not in codes:
+        await asyncio.sleep(0.05)
     await asyncio.to_thread(stack.triton.kill)
     unseen = pb.BehaviorEvent(item_text="never embedded before: rooibos", event_type="view")
     await expect(stack.stub.EncodeInterest(pb.EncodeInterestRequest(platform="food", events=[unseen]),
@@ -113,6 +133,12 @@ async def test_triton_killed_then_restarted_recovers_by_itself(stack: Stack) -> 
         metrics_port=stack.triton.metrics_port)
     stack.triton.process = restarted.process
     await wait_serving(stack.health, timeout_s=60)
+    served_before = codes.count(grpc.StatusCode.OK)
+    while codes.count(grpc.StatusCode.OK) == served_before:
+        await asyncio.sleep(0.05)
+    stop.set()
+    await loader
+    assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, set(codes)
     reply = await stack.stub.EncodeInterest(pb.EncodeInterestRequest(
         platform="food", events=[pb.BehaviorEvent(item_text="rooibos tea", event_type="view")]), timeout=30)
     assert reply.dim == 384
