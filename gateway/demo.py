@@ -61,7 +61,8 @@ async def run_demo(target: str, users: int, source: str, dest: str, k: int, conf
             print(f"  {source} history (most recent last):")
             for i in history[-6:]:
                 print("    - " + textwrap.shorten(src_cat.titles[i], 90))
-            print(f"  recommended on {dest} (never acted there as far as the stack knows):")
+            print(f"  recommended on {dest} (never acted there as far as the stack knows; "
+                  f"{rec.explanation}):")
             for item in rec.items:
                 mark = "  <- really taken" if item.item_id in truth else ""
                 print(f"    {item.rank:2d}. [{item.score:.3f}] "
