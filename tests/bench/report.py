@@ -83,7 +83,7 @@ def summarise(data: dict[str, Any]) -> dict[str, Any]:
                 "p50_ms": limit["batch_p50_ms"],
                 "p99_ms": limit["batch_p99_ms"],
                 "texts_per_s": limit["texts_per_s"],
-                "note": "latency = one length-sorted batch of 64 texts",
+                "note": f"latency = one length-sorted batch of {limit['batch']} texts",
             },
             "stack": _short(stack),
         },
