@@ -49,12 +49,11 @@ class Authorizer:
                 return platform
         raise Unauthenticated("unknown API key")
 
-    def require(self, context: grpc.aio.ServicerContext, platform: str) -> str:
-        """Raise PermissionDenied unless the caller may act on `platform`; returns the caller."""
-        caller = self.caller(context)
+    @staticmethod
+    def require(caller: str, platform: str) -> None:
+        """Raise PermissionDenied unless `caller` (from `caller()`) may act on `platform`."""
         if caller not in (ANY_PLATFORM, platform):
             raise PermissionDenied(f"this API key is scoped to platform {caller!r}, not {platform!r}")
-        return caller
 
 
 if __name__ == "__main__":

@@ -145,9 +145,9 @@ def create_server(
     if settings.profile_encryption_key is not None:
         cipher = ProfileCipher(base64.b64decode(settings.profile_encryption_key.get_secret_value()))
     store = ProfileStore(settings.store_path, cipher)
-    service = InterestGatewayService(settings, store, encoder, metrics, migration, titles)
-    service.popularity = {name: np.asarray(item_popularity(settings, name), dtype=np.float32)
-                          for name in settings.platforms}
+    popularity = {name: np.asarray(item_popularity(settings, name), dtype=np.float32)
+                  for name in settings.platforms}
+    service = InterestGatewayService(settings, store, encoder, metrics, migration, titles, popularity)
     server = grpc.aio.server(interceptors=[ErrorAndMetricsInterceptor(metrics, settings.max_in_flight)],
                              options=[("grpc.max_receive_message_length", 8 * 1024 * 1024)])
     pb_grpc.add_InterestGatewayServicer_to_server(service, server)

@@ -33,6 +33,7 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
     def __init__(
         self, settings: Settings, store: ProfileStore, encoder: TritonEncoder,
         metrics: GatewayMetrics, migration: MigrationMap, titles: dict[str, dict[str, str]],
+        popularity: dict[str, np.ndarray] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -41,7 +42,7 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
         self.migration = migration
         self.pseudonymise = Pseudonymiser(settings.hmac_key.get_secret_value())
         self.auth = Authorizer(settings.api_keys)
-        self.popularity: dict[str, np.ndarray] = {}
+        self.popularity = popularity or {}  # per-item fallback scores when nothing may be used
         self.indexes: dict[str, CatalogueIndex] = {}
         self.model_version = ""
         self.adapters: dict[str, PlatformAdapter] = {}
@@ -84,9 +85,9 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
         self, request: pb.IngestEventsRequest, context: grpc.aio.ServicerContext
     ) -> pb.IngestEventsResponse:
         rpc = "IngestEvents"
-        self.auth.caller(context)
+        caller = self.auth.caller(context)
         platform = self._platform(request.platform, "platform")
-        self.auth.require(context, platform)
+        self.auth.require(caller, platform)
         self._batch(len(request.events))
         with self.metrics.stage("total", rpc, platform):
             results: list[pb.EventResult] = []
@@ -132,9 +133,9 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
         self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecommendResponse:
         rpc = "Recommend"
-        self.auth.caller(context)
+        caller = self.auth.caller(context)
         target = self._platform(request.target_platform, "target_platform")
-        self.auth.require(context, target)
+        self.auth.require(caller, target)
         if not 1 <= request.k <= self.settings.max_k:
             raise InvalidInput(f"k={request.k} is out of range 1..{self.settings.max_k}")
         if len(request.exclude_item_ids) > self.settings.max_exclude_ids:
@@ -188,9 +189,9 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
         self, request: pb.EncodeInterestRequest, context: grpc.aio.ServicerContext
     ) -> pb.EncodeInterestResponse:
         rpc = "EncodeInterest"
-        self.auth.caller(context)
+        caller = self.auth.caller(context)
         platform = self._platform(request.platform, "platform")
-        self.auth.require(context, platform)
+        self.auth.require(caller, platform)
         self._batch(len(request.events))
         with self.metrics.stage("total", rpc, platform):
             with self.metrics.stage("preprocess", rpc, platform):
@@ -212,13 +213,14 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
         self, request: pb.GetProfileRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetProfileResponse:
         caller = self.auth.caller(context)
-        profiles = self.store.load(self._user(request.user_id))
+        user_key = self._user(request.user_id)
+        profiles = self.store.load(user_key)
         if caller != ANY_PLATFORM:  # a platform sees only its own part of the profile
             profiles = {p: prof for p, prof in profiles.items() if p == caller}
         if not profiles:
             raise NotFound("no interest profile for this user")
         return pb.GetProfileResponse(
-            migrate_consent=self.store.consent(self._user(request.user_id)),
+            migrate_consent=self.store.consent(user_key),
             platforms=[pb.PlatformProfile(platform=p.platform, event_count=p.events,
                                           item_count=len(p.items), updated_at_ms=p.updated_ms)
                        for p in sorted(profiles.values(), key=lambda p: p.platform)],

@@ -17,20 +17,6 @@ ATTENTION_MASK = "attention_mask"
 OUTPUT = "interest_embedding"
 
 
-def pad_and_stack(
-    arrays: Sequence[np.ndarray], pad_value: int = 0
-) -> tuple[np.ndarray, list[int]]:
-    """Stack int64 [b_i, t_i] arrays into [sum b_i, max t_i]; returns the stack and each b_i."""
-    longest = max(a.shape[1] for a in arrays)
-    sizes = [int(a.shape[0]) for a in arrays]
-    out = np.full((sum(sizes), longest), pad_value, dtype=np.int64)
-    row = 0
-    for a in arrays:
-        out[row : row + a.shape[0], : a.shape[1]] = a
-        row += a.shape[0]
-    return out, sizes
-
-
 class OnnxInterestRuntime:
     """Runs interest_embedding = model(input_ids, attention_mask) on ONNX Runtime (CPU)."""
 
@@ -55,7 +41,7 @@ class OnnxInterestRuntime:
         return np.asarray(out, dtype=np.float32)
 
     def run_many(
-        self, requests: Sequence[tuple[np.ndarray, np.ndarray]], chunk_rows: int = 64
+        self, requests: Sequence[tuple[np.ndarray, np.ndarray]], chunk_rows: int = 16
     ) -> list[np.ndarray]:
         """Several requests' (ids, mask) -> per-request [b_i, D] outputs.
 

@@ -113,6 +113,13 @@ class TritonServer:
             os.killpg(self.process.pid, signal.SIGKILL)
 
 
+def free_port() -> int:
+    """A loopback TCP port nobody is listening on right now (tests, bench)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def port_in_use(port: int) -> bool:
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -28,7 +28,7 @@ from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
 from interest_core.config import ROOT, Settings, load_settings
 from interest_core.data import load_catalogue, load_sequences
-from interest_core.tritonserver import TritonServer, start_triton
+from interest_core.tritonserver import TritonServer, free_port, start_triton
 from tests.bench.limit import ort_limit
 from tests.bench.loadgen import RunResult, closed_loop, open_loop
 from tests.bench.procstat import CpuMeter, Watched
@@ -39,14 +39,6 @@ MAX_EVENTS = 8  # events per EncodeInterest request: the last 8 of a real user's
 
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def machine() -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -22,15 +21,9 @@ from gateway.metrics import GatewayMetrics
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.server import Gateway, create_server
 from interest_core.config import Settings, load_settings
-from interest_core.tritonserver import TritonServer, start_triton
+from interest_core.tritonserver import TritonServer, free_port, start_triton
 
 CATALOGUE_SLICE = 1500  # items per platform in tests; `make up` uses all of them
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

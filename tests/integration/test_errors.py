@@ -12,8 +12,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.server import create_server
-from interest_core.tritonserver import start_triton
-from tests.integration.conftest import Stack, free_port, wait_serving
+from interest_core.tritonserver import free_port, start_triton
+from tests.integration.conftest import Stack, wait_serving
 
 pytestmark = pytest.mark.integration
 

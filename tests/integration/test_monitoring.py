@@ -29,7 +29,8 @@ import yaml
 
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from interest_core.config import ROOT
-from tests.integration.conftest import Stack, free_port
+from interest_core.tritonserver import free_port
+from tests.integration.conftest import Stack
 
 pytestmark = pytest.mark.integration
 

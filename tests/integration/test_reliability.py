@@ -25,7 +25,8 @@ from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.server import create_server
 from interest_core.config import ROOT
 from interest_core.data import load_catalogue
-from tests.integration.conftest import Stack, free_port, wait_serving
+from interest_core.tritonserver import free_port
+from tests.integration.conftest import Stack, wait_serving
 
 pytestmark = pytest.mark.integration
 

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from interest_core.runtime import pad_and_stack
 from interest_core.text import clean_text, scrub_pii
 from interest_core.tokenize import BehaviourTokenizer
 
@@ -29,14 +28,6 @@ def test_tokenizer_pads_only_to_longest_and_truncates() -> None:
     assert mask[0].sum() == 3  # [CLS] tea [SEP]
     long_ids, _ = tok(["word " * 100])
     assert long_ids.shape == (1, 16)
-
-
-def test_pad_and_stack_keeps_request_boundaries() -> None:
-    a = np.array([[1, 2, 3]], dtype=np.int64)
-    b = np.array([[4], [5]], dtype=np.int64)
-    out, sizes = pad_and_stack([a, b])
-    assert sizes == [1, 2]
-    assert out.tolist() == [[1, 2, 3], [4, 0, 0], [5, 0, 0]]
 
 
 def test_run_many_sorts_rows_into_chunks_and_restores_order() -> None:
