@@ -49,6 +49,31 @@ def _default_platforms() -> dict[str, PlatformConfig]:
     }
 
 
+class DatasetConfig(BaseModel):
+    """One dataset: the adapter that reads it, its folder, and adapter-side -> our platform names."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    adapter: str = Field(description="registered adapter name, e.g. 'llmcdsr_pair'")
+    path: Path = Field(description="dataset folder; relative paths resolve against data_dir")
+    platforms: dict[str, str] = Field(
+        description="adapter-side platform key -> our platform name, e.g. {'A': 'food'}"
+    )
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    def folder(self, data_dir: Path) -> Path:
+        return self.path if self.path.is_absolute() else data_dir / self.path
+
+
+def _default_datasets() -> dict[str, DatasetConfig]:
+    return {
+        "amazon-food-kitchen": DatasetConfig(
+            adapter="llmcdsr_pair", path=Path("amazon-food-kitchen"),
+            platforms={"A": "food", "B": "kitchen"},
+        ),
+    }
+
+
 class Settings(BaseSettings):
     """Everything configurable about the stack, with defaults that run `make up` as is."""
 
@@ -60,6 +85,9 @@ class Settings(BaseSettings):
     data_dir: Path = ROOT / "datasets"
     var_dir: Path = ROOT / "var"
     platforms: dict[str, PlatformConfig] = Field(default_factory=_default_platforms)
+    datasets: dict[str, DatasetConfig] = Field(
+        default_factory=_default_datasets, description="dataset name -> adapter, folder, platforms"
+    )
     catalogue_cache_dir: Path | None = Field(
         default=None, description="where catalogue embeddings are cached; default var_dir/cache"
     )
