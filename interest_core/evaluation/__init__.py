@@ -1,0 +1,22 @@
+"""Offline evaluation: full-catalogue ranking metrics and cross-platform baselines."""
+
+from interest_core.evaluation.baselines import (
+    BASELINES,
+    Baseline,
+    PairTrainData,
+    make_baseline,
+    tune,
+)
+from interest_core.evaluation.metrics import METRICS, bootstrap_ci, evaluate, rank_metrics
+
+__all__ = [
+    "BASELINES",
+    "METRICS",
+    "Baseline",
+    "PairTrainData",
+    "bootstrap_ci",
+    "evaluate",
+    "make_baseline",
+    "rank_metrics",
+    "tune",
+]

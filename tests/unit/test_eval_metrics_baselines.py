@@ -1,0 +1,234 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from interest_core.evaluation import (
+    BASELINES,
+    PairTrainData,
+    bootstrap_ci,
+    evaluate,
+    make_baseline,
+    rank_metrics,
+    tune,
+)
+from interest_core.evaluation.metrics import tie_keys
+
+
+def ranked(order: list[int], n: int) -> np.ndarray:
+    """float32 [1, n] scores that rank `order` first (in that order), the rest after, no ties."""
+    s = -np.arange(n, dtype=np.float32) - 1000.0
+    s[order] = np.arange(len(order), 0, -1, dtype=np.float32)
+    return s[None, :]
+
+
+def naive(scores: np.ndarray, relevant: list[list[int]], seed: int) -> dict[str, np.ndarray]:
+    """Reference: full sort by (score desc, tie key asc), -inf dropped."""
+    keys = tie_keys(scores.shape[1], seed)
+    out: dict[str, list[float]] = {"ndcg@10": [], "hr@10": [], "recall@50": [], "mrr": []}
+    for row, rel in zip(scores, relevant):
+        order = [i for i in np.lexsort((keys, -row)) if row[i] > -np.inf]
+        ranks = [order.index(i) + 1 for i in rel if i in order]
+        idcg = sum(1 / np.log2(r + 1) for r in range(1, min(len(rel), 10) + 1))
+        out["ndcg@10"].append(sum(1 / np.log2(r + 1) for r in ranks if r <= 10) / idcg)
+        out["hr@10"].append(float(any(r <= 10 for r in ranks)))
+        out["recall@50"].append(sum(r <= 50 for r in ranks) / len(rel))
+        out["mrr"].append(1 / min(ranks) if ranks else 0.0)
+    return {k: np.array(v) for k, v in out.items()}
+
+
+def test_perfect_ranking_is_all_ones() -> None:
+    scores = np.vstack([ranked([4, 2], 100), ranked([7], 100)])
+    assert rank_metrics(scores, [[2, 4], [7]]) == {"ndcg@10": 1.0, "hr@10": 1.0, "recall@50": 1.0, "mrr": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("rank", "ndcg", "hr", "recall", "mrr"),
+    [(3, 0.5, 1.0, 1.0, 1 / 3), (10, 1 / np.log2(11), 1.0, 1.0, 0.1), (11, 0.0, 0.0, 1.0, 1 / 11),
+     (50, 0.0, 0.0, 1.0, 0.02), (51, 0.0, 0.0, 0.0, 1 / 51)],
+)
+def test_single_relevant_at_known_rank(rank: int, ndcg: float, hr: float, recall: float, mrr: float) -> None:
+    order = [*range(10, 10 + rank - 1), 5]
+    got = rank_metrics(ranked(order, 200), [[5]])
+    assert got == pytest.approx({"ndcg@10": ndcg, "hr@10": hr, "recall@50": recall, "mrr": mrr})
+
+
+def test_several_relevant_and_mean_over_users() -> None:
+    scores = np.vstack([ranked([0, 9, 1], 100), ranked(list(range(20, 80)), 100)])
+    got = rank_metrics(scores, [[0, 1], list(range(20, 80))], per_user=True)
+    assert got["ndcg@10"][0] == pytest.approx((1 + 0.5) / (1 + 1 / np.log2(3)))
+    assert got["mrr"][0] == 1.0 and got["recall@50"][0] == 1.0
+    assert got["ndcg@10"][1] == pytest.approx(1.0)  # IDCG uses min(|rel|, 10) hits
+    assert got["recall@50"][1] == pytest.approx(50 / 60)
+    means = rank_metrics(scores, [[0, 1], list(range(20, 80))])
+    assert means["recall@50"] == pytest.approx((1 + 50 / 60) / 2)
+
+
+def test_ties_are_a_seeded_random_order_not_catalogue_order() -> None:
+    n = 500
+    scores = np.zeros((n, n), dtype=np.float32)  # every row all-equal
+    mrr = rank_metrics(scores, [[i] for i in range(n)], tie_seed=3, per_user=True)["mrr"]
+    ranks = np.rint(1 / mrr).astype(int)
+    assert sorted(ranks) == list(range(1, n + 1))
+    assert not np.array_equal(ranks, np.arange(1, n + 1))
+    assert np.array_equal(ranks, tie_keys(n, 3) + 1)
+    other = rank_metrics(scores, [[i] for i in range(n)], tie_seed=4, per_user=True)["mrr"]
+    assert not np.array_equal(mrr, other)
+    # A strictly higher score still wins whatever the tie order.
+    row = np.zeros((1, n), dtype=np.float32)
+    row[0, 123] = 1.0
+    assert rank_metrics(row, [[123]], tie_seed=3)["mrr"] == 1.0
+
+
+def test_matches_full_sort_reference_with_many_ties() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 4, (40, 300)).astype(np.float32)
+    scores[rng.random(scores.shape) < 0.3] = -np.inf
+    relevant = [list(rng.choice(300, rng.integers(1, 70), replace=False)) for _ in range(40)]
+    got = rank_metrics(scores, relevant, tie_seed=7, per_user=True)
+    want = naive(scores, relevant, 7)
+    for m in want:
+        np.testing.assert_allclose(got[m], want[m], err_msg=m)
+
+
+def test_minus_inf_is_never_ranked() -> None:
+    scores = np.full((2, 30), -np.inf, dtype=np.float32)
+    scores[1, :3] = 1.0
+    got = rank_metrics(scores, [[0], [3, 1]], per_user=True)
+    assert got["mrr"][0] == 0.0 and got["hr@10"][0] == 0.0 and got["recall@50"][0] == 0.0
+    assert got["recall@50"][1] == 0.5 and got["mrr"][1] >= 1 / 3
+
+
+@pytest.mark.parametrize("relevant", [[[1], []], [[1], [40]], [[1], [-1]]])
+def test_bad_relevance_raises(relevant: list[list[int]]) -> None:
+    with pytest.raises(ValueError):
+        rank_metrics(np.zeros((2, 40), dtype=np.float32), relevant)
+
+
+def test_nan_and_shape_errors() -> None:
+    with pytest.raises(ValueError):
+        rank_metrics(np.full((1, 5), np.nan, dtype=np.float32), [[0]])
+    with pytest.raises(ValueError):
+        evaluate(lambda ids: np.zeros((len(ids) + 1, 5)), 2, [[0], [1]])
+    with pytest.raises(ValueError):
+        evaluate(lambda ids: np.zeros((len(ids), 5 + ids[0])), 4, [[0]] * 4, chunk=2)
+
+
+def test_evaluate_in_chunks_equals_one_shot() -> None:
+    rng = np.random.default_rng(1)
+    scores = rng.standard_normal((23, 120)).astype(np.float32)
+    relevant = [list(rng.choice(120, 5, replace=False)) for _ in range(23)]
+    calls: list[int] = []
+
+    def score_fn(ids: list[int]) -> np.ndarray:
+        calls.append(len(ids))
+        return scores[ids]
+
+    got = evaluate(score_fn, 23, relevant, chunk=5, per_user=True)
+    assert calls == [5, 5, 5, 5, 3]
+    want = rank_metrics(scores, relevant, per_user=True)
+    for m in want:
+        np.testing.assert_array_equal(got[m], want[m])
+    assert evaluate(score_fn, 23, relevant, chunk=8) == pytest.approx(rank_metrics(scores, relevant))
+
+
+def test_bootstrap_ci() -> None:
+    values = np.random.default_rng(2).random(500)
+    lo, hi = bootstrap_ci(values, n=500)
+    assert lo < values.mean() < hi and hi - lo < 0.1
+    assert bootstrap_ci([0.25] * 10) == (0.25, 0.25)
+
+
+# ---- baselines on planted synthetic data -------------------------------------------------------
+
+K, S_PER, T_PER = 4, 5, 6
+N_SOURCE, N_TARGET = K * S_PER, K * T_PER + 3  # target 24, 25: never seen; 26: the popular one
+NEW, POPULAR = [24, 25], 26
+
+
+def planted(k: int) -> tuple[int, int]:
+    """Cluster k's planted pair: every overlap user of cluster k takes both."""
+    return k * S_PER, k * T_PER
+
+
+def synthetic(with_emb: bool = True) -> PairTrainData:
+    rng = np.random.default_rng(0)
+    pairs, source_only, target_only = [], [], []
+    for k in range(K):
+        s0, t0 = planted(k)
+        for _ in range(30):
+            pairs.append(([s0, *rng.choice(range(s0 + 1, s0 + S_PER), 2, replace=False)],
+                          [t0, *rng.choice(range(t0 + 1, t0 + T_PER), 2, replace=False)]))
+        source_only += [list(rng.choice(range(s0, s0 + S_PER), 2, replace=False)) for _ in range(5)]
+        others = range(t0 + 1, t0 + T_PER)
+        target_only += [[POPULAR, *rng.choice(others, 2, replace=False)] for _ in range(15)]
+    data = PairTrainData(N_SOURCE, N_TARGET, pairs, source_only, target_only)
+    if with_emb:
+        # Source cluster k lies along axis k; target cluster k along axis (k+1) % K (planted items exactly).
+        def emb(n: int, per: int, shift: int) -> np.ndarray:
+            e = 0.1 * rng.standard_normal((n, 4 * K)).astype(np.float32)
+            for i in range(K * per):
+                e[i, (i // per + shift) % K] += 1.0
+            e[np.arange(K) * per] = np.eye(4 * K, dtype=np.float32)[(np.arange(K) + shift) % K]
+            return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+        data.source_emb, data.target_emb = emb(N_SOURCE, S_PER, 0), emb(N_TARGET, T_PER, 1)
+    return data
+
+
+OPTIONS: dict[str, dict[str, float]] = {"emcdr": {"rank": 6}, "text_ridge": {"alpha": 0.1}}
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_shapes_dtypes_and_new_items(name: str) -> None:
+    model = make_baseline(name, **OPTIONS.get(name, {})).fit(synthetic())
+    scores = model.score([[0, 1], [], [7, 7, 8]])
+    assert model.name == name
+    assert scores.shape == (3, N_TARGET) and scores.dtype == np.float32
+    assert np.isfinite(scores).all() and np.isfinite(scores[:, NEW]).all()
+
+
+@pytest.mark.parametrize("name", ["cooccurrence", "emcdr"])
+def test_learned_baselines_rank_the_planted_item_first(name: str) -> None:
+    model = make_baseline(name, **OPTIONS.get(name, {})).fit(synthetic())
+    scores = model.score([[planted(k)[0]] for k in range(K)])
+    assert list(scores.argmax(axis=1)) == [planted(k)[1] for k in range(K)]
+
+
+@pytest.mark.parametrize(("name", "shift"), [("text_ridge", 0), ("zero_shot", -1)])
+def test_text_baselines_rank_the_planted_cluster_first(name: str, shift: int) -> None:
+    """text_ridge learns source cluster k -> target cluster k from the pairs; zero-shot follows the
+    titles (source axis k = target cluster k-1's axis), where its planted item is exactly on axis."""
+    model = make_baseline(name, **OPTIONS.get(name, {})).fit(synthetic())
+    scores = model.score([[planted(k)[0]] for k in range(K)])
+    clusters = [(k + shift) % K for k in range(K)]
+    top = np.argsort(-scores, axis=1)[:, :T_PER]
+    assert [set(row) for row in top] == [set(range(c * T_PER, (c + 1) * T_PER)) for c in clusters]
+    if name == "zero_shot":
+        assert list(scores.argmax(axis=1)) == [planted(c)[1] for c in clusters]
+
+
+def test_popularity_planted() -> None:
+    pop = make_baseline("popularity").fit(synthetic()).score([[0], [5]])
+    assert (pop.argmax(axis=1) == POPULAR).all() and (pop[:, NEW] == 0).all()
+    assert pop[0, POPULAR] == 4 * 15
+
+
+def test_cooccurrence_counts_and_errors() -> None:
+    data = PairTrainData(3, 4, [([0, 1], [2]), ([0], [2, 3]), ([1], [3])])
+    co = make_baseline("cooccurrence").fit(data)
+    np.testing.assert_array_equal(co.score([[0], [0, 1], [2]]), [[0, 0, 2, 1], [0, 0, 3, 2], [0, 0, 0, 0]])
+    with pytest.raises(ValueError):
+        co.score([[3]])
+    with pytest.raises(ValueError):
+        make_baseline("zero_shot").fit(synthetic(with_emb=False))
+    with pytest.raises(KeyError):
+        make_baseline("nope")
+
+
+def test_tune_keeps_the_best_option() -> None:
+    data = synthetic()
+    best, tried = tune("emcdr", data, [{"rank": 1}, {"rank": 6}, {"rank": 3}],
+                       lambda m: float(np.mean(m.score([[0]]).argmax(axis=1) == 0)))
+    assert [o["rank"] for o, _ in tried] == [1, 6, 3]
+    assert best.rank == 6  # type: ignore[attr-defined]
