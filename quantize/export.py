@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from interest_core.model import InterestEncoder
+from interest_core.model import InterestEncoder, is_checkpoint
 
 log = logging.getLogger("quantize.export")
 
@@ -58,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
     args = parser.parse_args(argv)
-    if args.checkpoint is not None and not (args.checkpoint / "config.json").exists():
-        parser.error(f"--checkpoint {args.checkpoint} has no config.json: not a model checkpoint")
+    if args.checkpoint is not None and not is_checkpoint(args.checkpoint):
+        parser.error(f"--checkpoint {args.checkpoint} has neither interest_head.json nor config.json: "
+                     "not a model checkpoint (run `make train`)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model = InterestEncoder.load(args.checkpoint)
     log.info("loaded %s (dim %d)", args.checkpoint or "pretrained all-MiniLM-L6-v2", model.dim)

