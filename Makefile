@@ -7,13 +7,19 @@ PY      := $(VENV)/bin/python
 PIP     := $(VENV)/bin/pip
 ART     ?= artifacts
 TARGET  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
-CHECKPOINT ?=
+DATASET ?= amazon-food-kitchen
+MODELS  ?= models
+CONFIG  ?=
+EPOCHS  ?= 20
+# `make engine` serves the trained checkpoint of DATASET when there is one (models/ is committed).
+CHECKPOINT ?= $(if $(wildcard $(MODELS)/$(DATASET)/interest_head.json),$(MODELS)/$(DATASET))
+CONFIG_ARG := $(if $(CONFIG),--config $(CONFIG))
 PROTO_SRC := gateway/proto/interest/v1/gateway.proto
 PROTO_OUT := gateway/proto/interest/v1/gateway_pb2.py gateway/proto/interest/v1/gateway_pb2_grpc.py
 STAMP   := $(VENV)/.installed
 MODEL   := model_repository/interest_encoder/VERSION.json
 
-.PHONY: help up setup proto data engine serve demo test unit integration lint clean bench fuzz tools FORCE
+.PHONY: help up setup proto data train eval engine serve demo test unit integration lint clean bench fuzz tools FORCE
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -37,10 +43,13 @@ $(PROTO_OUT) &: $(PROTO_SRC) $(STAMP)
 proto: $(PROTO_OUT)  ## generate gRPC code from gateway/proto
 
 data: setup  ## check the dataset the project carries (datasets/, copied from shared/data) and summarise it
-	$(PY) -m interest_core.datacheck
+	$(PY) -m interest_core.datacheck $(CONFIG_ARG)
 
-# A CHECKPOINT always re-exports (make cannot see inside the checkpoint folder).
-$(ART)/model.fp32.onnx: $(STAMP) $(if $(CHECKPOINT),FORCE)
+# Re-export when the checkpoint named changes or any of its files does.
+$(ART)/.checkpoint: FORCE
+	@mkdir -p $(ART); echo "$(CHECKPOINT)" | cmp -s - $@ || echo "$(CHECKPOINT)" > $@
+
+$(ART)/model.fp32.onnx: $(STAMP) $(ART)/.checkpoint $(if $(CHECKPOINT),$(wildcard $(CHECKPOINT)/interest_head.* $(CHECKPOINT)/*.safetensors))
 	$(PY) -m quantize.export --out $@ $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 
 FORCE:
@@ -60,12 +69,23 @@ $(ART)/validation-%.json: $(ART)/model.int8-%.onnx
 engine: setup $(ART)/validation-$(ACT).json  ## export -> INT8 Q/DQ -> accuracy gate -> (TensorRT on GPU) -> model_repository/
 ifeq ($(TARGET),gpu)
 	$(PY) -m quantize.trt_build --onnx $(INT8) --out $(ART)/model.plan
-	$(PY) -m quantize.install --onnx $(INT8) --report $(ART)/validation-$(ACT).json --target gpu --plan $(ART)/model.plan
+	$(PY) -m quantize.install --onnx $(INT8) --report $(ART)/validation-$(ACT).json --target gpu --plan $(ART)/model.plan $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 	@echo "installed a TensorRT plan: serve model_repository/ with the NGC tritonserver container (see README)"
 else
 	$(PY) -m quantize.trt_build --onnx $(INT8) --out $(ART)/model.plan || test $$? -eq 3
-	$(PY) -m quantize.install --onnx $(INT8) --report $(ART)/validation-$(ACT).json --target cpu
+	$(PY) -m quantize.install --onnx $(INT8) --report $(ART)/validation-$(ACT).json --target cpu $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 endif
+
+train: setup  ## train DATASET's model (+ the new-items hold-out model for eval) into models/ (~20 min on 2 cores; resumes)
+	$(PY) -m interest_core.train $(CONFIG_ARG) --dataset $(DATASET) --out $(MODELS)/$(DATASET) --epochs $(EPOCHS) $(TRAIN_ARGS)
+	$(PY) -m interest_core.train $(CONFIG_ARG) --dataset $(DATASET) --out $(MODELS)/$(DATASET)-new-items \
+	  --epochs $(EPOCHS) --new-items-fraction 0.2 $(TRAIN_ARGS)
+
+eval: setup  ## evaluate models/DATASET vs the baselines offline, INT8, and through the running stack: results/eval.*
+	$(MAKE) --no-print-directory engine TARGET=cpu CHECKPOINT=$(MODELS)/$(DATASET)
+	$(PY) -m interest_core.evaluate $(CONFIG_ARG) --dataset $(DATASET) --checkpoint $(MODELS)/$(DATASET) \
+	  --new-items-checkpoint $(MODELS)/$(DATASET)-new-items --int8 $(ART)/model.int8-uint8.onnx --out var/eval/offline.json
+	$(PY) -m gateway.served_eval $(CONFIG_ARG) --offline var/eval/offline.json --out results
 
 serve: setup  ## Triton + gateway in the foreground (needs `make engine`); Ctrl-C stops both
 	$(PY) -m gateway.serve

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
 from interest_core.config import ROOT, Settings, load_settings
 from interest_core.data import load_catalogue, load_sequences
+from interest_core.provenance import machine, revision
 from interest_core.tritonserver import TritonServer, free_port, start_triton
 from tests.bench.limit import ort_limit
 from tests.bench.loadgen import RunResult, closed_loop, open_loop
@@ -39,33 +39,6 @@ MAX_EVENTS = 8  # events per EncodeInterest request: the last 8 of a real user's
 
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
-    return f"{cpu}, {os.cpu_count()} cores, {mem_kb / 2**20:.0f} GiB RAM, no GPU, {platform.platform()}"
-
-
-def revision() -> str:
-    rev = (
-        subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
-        ).stdout.strip()
-        or "unknown"
-    )
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    return rev + ("-dirty" if dirty else "")
 
 
 class Proc:

@@ -1,0 +1,171 @@
+"""`make eval` (served part): the same test users through the real, running stack.
+
+    python -m gateway.served_eval --offline var/eval/offline.json --out results/
+
+Starts Triton on model_repository/ (the engine `make engine` installed from the evaluated
+checkpoint) and the gateway, then for every test user of each warm task: SetConsent,
+IngestEvents with their source-platform items, Recommend from the target catalogue (k=200),
+and scores the returned list. Offline `model_int8` on the same users is the reference; the
+results go to results/eval.{json,md,png} with the revision and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gateway.proto.interest.v1 import gateway_pb2 as pb
+from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
+from interest_core.config import ROOT, load_settings
+from interest_core.datasets import InteractionData, load_dataset
+from interest_core.eval_report import write_all
+from interest_core.evaluation import bootstrap_ci
+from interest_core.provenance import machine, revision
+from interest_core.training import user_rows
+from interest_core.tritonserver import free_port, start_triton
+
+log = logging.getLogger("interest.served_eval")
+K = 200  # the gateway's max_k: MRR counts a first hit within the top 200 (0 beyond)
+
+
+def ranked_metrics(ranked: list[int], relevant: set[int]) -> dict[str, float]:
+    """NDCG@10, HR@10, Recall@50 and MRR (within the returned list) of one ranked list."""
+    gains = [1.0 if i in relevant else 0.0 for i in ranked]
+    dcg = sum(g / np.log2(r + 2) for r, g in enumerate(gains[:10]))
+    idcg = sum(1 / np.log2(r + 2) for r in range(min(10, len(relevant))))
+    first = next((r for r, g in enumerate(gains) if g), None)
+    return {"ndcg@10": dcg / idcg, "hr@10": float(any(gains[:10])),
+            "recall@50": sum(gains[:50]) / len(relevant), "mrr": 0.0 if first is None else 1 / (first + 1)}
+
+
+async def serve_users(stub: pb_grpc.InterestGatewayStub, data: InteractionData, source: str, target: str,
+                      users: list[tuple[list[int], list[int]]], concurrency: int = 8) -> list[dict[str, float]]:
+    """Ingest each user's source history, ask for target recommendations, score them."""
+    src_ids, tgt_pos = data.catalogues[source].item_ids, data.catalogues[target].index()
+    results: list[dict[str, float] | None] = [None] * len(users)
+    queue = iter(range(len(users)))
+    run = f"{int(time.time())}"
+
+    async def worker() -> None:
+        for n in queue:
+            hist, rel = users[n]
+            uid = f"eval-{run}-{source}-{target}-{n}"
+            await stub.SetConsent(pb.SetConsentRequest(user_id=uid, migrate=True), timeout=30)
+            reply = await stub.IngestEvents(pb.IngestEventsRequest(platform=source, events=[
+                pb.BehaviorEvent(user_id=uid, item_id=src_ids[i], event_type="review", position=p + 1)
+                for p, i in enumerate(hist)]), timeout=60)
+            if reply.rejected:
+                raise RuntimeError(f"user {n}: {reply.rejected} events rejected: {reply.results}")
+            rec = await stub.Recommend(pb.RecommendRequest(user_id=uid, target_platform=target, k=K),
+                                       timeout=60)
+            results[n] = ranked_metrics([tgt_pos[r.item_id] for r in rec.items], set(rel))
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return [r for r in results if r is not None]
+
+
+async def wait_serving(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 1200) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError("the gateway exited during start-up; see its log")
+            try:
+                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(2)
+    raise RuntimeError(f"gateway not SERVING after {timeout_s:.0f} s")
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    offline = json.loads(args.offline.read_text())
+    settings = load_settings(args.config)
+    data = load_dataset(settings, offline["dataset"])
+    logs = ROOT / "var" / "eval" / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    triton = start_triton(settings, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                          log_path=logs / "tritonserver.log")
+    port, metrics_port = free_port(), free_port()
+    env = {**os.environ, "INTEREST_GRPC_PORT": str(port), "INTEREST_METRICS_PORT": str(metrics_port),
+           "INTEREST_TRITON_GRPC_PORT": str(triton.grpc_port), "INTEREST_VAR_DIR": str(ROOT / "var" / "eval"),
+           "INTEREST_CATALOGUE_CACHE_DIR": str(settings.cache_dir), "INTEREST_LOG_LEVEL": "WARNING"}
+    gateway_log = (logs / "gateway.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.server"], env=env, cwd=ROOT,
+                            stdout=gateway_log, stderr=subprocess.STDOUT)
+    try:
+        log.info("gateway starting (the first start embeds both catalogues through Triton, ~3 min)")
+        await wait_serving(port, proc)
+        test = user_rows(data.split("test"), data.platforms, {})
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.InterestGatewayStub(channel)
+            for task, body in offline["tasks"].items():
+                if "/" in task:
+                    body["served_note"] = ("served: not run for the new-items task; the gateway serves "
+                                           "the checkpoint trained on every item, not the hold-out model.")
+                    continue
+                source, target = task.split("->")
+                users = [(h, t) for h, t in zip(test[source], test[target]) if h and t][: args.users]
+                started = time.monotonic()
+                per_user = await serve_users(stub, data, source, target, users)
+                values = {k: np.array([u[k] for u in per_user]) for k in per_user[0]}
+                lo, hi = bootstrap_ci(values["ndcg@10"])
+                body["methods"]["served"] = {**{k: round(float(v.mean()), 5) for k, v in values.items()},
+                                             "ndcg@10_ci95": [round(lo, 5), round(hi, 5)]}
+                reference = body["methods"].get("model_int8") or body["methods"]["model_fp32"]
+                body["served_offline_reference"] = reference
+                body["served_note"] = (
+                    f"served: {len(per_user)} test users through the running gateway ({len(per_user) / (time.monotonic() - started):.0f} users/s); "
+                    f"MRR counts a first hit within the returned top {K} only. Offline reference: "
+                    f"{'model_int8' if 'model_int8' in body['methods'] else 'model_fp32'} on the same users.")
+                log.info("%s served: NDCG@10 %.4f (offline %.4f) over %d users", task,
+                         body["methods"]["served"]["ndcg@10"], reference["ndcg@10"], len(per_user))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        triton.stop()
+    offline.update({"revision": revision(), "machine": machine(),
+                    "primary_task": next(iter(offline["tasks"]))})
+    return offline
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gateway.served_eval", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--offline", type=Path, default=Path("var/eval/offline.json"),
+                        help="output of `python -m interest_core.evaluate`")
+    parser.add_argument("--config", type=Path, default=None)
+    parser.add_argument("--users", type=int, default=100_000, help="at most this many test users per task")
+    parser.add_argument("--out", type=Path, default=ROOT / "results", help="where eval.{json,md,png} go")
+    args = parser.parse_args(argv)
+    if not args.offline.exists():
+        parser.error(f"{args.offline} is missing: run `python -m interest_core.evaluate` first")
+    if args.users < 1:
+        parser.error("--users must be at least 1")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    results = asyncio.run(run(args))
+    write_all(results, args.out)
+    log.info("wrote %s/eval.json, eval.md, eval.png", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
