@@ -14,6 +14,7 @@ import asyncio
 import sys
 import textwrap
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -67,11 +68,27 @@ async def run_demo(target: str, users: int, source: str, dest: str, k: int, conf
                 mark = "  <- really taken" if item.item_id in truth else ""
                 print(f"    {item.rank:2d}. [{item.score:.3f}] "
                       f"{textwrap.shorten(item.title, 80)}{mark}")
+            profile = await stub.GetProfile(pb.GetProfileRequest(user_id=user_id), timeout=10)
+            print("  " + interests_line(profile, rec, source, dest))
             hits = sum(item.item_id in truth for item in rec.items)
             print(f"  {hits} of the top {k} are among the {len(truth)} {dest} items this user took")
             print(f"  latency seen by this client: Recommend {rec_ms:.1f} ms over {len(dst_cat)} items; "
                   f"EncodeInterest of one new text {enc_ms:.1f} ms")
     return 0
+
+
+def interests_line(profile: pb.GetProfileResponse, rec: pb.RecommendResponse, source: str,
+                   dest: str) -> str:
+    """The user's named interest categories: their source profile's and the migrated query's."""
+    def named(cats: Sequence[pb.InterestCategory]) -> str:
+        return ", ".join(f"{c.name} ({c.weight:.0%})" for c in cats)
+
+    mine: Sequence[pb.InterestCategory] = next(
+        (p.interests for p in profile.platforms if p.platform == source), [])
+    if not mine and not rec.interests:
+        return "interests: (no trained interest categories installed: pretrained model)"
+    return (f"interests on {source}: {named(mine) or '-'} | migrated to {dest}: "
+            f"{named(rec.interests) or '-'}")
 
 
 def main(argv: list[str] | None = None) -> int:

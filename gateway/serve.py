@@ -17,7 +17,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from gateway.demo import run_demo
-from gateway.server import install_signal_handlers, run_gateway, setup_logging
+from gateway.server import StartupError, install_signal_handlers, run_gateway, setup_logging
 from interest_core.config import Settings, load_settings
 from interest_core.tritonserver import TritonStartError, start_triton
 
@@ -33,7 +33,11 @@ async def _serve(settings: Settings, demo: bool, config: Path | None) -> int:
         log.error("%s", exc)
         return 2
     try:
-        gw = await run_gateway(settings)
+        try:
+            gw = await run_gateway(settings)
+        except StartupError as exc:
+            log.error("%s", exc)
+            return 2
         waiter = asyncio.create_task(gw.serving.wait())
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)

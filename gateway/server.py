@@ -4,6 +4,11 @@ Prometheus /metrics endpoint.
 Health is NOT_SERVING until Triton answers ready and every catalogue index is loaded, and
 goes back to NOT_SERVING whenever Triton stops answering.
 
+Trained ranking assets (learned migration, collaborative blend, interest categories) are
+read at creation from settings.ranking_assets, by default the `interest_assets.npz` that
+`quantize.install` puts beside the model; without that file the pretrained model is served
+as is. An unreadable or mismatched assets file stops the gateway from starting.
+
     python -m gateway.server [--config FILE]      # needs a running Triton (see gateway.serve)
 """
 
@@ -33,6 +38,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.service import InterestGatewayService
+from interest_core.assets import ASSETS_FILE, RankingAssets
 from interest_core.config import DEFAULT_HMAC_KEY, Settings, load_settings
 from interest_core.data import Catalogue, item_popularity, load_catalogue
 from interest_core.migration import MigrationMap
@@ -40,6 +46,10 @@ from interest_core.profiles import ProfileCipher, ProfileStore
 
 log = logging.getLogger("interest.gateway")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InterestGateway"].full_name
+
+
+class StartupError(RuntimeError):
+    """The gateway cannot start with what is configured or installed; the message says why."""
 
 
 @dataclass
@@ -85,8 +95,8 @@ class Gateway:
                 await asyncio.sleep(1.0)
             svc.model_version = str(installed_model_version(self.settings)["model_version"])
             for name, catalogue in self.catalogues.items():
-                svc.indexes[name] = await build_index(
-                    svc.encoder, catalogue, self.settings.cache_dir, svc.model_version)
+                svc.set_index(name, await build_index(
+                    svc.encoder, catalogue, self.settings.cache_dir, svc.model_version))
                 self.metrics.catalogue_items.labels(platform=name).set(len(catalogue))
             await self._set(health_pb2.HealthCheckResponse.SERVING)
             self.serving.set()
@@ -131,23 +141,86 @@ def installed_dim(settings: Settings, default: int = 384) -> int:
         return default
 
 
+def ranking_assets_path(settings: Settings) -> Path:
+    """settings.ranking_assets, else the assets installed beside the model."""
+    return settings.ranking_assets or settings.model_repository / settings.model_name / ASSETS_FILE
+
+
+def load_ranking_assets(settings: Settings, dim: int) -> RankingAssets | None:
+    """The trained ranking assets, checked against the installed model's embedding size `dim`;
+    None (pretrained model served as is) when none are configured or installed."""
+    path = ranking_assets_path(settings)
+    if not path.exists():
+        if settings.ranking_assets is not None:
+            raise StartupError(f"ranking_assets {path} does not exist")
+        legacy = settings.var_dir / "migration.npz"
+        log.info("serving the pretrained model without trained assets (no %s): %s migration, no "
+                 "collaborative blend, no interest categories", path,
+                 f"{legacy}" if legacy.exists() else "identity")
+        return None
+    try:
+        assets = RankingAssets.load(path)
+    except Exception as exc:
+        raise StartupError(f"cannot read the trained ranking assets {path} ({type(exc).__name__}: "
+                           f"{exc}); reinstall them with `make engine CHECKPOINT=...` or remove the "
+                           f"file to serve the pretrained model without them") from exc
+    check_ranking_assets(assets, dim, path, settings.model_name)
+    blends = ", ".join(f"{s}->{t} cooc {b.cooc:g} pop {b.pop:g}"
+                       for (s, t), b in sorted(assets.blend.items()))
+    log.info("trained ranking assets %s: learned migration %s; blend %s; %d interest categories", path,
+             ", ".join(f"{s}->{t}" for s, t in sorted(assets.migration)) or "none", blends or "none",
+             len(assets.category_names))
+    return assets
+
+
+def check_ranking_assets(assets: RankingAssets, dim: int, path: Path, model_name: str = "") -> None:
+    """Refuse assets whose sizes do not fit the installed model (dim) or themselves."""
+    model = f"the installed model {model_name}".rstrip()
+    for (s, t), w in sorted(assets.migration.items()):
+        if w.shape != (dim, dim):
+            raise StartupError(
+                f"the ranking assets {path} were trained for another embedding size: migration "
+                f"{s}->{t} is {w.shape[0]}x{w.shape[1]} but {model} embeds into {dim} dimensions; "
+                f"install the model and the assets of the same checkpoint (make engine CHECKPOINT=...)")
+    weights = assets.category_weights
+    if weights is not None and weights.shape != (len(assets.category_names), dim):
+        raise StartupError(
+            f"the ranking assets {path} hold interest categories of shape {weights.shape}, expected "
+            f"({len(assets.category_names)}, {dim}) for {len(assets.category_names)} names and "
+            f"{model} ({dim} dimensions)")
+    sizes = {p: len(ids) for p, ids in assets.item_ids.items()}
+    for (s, t), m in sorted(assets.cooccurrence.items()):
+        if m.shape != (sizes.get(s, -1), sizes.get(t, -1)):
+            raise StartupError(f"the ranking assets {path} are inconsistent: co-occurrence {s}->{t} is "
+                               f"{m.shape}, its item lists have {sizes.get(s)} and {sizes.get(t)} items")
+    for p, counts in sorted(assets.popularity.items()):
+        if counts.shape != (sizes.get(p, -1),):
+            raise StartupError(f"the ranking assets {path} are inconsistent: popularity of {p} has "
+                               f"shape {counts.shape}, its item list has {sizes.get(p)} items")
+
+
 def create_server(
     settings: Settings, metrics: GatewayMetrics | None = None, triton_url: str | None = None,
     port: int | None = None,
 ) -> Gateway:
-    """Build the gateway on `port` (default settings.grpc_port; 0 picks a free one)."""
+    """Build the gateway on `port` (default settings.grpc_port; 0 picks a free one).
+    Raises StartupError when the configured or installed ranking assets cannot be served."""
+    dim = installed_dim(settings)
+    assets = load_ranking_assets(settings, dim)
+    migration = (MigrationMap(dim, assets.migration) if assets is not None
+                 else MigrationMap.load(dim, settings.var_dir / "migration.npz"))
     metrics = metrics or GatewayMetrics()
     encoder = TritonEncoder(settings, metrics, url=triton_url)
     catalogues = {name: load_catalogue(settings, name) for name in settings.platforms}
     titles = {name: dict(zip(c.item_ids, c.titles)) for name, c in catalogues.items()}
-    migration = MigrationMap.load(installed_dim(settings), settings.var_dir / "migration.npz")
     cipher = None
     if settings.profile_encryption_key is not None:
         cipher = ProfileCipher(base64.b64decode(settings.profile_encryption_key.get_secret_value()))
     store = ProfileStore(settings.store_path, cipher)
     popularity = {name: np.asarray(item_popularity(settings, name), dtype=np.float32)
                   for name in settings.platforms}
-    service = InterestGatewayService(settings, store, encoder, metrics, migration, titles, popularity)
+    service = InterestGatewayService(settings, store, encoder, metrics, migration, titles, popularity,
+                                     assets)
     server = grpc.aio.server(interceptors=[ErrorAndMetricsInterceptor(metrics, settings.max_in_flight)],
                              options=[("grpc.max_receive_message_length", 8 * 1024 * 1024)])
     pb_grpc.add_InterestGatewayServicer_to_server(service, server)
@@ -217,7 +290,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = load_settings(args.config)
     setup_logging(settings.log_level)
-    asyncio.run(_main(settings))
+    try:
+        asyncio.run(_main(settings))
+    except StartupError as exc:
+        log.error("gateway not started: %s", exc)
+        return 2
     return 0
 
 

@@ -2,15 +2,24 @@
 
 1 adapt + pseudonymise + scrub (preprocess), 2-3 tokenize + infer (via TritonEncoder),
 4 profile update, 5 migrate, 6 rank. Errors are domain exceptions; the interceptor maps them.
+
+With trained ranking assets (interest_core.assets) a personalised Recommend ranks by
+
+    score = item_embedding . migrated_query + blend
+
+where `blend` is exactly `RankingAssets.collaborative(histories, target)` for the user's
+consented source-platform items, put into the served catalogue's order (ServedBlend).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 
 import grpc
 import numpy as np
+import scipy.sparse as sp
 
 from gateway.adapters import AdapterContext, PlatformAdapter, adapter_for
 from gateway.auth import ANY_PLATFORM, Authorizer
@@ -18,6 +27,7 @@ from gateway.encoder import TritonEncoder
 from gateway.metrics import GatewayMetrics
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
+from interest_core.assets import Blend, RankingAssets
 from interest_core.config import Settings
 from interest_core.errors import InterestError, InvalidInput, NotFound, Unavailable
 from interest_core.migration import MigrationMap
@@ -27,13 +37,83 @@ from interest_core.ranking import CatalogueIndex
 from interest_core.schemas import UnifiedEvent
 
 log = logging.getLogger("interest.gateway")
+INTEREST_TOP = 3  # named interest categories reported per profile / recommendation
+
+
+class ServedBlend:
+    """`RankingAssets.collaborative` for ONE user and one served target catalogue, with
+    everything that does not depend on the user precomputed at start-up.
+
+    The co-occurrence matrices get their columns moved into the served catalogue's order
+    (catalogue items the assets do not know get no blend) and log1p(popularity) is reordered
+    the same way, so a request only sums the co-occurrence rows of the user's own items.
+    Same terms as `collaborative`: per source, cooc * log1p(row sum); plus, when there is at
+    least one source platform, max(pop over the sources) * log1p(popularity).
+    """
+
+    def __init__(self, assets: RankingAssets, target: str, catalogue_ids: Sequence[str]) -> None:
+        self.target = target
+        self.size = len(catalogue_ids)
+        order = assets.reorder(target, catalogue_ids)  # asset position of each catalogue item
+        known = order >= 0
+        self.known = int(known.sum())
+        n_assets = len(assets.item_ids.get(target, []))
+        move = sp.csr_matrix(  # [n_assets, N]: column j picks asset item order[j]
+            (np.ones(self.known, np.float32), (order[known], np.flatnonzero(known))),
+            shape=(n_assets, self.size))
+        self.blends = {s: b for (s, t), b in assets.blend.items() if t == target}
+        self.cooc: dict[str, sp.csr_matrix] = {}
+        for (source, t), matrix in assets.cooccurrence.items():
+            if t != target or self.blends.get(source, Blend()).cooc == 0.0:
+                continue
+            moved = (matrix.tocsr() @ move).tocsr()
+            moved.sum_duplicates()
+            self.cooc[source] = moved
+        self.popularity: np.ndarray | None = None
+        if target in assets.popularity:
+            self.popularity = np.zeros(self.size, np.float32)
+            self.popularity[known] = np.log1p(assets.popularity[target])[order[known]]
+
+    def __call__(self, histories: Mapping[str, np.ndarray]) -> np.ndarray | None:
+        """The blend float32 [N] (catalogue order) of a user whose items per source platform
+        are `histories` (positions in the assets' order); None without any source platform."""
+        if not histories:
+            return None
+        out = np.zeros(self.size, np.float32)
+        pop_weight = 0.0
+        for source, rows in histories.items():
+            weights = self.blends.get(source, Blend())
+            pop_weight = max(pop_weight, weights.pop)
+            matrix = self.cooc.get(source)
+            if matrix is None or len(rows) == 0:
+                continue
+            sums = _row_sum(matrix, rows)
+            touched = np.flatnonzero(sums != 0)  # (on a bool mask: 10x faster than on floats)
+            out[touched] += weights.cooc * np.log1p(sums[touched]).astype(np.float32)
+        if pop_weight and self.popularity is not None:
+            out += np.float32(pop_weight) * self.popularity
+        return out
+
+
+_GATHER_MAX = 32_768  # stored entries up to which gather + bincount beats scipy's row slicing
+
+
+def _row_sum(matrix: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
+    """Sum of the given rows of a CSR matrix, dense [n_cols], reading only those rows."""
+    starts = matrix.indptr[rows]
+    lengths = matrix.indptr[rows + 1] - starts
+    ends = np.cumsum(lengths)
+    if int(ends[-1]) > _GATHER_MAX:  # many entries (popular items): scipy's C++ row slice + sum
+        return np.asarray(matrix[rows].sum(axis=0)).ravel()
+    picks = np.arange(int(ends[-1])) + np.repeat(starts - (ends - lengths), lengths)
+    return np.bincount(matrix.indices[picks], weights=matrix.data[picks], minlength=matrix.shape[1])
 
 
 class InterestGatewayService(pb_grpc.InterestGatewayServicer):
     def __init__(
         self, settings: Settings, store: ProfileStore, encoder: TritonEncoder,
         metrics: GatewayMetrics, migration: MigrationMap, titles: dict[str, dict[str, str]],
-        popularity: dict[str, np.ndarray] | None = None,
+        popularity: dict[str, np.ndarray] | None = None, assets: RankingAssets | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -44,6 +124,10 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
         self.auth = Authorizer(settings.api_keys)
         self.popularity = popularity or {}  # per-item fallback scores when nothing may be used
         self.indexes: dict[str, CatalogueIndex] = {}
+        self.assets = assets  # trained ranking: collaborative blend and interest categories
+        self._asset_pos = ({p: {item: i for i, item in enumerate(ids)}
+                            for p, ids in assets.item_ids.items()} if assets is not None else {})
+        self._served: dict[str, tuple[CatalogueIndex, ServedBlend]] = {}
         self.model_version = ""
         self.adapters: dict[str, PlatformAdapter] = {}
         for name, platform in settings.platforms.items():
@@ -79,6 +163,44 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
         remaining = context.time_remaining()
         cap = self.settings.triton_timeout_s
         return cap if remaining is None else max(min(float(remaining), cap), 0.0)
+
+    def set_index(self, platform: str, index: CatalogueIndex) -> None:
+        """Serve `index` for `platform`, precomputing its collaborative blend (start-up)."""
+        self.indexes[platform] = index
+        if self.assets is not None:
+            blend = self._served_blend(platform, index)
+            log.info("ranking assets know %d of the %d %s catalogue items%s", blend.known, len(index),
+                     platform, "" if blend.known else ": NO collaborative blend for this platform")
+
+    def _served_blend(self, target: str, index: CatalogueIndex) -> ServedBlend:
+        assert self.assets is not None
+        cached = self._served.get(target)
+        if cached is None or cached[0] is not index:
+            cached = (index, ServedBlend(self.assets, target, index.catalogue.item_ids))
+            self._served[target] = cached
+        return cached[1]
+
+    def _blend(self, target: str, index: CatalogueIndex, used: Mapping[str, Profile]) -> np.ndarray | None:
+        """The collaborative blend [N] of the user's (consented) source-platform items, or None
+        without assets or without a source platform (target-only users get the model alone)."""
+        if self.assets is None:
+            return None
+        histories: dict[str, np.ndarray] = {}
+        for platform, profile in used.items():
+            if platform == target:
+                continue
+            pos = self._asset_pos.get(platform, {})
+            histories[platform] = np.fromiter(
+                (pos[i] for i in profile.items if i in pos), dtype=np.int64)
+        return self._served_blend(target, index)(histories)
+
+    def _interests(self, vector: np.ndarray) -> list[pb.InterestCategory]:
+        """The top named interest categories of a unit profile vector; [] without assets."""
+        weights = self.assets.category_weights if self.assets is not None else None
+        if self.assets is None or weights is None or weights.shape[1] != vector.shape[0]:
+            return []
+        return [pb.InterestCategory(name=name, weight=weight)
+                for name, weight in self.assets.categories(vector, INTEREST_TOP)]
 
     # --- RPCs ---
     async def IngestEvents(
@@ -153,17 +275,31 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
             used = profiles if consent else {p: v for p, v in profiles.items() if p == target}
             owned = profiles[target].items if target in profiles else []
             exclude = [*owned, *request.exclude_item_ids]
+            interests: list[pb.InterestCategory] = []
             if used:
                 with self.metrics.stage("migrate", rpc, target):
                     query = self.migration.migrate(
                         {p: (prof.vector, prof.events) for p, prof in used.items()}, target)
                 with self.metrics.stage("rank", rpc, target):
-                    ranked = index.top_k(query, request.k, exclude)
+                    blend = self._blend(target, index, used)
+                    if blend is not None and not blend.any():
+                        blend = None  # zero blend weights: the model's own ranking
+                    if blend is None:
+                        ranked = index.top_k(query, request.k, exclude)
+                    else:  # the served score: model cosine + the trained collaborative blend
+                        blend += index.embeddings @ query
+                        ranked = index.top_k(None, request.k, exclude, scores=blend)
                 sources = sorted(p for p in used if p != target)
                 explanation = (f"interests migrated from {', '.join(sources)}" if sources
                                else f"from this user's {target} activity")
+                if blend is not None:
+                    explanation += " plus the trained co-occurrence/popularity blend"
                 if not consent and len(profiles) > len(used):
                     explanation += "; cross-platform migration is off (no consent)"
+                interests = self._interests(query)
+                if interests:
+                    explanation += "; interests: " + ", ".join(
+                        f"{c.name} ({c.weight:.0%})" for c in interests)
             else:
                 with self.metrics.stage("rank", rpc, target):
                     ranked = index.top_k(None, request.k, exclude, scores=self.popularity.get(target))
@@ -175,7 +311,7 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
             items=[pb.RecommendedItem(item_id=r.item_id, title=r.title, score=r.score, rank=n + 1)
                    for n, r in enumerate(ranked)],
             source_platforms=sources, model_version=self.model_version,
-            personalised=bool(used), explanation=explanation,
+            personalised=bool(used), explanation=explanation, interests=interests,
         )
 
     async def SetConsent(
@@ -222,7 +358,8 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
         return pb.GetProfileResponse(
             migrate_consent=self.store.consent(user_key),
             platforms=[pb.PlatformProfile(platform=p.platform, event_count=p.events,
-                                          item_count=len(p.items), updated_at_ms=p.updated_ms)
+                                          item_count=len(p.items), updated_at_ms=p.updated_ms,
+                                          interests=self._interests(p.vector))
                        for p in sorted(profiles.values(), key=lambda p: p.platform)],
             dim=int(next(iter(profiles.values())).vec_sum.shape[0]),
         )

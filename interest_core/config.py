@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     checkpoint: Path | None = Field(
         default=None, description="trained checkpoint dir; None = pretrained backbone"
     )
+    ranking_assets: Path | None = Field(
+        default=None,
+        description="trained ranking assets; default <model_repository>/<model_name>/"
+                    "interest_assets.npz when that file exists",
+    )
     max_seq_len: int = 64
     triton_max_batch_size: int = 256
 
