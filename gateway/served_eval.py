@@ -50,8 +50,9 @@ def ranked_metrics(ranked: list[int], relevant: set[int]) -> dict[str, float]:
             "recall@50": sum(gains[:50]) / len(relevant), "mrr": 0.0 if first is None else 1 / (first + 1)}
 
 
-async def serve_users(stub: pb_grpc.InterestGatewayStub, data: InteractionData, source: str, target: str,
-                      users: list[tuple[list[int], list[int]]], concurrency: int = 8) -> list[dict[str, float]]:
+async def serve_users(stub: pb_grpc.InterestGatewayStub, data: InteractionData, source: str,
+                      target: str, users: list[tuple[list[int], list[int]]],
+                      concurrency: int = 8) -> list[dict[str, float]]:
     """Ingest each user's source history, ask for target recommendations, score them."""
     src_ids, tgt_pos = data.catalogues[source].item_ids, data.catalogues[target].index()
     results: list[dict[str, float] | None] = [None] * len(users)
@@ -129,8 +130,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                              "ndcg@10_ci95": [round(lo, 5), round(hi, 5)]}
                 reference = body["methods"].get("model_int8") or body["methods"]["model_fp32"]
                 body["served_offline_reference"] = reference
+                rate = len(per_user) / (time.monotonic() - started)
                 body["served_note"] = (
-                    f"served: {len(per_user)} test users through the running gateway ({len(per_user) / (time.monotonic() - started):.0f} users/s); "
+                    f"served: {len(per_user)} test users through the running gateway ({rate:.0f} users/s); "
                     f"MRR counts a first hit within the returned top {K} only. Offline reference: "
                     f"{'model_int8' if 'model_int8' in body['methods'] else 'model_fp32'} on the same users.")
                 log.info("%s served: NDCG@10 %.4f (offline %.4f) over %d users", task,

@@ -63,7 +63,8 @@ class RankingAssets:
         """The `top` named interest categories of a unit profile float32 [D], with probabilities."""
         if self.category_weights is None or not self.category_names:
             return []
-        logits = self.category_weights @ profile + (self.category_bias if self.category_bias is not None else 0)
+        bias = self.category_bias if self.category_bias is not None else 0.0
+        logits = self.category_weights @ profile + bias
         probs = np.exp(logits - logits.max())
         probs /= probs.sum()
         best = np.argsort(-probs)[:top]

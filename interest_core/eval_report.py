@@ -51,9 +51,10 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
              "`model_only_fp32` is the model's cosine alone; `served` went through the running "
              "gateway and Triton (INT8).", ""]
     for task, body in results["tasks"].items():
-        lines += [f"## {task} ({body['users']} test users"
-                  + (f", {body['new_items']} new items" if "new_items" in body else "") + ")", "",
-                  "| method | NDCG@10 | 95% CI | HR@10 | Recall@50 | MRR |", "| --- | --- | --- | --- | --- | --- |"]
+        new = f", {body['new_items']} new items" if "new_items" in body else ""
+        lines += [f"## {task} ({body['users']} test users{new})", "",
+                  "| method | NDCG@10 | 95% CI | HR@10 | Recall@50 | MRR |",
+                  "| --- | --- | --- | --- | --- | --- |"]
         for name in METHOD_ORDER:
             m = body["methods"].get(name)
             if m is None:

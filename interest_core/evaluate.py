@@ -82,6 +82,15 @@ def onnx_embeddings(onnx: Path, data: InteractionData, cache_dir: Path) -> dict[
     return out
 
 
+def ranking(items: dict[str, np.ndarray], w: np.ndarray, d: Direction, assets: RankingAssets | None
+            ) -> Callable[[Sequence[Sequence[int]]], np.ndarray]:
+    """Scores [U, n_target] of histories: the model's cosine, plus the assets' blend if given."""
+    def score(histories: Sequence[Sequence[int]]) -> np.ndarray:
+        s = model_scores(items, w, d, histories)
+        return s if assets is None else s + assets.collaborative({d.source: histories}, d.target)
+    return score
+
+
 def pair_train_data(data: InteractionData, d: Direction, removed: dict[str, np.ndarray],
                     features: dict[str, np.ndarray]) -> PairTrainData:
     """Training users of `data` as the baselines' input for direction `d` (new items removed)."""
@@ -138,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="amazon-food-kitchen")
     parser.add_argument("--config", type=Path, default=None)
-    parser.add_argument("--checkpoint", type=Path, required=True, help="`make train` checkpoint (served model)")
+    parser.add_argument("--checkpoint", type=Path, required=True,
+                        help="`make train` checkpoint (the served model)")
     parser.add_argument("--new-items-checkpoint", type=Path, default=None,
                         help="checkpoint trained with --new-items-fraction (task 2); none = skip task 2")
     parser.add_argument("--int8", type=Path, default=None, help="INT8 ONNX exported from --checkpoint")
@@ -163,14 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         log.info("task %s (warm catalogue)", d)
         w = assets.migration[d.key]
 
-        def served(items: dict[str, np.ndarray], d: Direction = d, w: np.ndarray = w
-                   ) -> Callable[[Sequence[Sequence[int]]], np.ndarray]:
-            return lambda h: model_scores(items, w, d, h) + assets.collaborative({d.source: h}, d.target)
-
-        models = {"model_only_fp32": lambda h, d=d, w=w: model_scores(fp32, w, d, h),
-                  "model_fp32": served(fp32)}
+        models = {"model_only_fp32": ranking(fp32, w, d, None), "model_fp32": ranking(fp32, w, d, assets)}
         if int8 is not None:
-            models["model_int8"] = served(int8)
+            models["model_int8"] = ranking(int8, w, d, assets)
         tasks[str(d)] = run_task(data, d, features, models, none, None)
     if args.new_items_checkpoint is not None:
         report = json.loads((args.new_items_checkpoint / "train_report.json").read_text())
@@ -183,12 +188,13 @@ def main(argv: list[str] | None = None) -> int:
         new_assets = RankingAssets.load(args.new_items_checkpoint / ASSETS_FILE)
         emb = head_embeddings(features, args.new_items_checkpoint)
         w = new_assets.migration[d.key]
-        models = {"model_fp32": lambda h: model_scores(emb, w, d, h)}
-        tasks[f"{d}/new-items"] = run_task(data, d, features, models, {**none, target: new}, new)
+        cold = {"model_fp32": ranking(emb, w, d, None)}
+        tasks[f"{d}/new-items"] = run_task(data, d, features, cold, {**none, target: new}, new)
         tasks[f"{d}/new-items"]["new_items"] = len(new)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"dataset": data.name, "checkpoint": str(args.checkpoint),
-                                    "int8": str(args.int8) if args.int8 else None, "tasks": tasks}, indent=1))
+    summary = {"dataset": data.name, "checkpoint": str(args.checkpoint),
+               "int8": str(args.int8) if args.int8 else None, "tasks": tasks}
+    args.out.write_text(json.dumps(summary, indent=1))
     log.info("wrote %s", args.out)
     return 0
 

@@ -11,7 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
-from torch.nn import functional as F
+from torch.nn import functional as F  # noqa: N812
 
 from interest_core.assets import Blend, RankingAssets
 from interest_core.datasets import InteractionData, UserHistory
@@ -37,7 +37,7 @@ class Direction:
 def holdout_items(n_items: int, fraction: float, seed: int) -> np.ndarray:
     """A seeded `fraction` of item indices 0..n_items-1 (sorted int64): the 'new' items."""
     rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(n_items, int(round(fraction * n_items)), replace=False)).astype(np.int64)
+    return np.sort(rng.choice(n_items, round(fraction * n_items), replace=False)).astype(np.int64)
 
 
 def user_rows(users: Sequence[UserHistory], platforms: Sequence[str],
@@ -192,8 +192,8 @@ def tune_blend(assets: RankingAssets, items: dict[str, np.ndarray], d: Direction
     for cooc in BLEND_COOC:
         for pop in BLEND_POP:
             assets.blend[d.key] = Blend(cooc, pop)
-            extra = assets.collaborative({d.source: hist}, d.target)
-            value = float(evaluate(lambda u: base[u] + extra[u], len(hist), rel)["ndcg@10"])
+            scores = base + assets.collaborative({d.source: hist}, d.target)
+            value = float(evaluate(scores.__getitem__, len(hist), rel)["ndcg@10"])
             if cooc == 0.0 and pop == 0.0:
                 model_only = value
             if value > best[0]:
