@@ -52,8 +52,17 @@ def side_size(folder: Path, side: str) -> int:
 
 
 def load_catalogue(settings: Settings, name: str) -> Catalogue:
-    """Catalogue of platform `name` in local-index order, titles cleaned, sliced by catalogue_limit."""
+    """Catalogue of platform `name` in local-index order, titles cleaned, sliced by catalogue_limit.
+
+    When the platform's dataset is a `datasets:` entry, its adapter reads the catalogue (any
+    format); otherwise the LLMCDSR files are read directly by `side`."""
     platform = settings.platforms[name]
+    if platform.dataset in settings.datasets:
+        catalogue = _adapter_catalogue(settings, platform.dataset, name)
+        if settings.catalogue_limit is None:
+            return catalogue
+        limit = settings.catalogue_limit
+        return Catalogue(name, catalogue.item_ids[:limit], catalogue.titles[:limit])
     folder = dataset_dir(settings, platform)
     index: dict[str, int] = json.loads((folder / f"item_set_{platform.side}.json").read_text())
     texts: dict[str, str] = json.loads((folder / f"text_{platform.side}.json").read_text())
@@ -65,6 +74,20 @@ def load_catalogue(settings: Settings, name: str) -> Catalogue:
     item_ids = tuple(asin for asin, _ in ordered)
     titles = tuple(clean_text(texts.get(asin, "")) or asin for asin in item_ids)
     return Catalogue(platform=name, item_ids=item_ids, titles=titles)
+
+
+def _adapter_catalogue(settings: Settings, dataset: str, name: str) -> Catalogue:
+    from interest_core.datasets import IngestReport, dataset_adapter
+
+    config = settings.datasets[dataset]
+    folder = config.folder(settings.data_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"dataset folder {folder} is missing (run `make data`)")
+    adapter = dataset_adapter(config.adapter)(folder, dict(config.platforms), dict(config.options))
+    catalogues = adapter.catalogues(IngestReport())
+    if name not in catalogues:
+        raise ValueError(f"dataset {dataset!r} has no platform {name!r}; it has {', '.join(catalogues)}")
+    return catalogues[name]
 
 
 def load_sequences(folder: Path, filename: str) -> list[UserSequence]:
