@@ -10,7 +10,7 @@ TARGET  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/
 DATASET ?= amazon-food-kitchen
 MODELS  ?= models
 CONFIG  ?=
-EPOCHS  ?= 20
+EPOCHS  ?= 30
 # `make engine` serves the trained checkpoint of DATASET when there is one (models/ is committed).
 CHECKPOINT ?= $(if $(wildcard $(MODELS)/$(DATASET)/interest_head.json),$(MODELS)/$(DATASET))
 CONFIG_ARG := $(if $(CONFIG),--config $(CONFIG))

@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="amazon-food-kitchen", help="a `datasets:` entry of the config")
     parser.add_argument("--config", type=Path, default=None, help="YAML config (default config/default.yaml)")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--batch", type=int, default=512, help="training users per step")
     parser.add_argument("--seed", type=int, default=0, help="seeds shuffling, hold-outs and clustering")

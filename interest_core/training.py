@@ -17,8 +17,10 @@ from interest_core.assets import Blend, RankingAssets
 from interest_core.datasets import InteractionData, UserHistory
 from interest_core.evaluation import evaluate
 
-BLEND_COOC = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
-BLEND_POP = (0.0, 0.005, 0.01, 0.02, 0.05)
+# Blend weights searched on valid. Model cosines lie in [-1, 1] and log1p(co-occurrence) reaches
+# 3-5, so large cooc weights make co-occurrence lead with the model breaking its many ties.
+BLEND_COOC = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+BLEND_POP = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,12 @@ from prometheus_client import start_http_server
 from gateway.metrics import GatewayMetrics
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.server import Gateway, create_server
-from interest_core.config import Settings, load_settings
+from interest_core.config import ROOT, Settings, load_settings
+from interest_core.model import is_checkpoint
 from interest_core.tritonserver import TritonServer, free_port, start_triton
 
 CATALOGUE_SLICE = 1500  # items per platform in tests; `make up` uses all of them
+TRAINED = ROOT / "models" / "amazon-food-kitchen"  # what `make train` wrote, committed
 
 
 @dataclass
@@ -68,17 +70,19 @@ def run_cli(module: str, *args: str, env: dict[str, str]) -> subprocess.Complete
 
 @pytest.fixture(scope="session")
 def engine(workdir: Path, stack_env: dict[str, str]) -> Path:
-    """export -> int8 -> validate -> install, exactly as `make engine` runs them."""
+    """export -> int8 -> validate -> install of the committed trained checkpoint, exactly as
+    `make engine` runs them."""
     art = workdir / "artifacts"
+    assert is_checkpoint(TRAINED), f"{TRAINED} is missing: the trained checkpoint is committed"
     steps = [
-        ("quantize.export", "--out", str(art / "model.fp32.onnx")),
+        ("quantize.export", "--out", str(art / "model.fp32.onnx"), "--checkpoint", str(TRAINED)),
         ("quantize.int8", "--fp32", str(art / "model.fp32.onnx"), "--out", str(art / "model.int8.onnx"),
          "--activations", "uint8",
          "--calib-texts", "128"),
         ("quantize.validate", "--reference", str(art / "model.fp32.onnx"), "--candidate",
          str(art / "model.int8.onnx"), "--report", str(art / "validation.json"), "--texts", "256"),
         ("quantize.install", "--onnx", str(art / "model.int8.onnx"), "--report",
-         str(art / "validation.json"), "--target", "cpu"),
+         str(art / "validation.json"), "--target", "cpu", "--checkpoint", str(TRAINED)),
     ]
     for module, *args in steps:
         done = run_cli(module, *args, env=stack_env)

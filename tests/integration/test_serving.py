@@ -66,6 +66,12 @@ async def test_real_user_food_history_gets_valid_kitchen_recommendations(stack: 
     assert list(first.source_platforms) == ["food"]
     assert first.personalised and "migrated from food" in first.explanation
     assert first.model_version
+    # The trained ranking: collaborative blend on top of the model, and named interests.
+    assert "blend" in first.explanation and "interests:" in first.explanation
+    assert len(first.interests) == 3 and all(c.name and 0 < c.weight <= 1 for c in first.interests)
+    profile = await stack.stub.GetProfile(pb.GetProfileRequest(user_id=user_id), timeout=5)
+    food = next(p for p in profile.platforms if p.platform == "food")
+    assert len(food.interests) == 3 and food.interests[0].weight >= food.interests[-1].weight
 
     excluded = await stack.stub.Recommend(
         pb.RecommendRequest(user_id=user_id, target_platform="kitchen", k=20, exclude_item_ids=ids[:5]),
