@@ -76,7 +76,7 @@ else
 	$(PY) -m quantize.install --onnx $(INT8) --report $(ART)/validation-$(ACT).json --target cpu $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 endif
 
-train: setup  ## train DATASET's model (+ the new-items hold-out model for eval) into models/ (~20 min on 2 cores; resumes)
+train: setup  ## train DATASET's model (+ the new-items hold-out model for eval) into models/ (~35 min on 2 cores; resumes)
 	$(PY) -m interest_core.train $(CONFIG_ARG) --dataset $(DATASET) --out $(MODELS)/$(DATASET) --epochs $(EPOCHS) $(TRAIN_ARGS)
 	$(PY) -m interest_core.train $(CONFIG_ARG) --dataset $(DATASET) --out $(MODELS)/$(DATASET)-new-items \
 	  --epochs $(EPOCHS) --new-items-fraction 0.2 $(TRAIN_ARGS)

@@ -188,7 +188,6 @@ def main(argv: list[str] | None = None) -> int:
     if not 0.0 <= args.new_items_fraction < 1.0:
         parser.error("--new-items-fraction must be in [0, 1)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
     settings = load_settings(args.config)
     data = load_dataset(settings, args.dataset)
     if args.new_items_platform and args.new_items_platform not in data.platforms:
