@@ -1,7 +1,8 @@
 """Named interest categories derived from the real item texts.
 
-K categories are k-means clusters of the trained item embeddings of every platform, each
-named by the words most specific to its titles; a linear classifier over the K categories
+K categories are k-means clusters of the trained item embeddings, K/n per platform so that
+a small catalogue gets its own categories next to a large one, each named by the words most
+specific to its titles within that platform; a linear classifier over the K categories
 is then trained with cross-entropy (as the seed design's category head) so that any
 profile vector, not only an item, gets category probabilities.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -40,26 +41,39 @@ def name_clusters(titles: Sequence[str], labels: np.ndarray, k: int, words: int 
         )
         best = [w for _, w in reversed(scored[-words:])]
         names.append(" / ".join(best) if best else f"category {k_i}")
-    # Two clusters may share a name: number the repeats so every name is distinct.
-    seen: Counter[str] = Counter()
-    for i, n in enumerate(names):
-        seen[n] += 1
-        if seen[n] > 1:
-            names[i] = f"{n} ({seen[n]})"
     return names
 
 
-def derive_categories(embeddings: np.ndarray, titles: Sequence[str], k: int = 24,
-                      seed: int = 0) -> tuple[list[str], np.ndarray, np.ndarray, float]:
-    """Cluster unit item embeddings float32 [N, D] into `k` named categories and fit the
-    category classifier; returns (names, weights float32 [k, D], bias float32 [k], train accuracy)."""
+def _distinct(names: list[str]) -> list[str]:
+    """Number repeated names so every category name is distinct."""
+    seen: Counter[str] = Counter()
+    out = []
+    for n in names:
+        seen[n] += 1
+        out.append(n if seen[n] == 1 else f"{n} ({seen[n]})")
+    return out
+
+
+def derive_categories(embeddings: Mapping[str, np.ndarray], titles: Mapping[str, Sequence[str]],
+                      k: int = 24, seed: int = 0) -> tuple[list[str], np.ndarray, np.ndarray, float]:
+    """Cluster each platform's unit item embeddings float32 [N_p, D] into k/n named categories
+    and fit one classifier over all of them; returns (names, weights float32 [K, D],
+    bias float32 [K], train accuracy)."""
     from sklearn.cluster import KMeans
     from sklearn.linear_model import LogisticRegression
 
-    k = max(2, min(k, len(titles) // 3))
-    labels = KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(embeddings)
-    names = name_clusters(titles, labels, k)
+    names: list[str] = []
+    all_labels = []
+    per_platform = max(2, k // max(len(embeddings), 1))
+    for platform, emb in embeddings.items():
+        k_p = max(2, min(per_platform, len(titles[platform]) // 3))
+        labels = KMeans(n_clusters=k_p, n_init=3, random_state=seed).fit_predict(emb)
+        all_labels.append(labels + len(names))
+        names += name_clusters(titles[platform], labels, k_p)
+    names = _distinct(names)
+    x = np.concatenate(list(embeddings.values()))
+    y = np.concatenate(all_labels)
     clf = LogisticRegression(C=10.0, max_iter=300)  # multinomial: softmax cross-entropy
-    clf.fit(embeddings, labels)
-    accuracy = float(clf.score(embeddings, labels))
+    clf.fit(x, y)
+    accuracy = float(clf.score(x, y))
     return names, clf.coef_.astype(np.float32), clf.intercept_.astype(np.float32), accuracy

@@ -137,9 +137,9 @@ def train(data: InteractionData, out: Path, features: dict[str, np.ndarray], epo
         log.info("blend %s: cooc %.3f pop %.3f (valid NDCG@10 model %.4f -> blend %.4f)", d,
                  assets.blend[d.key].cooc, assets.blend[d.key].pop,
                  blend_report[str(d)]["model"], blend_report[str(d)]["blend"])
-    all_titles = [t for p in platforms for t in data.catalogues[p].titles]
     names, weights, bias, accuracy = derive_categories(
-        np.concatenate([item_emb[p] for p in platforms]), all_titles, k=categories, seed=seed)
+        {p: item_emb[p] for p in platforms}, {p: data.catalogues[p].titles for p in platforms},
+        k=categories, seed=seed)
     assets.category_names, assets.category_weights, assets.category_bias = names, weights, bias
     log.info("%d interest categories (classifier accuracy %.3f): %s", len(names), accuracy,
              "; ".join(names[:8]) + ("; ..." if len(names) > 8 else ""))
