@@ -19,49 +19,50 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
+from gateway.readiness import wait_serving
 from interest_core.config import ROOT, load_settings
 from interest_core.datasets import InteractionData, load_dataset
 from interest_core.eval_report import write_all
-from interest_core.evaluation import bootstrap_ci
+from interest_core.evaluate import measure
 from interest_core.provenance import machine, revision
-from interest_core.training import user_rows
+from interest_core.training import Direction, pairs_of, user_rows
 from interest_core.tritonserver import free_port, start_triton
 
 log = logging.getLogger("interest.served_eval")
 K = 200  # the gateway's max_k: MRR counts a first hit within the top 200 (0 beyond)
 
 
-def ranked_metrics(ranked: list[int], relevant: set[int]) -> dict[str, float]:
-    """NDCG@10, HR@10, Recall@50 and MRR (within the returned list) of one ranked list."""
-    gains = [1.0 if i in relevant else 0.0 for i in ranked]
-    dcg = sum(g / np.log2(r + 2) for r, g in enumerate(gains[:10]))
-    idcg = sum(1 / np.log2(r + 2) for r in range(min(10, len(relevant))))
-    first = next((r for r, g in enumerate(gains) if g), None)
-    return {"ndcg@10": dcg / idcg, "hr@10": float(any(gains[:10])),
-            "recall@50": sum(gains[:50]) / len(relevant), "mrr": 0.0 if first is None else 1 / (first + 1)}
+def ranking_scores(ranked: Sequence[Sequence[int]], n_items: int) -> np.ndarray:
+    """Returned rankings as scores float32 [U, n_items]: descending over each returned list,
+    -inf (never ranked) for every item the gateway did not return."""
+    scores = np.full((len(ranked), n_items), -np.inf, dtype=np.float32)
+    for row, items in enumerate(ranked):
+        scores[row, list(items)] = np.arange(len(items), 0, -1, dtype=np.float32)
+    return scores
 
 
 async def serve_users(stub: pb_grpc.InterestGatewayStub, data: InteractionData, source: str,
-                      target: str, users: list[tuple[list[int], list[int]]],
-                      concurrency: int = 8) -> list[dict[str, float]]:
-    """Ingest each user's source history, ask for target recommendations, score them."""
+                      target: str, users: list[list[int]],
+                      concurrency: int = 8) -> list[list[int]]:
+    """Ingest each user's source history and return the target items recommended to them
+    (catalogue positions, best first)."""
     src_ids, tgt_pos = data.catalogues[source].item_ids, data.catalogues[target].index()
-    results: list[dict[str, float] | None] = [None] * len(users)
+    results: list[list[int]] = [[] for _ in users]
     queue = iter(range(len(users)))
     run = f"{int(time.time())}"
 
     async def worker() -> None:
         for n in queue:
-            hist, rel = users[n]
+            hist = users[n]
             uid = f"eval-{run}-{source}-{target}-{n}"
             await stub.SetConsent(pb.SetConsentRequest(user_id=uid, migrate=True), timeout=30)
             reply = await stub.IngestEvents(pb.IngestEventsRequest(platform=source, events=[
@@ -71,27 +72,10 @@ async def serve_users(stub: pb_grpc.InterestGatewayStub, data: InteractionData, 
                 raise RuntimeError(f"user {n}: {reply.rejected} events rejected: {reply.results}")
             rec = await stub.Recommend(pb.RecommendRequest(user_id=uid, target_platform=target, k=K),
                                        timeout=60)
-            results[n] = ranked_metrics([tgt_pos[r.item_id] for r in rec.items], set(rel))
+            results[n] = [tgt_pos[r.item_id] for r in rec.items]
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return [r for r in results if r is not None]
-
-
-async def wait_serving(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 1200) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError("the gateway exited during start-up; see its log")
-            try:
-                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(2)
-    raise RuntimeError(f"gateway not SERVING after {timeout_s:.0f} s")
+    return results
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -111,7 +95,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             stdout=gateway_log, stderr=subprocess.STDOUT)
     try:
         log.info("gateway starting (the first start embeds both catalogues through Triton, ~3 min)")
-        await wait_serving(port, proc)
+        await wait_serving(port, proc, f"the gateway (log {logs / 'gateway.log'})", timeout_s=1200)
         test = user_rows(data.split("test"), data.platforms, {})
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = pb_grpc.InterestGatewayStub(channel)
@@ -121,22 +105,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                            "the checkpoint trained on every item, not the hold-out model.")
                     continue
                 source, target = task.split("->")
-                users = [(h, t) for h, t in zip(test[source], test[target]) if h and t][: args.users]
+                hist, rel = (part[: args.users] for part in pairs_of(test, Direction(source, target)))
                 started = time.monotonic()
-                per_user = await serve_users(stub, data, source, target, users)
-                values = {k: np.array([u[k] for u in per_user]) for k in per_user[0]}
-                lo, hi = bootstrap_ci(values["ndcg@10"])
-                body["methods"]["served"] = {**{k: round(float(v.mean()), 5) for k, v in values.items()},
-                                             "ndcg@10_ci95": [round(lo, 5), round(hi, 5)]}
+                ranked = await serve_users(stub, data, source, target, hist)
+                scores = ranking_scores(ranked, len(data.catalogues[target]))
+                body["methods"]["served"] = measure(scores.__getitem__, hist, rel)
                 reference = body["methods"].get("model_int8") or body["methods"]["model_fp32"]
                 body["served_offline_reference"] = reference
-                rate = len(per_user) / (time.monotonic() - started)
+                rate = len(hist) / (time.monotonic() - started)
                 body["served_note"] = (
-                    f"served: {len(per_user)} test users through the running gateway ({rate:.0f} users/s); "
+                    f"served: {len(hist)} test users through the running gateway ({rate:.0f} users/s); "
                     f"MRR counts a first hit within the returned top {K} only. Offline reference: "
                     f"{'model_int8' if 'model_int8' in body['methods'] else 'model_fp32'} on the same users.")
                 log.info("%s served: NDCG@10 %.4f (offline %.4f) over %d users", task,
-                         body["methods"]["served"]["ndcg@10"], reference["ndcg@10"], len(per_user))
+                         body["methods"]["served"]["ndcg@10"], reference["ndcg@10"], len(hist))
     finally:
         proc.terminate()
         try:

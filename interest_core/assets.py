@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from interest_core.sparse import binary_matrix
+
 ASSETS_FILE = "interest_assets.npz"
 
 
@@ -53,7 +55,7 @@ class RankingAssets:
             matrix = self.cooccurrence.get((source, target))
             if matrix is None or weights.cooc == 0.0:
                 continue
-            picks = _rows_matrix(rows, matrix.shape[0])
+            picks = binary_matrix(rows, matrix.shape[0])
             out += weights.cooc * np.log1p((picks @ matrix).toarray()).astype(np.float32)
         if pop_weight and target in self.popularity:
             out += pop_weight * np.log1p(self.popularity[target])[None, :]
@@ -127,10 +129,3 @@ class RankingAssets:
         """Positions in this asset's order of the given catalogue ids (-1 where unknown), int64."""
         pos = {item: i for i, item in enumerate(self.item_ids.get(platform, []))}
         return np.array([pos.get(i, -1) for i in item_ids], dtype=np.int64)
-
-
-def _rows_matrix(rows: Sequence[Sequence[int]], n_cols: int) -> sp.csr_matrix:
-    """Binary [len(rows), n_cols] CSR with a 1 at every listed item."""
-    indptr = np.cumsum([0, *(len(r) for r in rows)])
-    indices = np.fromiter((i for r in rows for i in r), dtype=np.int64, count=int(indptr[-1]))
-    return sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=(len(rows), n_cols))

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-METHOD_ORDER = ("popularity", "cooccurrence", "zero_shot", "text_ridge", "emcdr",
-                "model_only_fp32", "model_fp32", "model_int8", "served")
-BASELINES = METHOD_ORDER[:5]
+from interest_core.evaluation import BASELINES
+
+METHOD_ORDER = (*BASELINES, "model_only_fp32", "model_fp32", "model_int8", "served")
 
 
 def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:

@@ -28,13 +28,12 @@ import numpy as np
 from interest_core.assets import ASSETS_FILE, RankingAssets
 from interest_core.config import load_settings
 from interest_core.datasets import InteractionData, load_dataset
-from interest_core.evaluation import PairTrainData, bootstrap_ci, evaluate, make_baseline
+from interest_core.evaluation import BASELINES, PairTrainData, bootstrap_ci, evaluate, make_baseline
 from interest_core.features import catalogue_features
 from interest_core.model import HEAD_CONFIG, HEAD_WEIGHTS
-from interest_core.training import Direction, mask_to, model_scores, restrict, user_rows
+from interest_core.training import Direction, mask_to, model_scores, pairs_of, restrict, user_rows
 
 log = logging.getLogger("interest.eval")
-BASELINE_NAMES = ("popularity", "cooccurrence", "zero_shot", "text_ridge", "emcdr")
 
 
 def head_embeddings(features: dict[str, np.ndarray], checkpoint: Path) -> dict[str, np.ndarray]:
@@ -119,14 +118,13 @@ def run_task(data: InteractionData, d: Direction, features: dict[str, np.ndarray
              removed: dict[str, np.ndarray], only: np.ndarray | None) -> dict[str, Any]:
     """All baselines and `models` on the test users of direction `d` (restricted to `only`)."""
     test = user_rows(data.split("test"), data.platforms, {})
-    pairs = [(h, t) for h, t in zip(test[d.source], test[d.target]) if h and t]
-    hist, rel = [h for h, _ in pairs], [t for _, t in pairs]
+    hist, rel = pairs_of(test, d)
     if only is not None:
         hist, rel = restrict(hist, rel, only)
     train = pair_train_data(data, d, removed, features)
     methods: dict[str, Any] = {}
     scorers: dict[str, Callable[[Sequence[Sequence[int]]], np.ndarray]] = {}
-    for name in BASELINE_NAMES:
+    for name in BASELINES:
         started = time.monotonic()
         scorers[name] = make_baseline(name).fit(train).score
         log.info("  %s fitted (%.0f s)", name, time.monotonic() - started)

@@ -39,6 +39,7 @@ from interest_core.training import (
     MigrationModel,
     collaborative_signals,
     holdout_items,
+    pairs_of,
     tune_blend,
     user_rows,
     valid_ndcg,
@@ -65,8 +66,7 @@ def train(data: InteractionData, out: Path, features: dict[str, np.ndarray], epo
     directions = [Direction(s, t) for s in platforms for t in platforms if s != t]
     train_rows = user_rows(data.split("train"), platforms, removed)
     valid_rows = user_rows(data.split("valid"), platforms, {p: np.array([], np.int64) for p in platforms})
-    examples = [(d, h, t) for d in directions for h, t in zip(train_rows[d.source], train_rows[d.target])
-                if h and t]
+    examples = [(d, h, t) for d in directions for h, t in zip(*pairs_of(train_rows, d))]
     if not examples:
         raise ValueError(f"dataset {data.name!r} has no training user on two platforms: nothing to learn")
     log.info("%d training examples (%s)", len(examples),
@@ -103,10 +103,13 @@ def train(data: InteractionData, out: Path, features: dict[str, np.ndarray], epo
             optimiser.step()
             total += loss.item()
             steps += 1
-        scores = {str(d): valid_ndcg(model, d, valid_rows) for d in directions}
+        model.eval()
+        items = model.item_embeddings()
         if new_fraction:  # the new-items model is chosen on new items only
-            scores = {f"{d}/new-items": valid_ndcg(model, d, valid_rows, only=removed[d.target])
+            scores = {f"{d}/new-items": valid_ndcg(model, items, d, valid_rows, only=removed[d.target])
                       for d in directions if d.target == new_platform}
+        else:
+            scores = {str(d): valid_ndcg(model, items, d, valid_rows) for d in directions}
         mean = float(np.mean(list(scores.values())))
         history.append({"epoch": epoch + 1, "loss": total / max(steps, 1), "valid_ndcg@10": scores,
                         "seconds": round(time.monotonic() - started, 1)})

@@ -16,6 +16,7 @@ from torch.nn import functional as F  # noqa: N812
 from interest_core.assets import Blend, RankingAssets
 from interest_core.datasets import InteractionData, UserHistory
 from interest_core.evaluation import evaluate
+from interest_core.sparse import binary_matrix
 
 # Blend weights searched on valid. Model cosines lie in [-1, 1] and log1p(co-occurrence) reaches
 # 3-5, so large cooc weights make co-occurrence lead with the model breaking its many ties.
@@ -114,19 +115,18 @@ def model_scores(items: dict[str, np.ndarray], migration: np.ndarray, d: Directi
     return (mapped @ items[d.target].T).astype(np.float32)
 
 
-def _pairs(rows: dict[str, list[list[int]]], d: Direction) -> tuple[list[list[int]], list[list[int]]]:
+def pairs_of(rows: dict[str, list[list[int]]], d: Direction) -> tuple[list[list[int]], list[list[int]]]:
+    """(source histories, target items) of the users with items on both platforms of `d`."""
     keep = [n for n, (h, t) in enumerate(zip(rows[d.source], rows[d.target])) if h and t]
     return [rows[d.source][n] for n in keep], [rows[d.target][n] for n in keep]
 
 
-@torch.no_grad()
-def valid_ndcg(model: MigrationModel, d: Direction, rows: dict[str, list[list[int]]],
-               only: np.ndarray | None = None) -> float:
-    """Mean NDCG@10 of the model alone on users with items on both platforms of `d`; with
-    `only`, ranking just those target items for the users who took one of them."""
-    model.eval()
-    items = model.item_embeddings()
-    hist, rel = _pairs(rows, d)
+def valid_ndcg(model: MigrationModel, items: dict[str, np.ndarray], d: Direction,
+               rows: dict[str, list[list[int]]], only: np.ndarray | None = None) -> float:
+    """Mean NDCG@10 of the model alone (item embeddings `items`, from `model.item_embeddings()`)
+    on users with items on both platforms of `d`; with `only`, ranking just those target items
+    for the users who took one of them."""
+    hist, rel = pairs_of(rows, d)
     if only is not None:
         hist, rel = restrict(hist, rel, only)
     w = model.migration(d)
@@ -161,20 +161,14 @@ def collaborative_signals(rows: dict[str, list[list[int]]], directions: Sequence
     training popularity, from the training rows only (new items already removed)."""
     cooc: dict[tuple[str, str], sp.csr_matrix] = {}
     for d in directions:
-        hist, tgt = _pairs(rows, d)
-        src = _binary(hist, len(data.catalogues[d.source]))
-        dst = _binary(tgt, len(data.catalogues[d.target]))
+        hist, tgt = pairs_of(rows, d)
+        src = binary_matrix(hist, len(data.catalogues[d.source]))
+        dst = binary_matrix(tgt, len(data.catalogues[d.target]))
         cooc[d.key] = (src.T @ dst).tocsr().astype(np.float32)
     popularity = {p: np.bincount([i for r in rows[p] for i in r],
                                  minlength=len(data.catalogues[p])).astype(np.float32)
                   for p in rows}
     return cooc, popularity
-
-
-def _binary(rows: Sequence[Sequence[int]], n: int) -> sp.csr_matrix:
-    indptr = np.cumsum([0, *(len(r) for r in rows)])
-    indices = np.array([i for r in rows for i in r], dtype=np.int64)
-    return sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=(len(rows), n))
 
 
 def blend_scores(assets: RankingAssets, items: dict[str, np.ndarray], d: Direction,
@@ -187,7 +181,7 @@ def blend_scores(assets: RankingAssets, items: dict[str, np.ndarray], d: Directi
 def tune_blend(assets: RankingAssets, items: dict[str, np.ndarray], d: Direction,
                rows: dict[str, list[list[int]]]) -> tuple[Blend, dict[str, float]]:
     """Grid-search the blend weights of `d` on valid users by NDCG@10."""
-    hist, rel = _pairs(rows, d)
+    hist, rel = pairs_of(rows, d)
     base = model_scores(items, assets.migration[d.key], d, hist)
     best = (-1.0, Blend())
     model_only = 0.0

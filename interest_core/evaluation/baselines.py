@@ -8,7 +8,6 @@ baselines). An empty history gives a zero row (count, zero-shot) or the mapping'
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -16,6 +15,8 @@ from typing import Any, Protocol
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import svds
+
+from interest_core.sparse import binary_matrix
 
 
 @dataclass
@@ -37,19 +38,6 @@ class Baseline(Protocol):
     def fit(self, data: PairTrainData) -> Baseline: ...
 
     def score(self, histories: Sequence[Sequence[int]]) -> np.ndarray: ...
-
-
-def binary_matrix(rows: Sequence[Sequence[int]], n_cols: int) -> sp.csr_matrix:
-    """Lists of item indices -> binary float32 CSR [len(rows), n_cols]; bad indices raise."""
-    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
-    cols = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
-    if cols.size and (cols.min() < 0 or cols.max() >= n_cols):
-        raise ValueError(f"item index outside 0..{n_cols - 1}")
-    indptr = np.concatenate([[0], np.cumsum(lengths)])
-    m = sp.csr_matrix((np.ones(cols.size, np.float32), cols, indptr), shape=(len(rows), n_cols))
-    m.sum_duplicates()
-    m.data[:] = 1.0
-    return m
 
 
 def _mean_rows(m: sp.csr_matrix) -> sp.csr_matrix:

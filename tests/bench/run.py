@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
+from gateway.readiness import wait_serving
 from interest_core.config import ROOT, Settings, load_settings
 from interest_core.data import load_catalogue, load_sequences
 from interest_core.provenance import machine, revision
@@ -82,23 +82,6 @@ def gateway_env(
     if cache_size is not None:
         env["INTEREST_ITEM_CACHE_SIZE"] = str(cache_size)
     return env
-
-
-async def wait_serving(port: int, proc: Proc, timeout_s: float = 900) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if proc.popen.poll() is not None:
-                raise RuntimeError(f"{proc.name} exited; see {proc.log}")
-            try:
-                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(1)
-    raise RuntimeError(f"{proc.name} not SERVING after {timeout_s}s; see {proc.log}")
 
 
 def cache_counts(metrics_port: int) -> dict[str, float]:
@@ -172,7 +155,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         procs.append(cached)
         log("gateway (cache on) starting: the first run embeds the whole catalogue, later ones load it")
-        await wait_serving(ports["cached"][0], cached)
+        await wait_serving(ports["cached"][0], cached.popen, f"{cached.name} (log {cached.log})")
         uncached = Proc(
             "gateway-uncached",
             [sys.executable, "-m", "gateway.server"],
@@ -190,7 +173,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             logs,
         )
         procs.append(seed)
-        await wait_serving(ports["uncached"][0], uncached)
+        await wait_serving(ports["uncached"][0], uncached.popen, f"{uncached.name} (log {uncached.log})")
         async with grpc.aio.insecure_channel(f"127.0.0.1:{seed_port}") as ch:
             await asyncio.wait_for(ch.channel_ready(), timeout=120)
         log("all servers up")
