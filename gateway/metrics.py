@@ -44,6 +44,10 @@ class GatewayMetrics:
                                   registry=self.registry)
         self.triton_ready = Gauge("interest_triton_ready", "1 when Triton answers ready.",
                                   registry=self.registry)
+        self.rank_batch = Histogram("interest_rank_batch_size",
+                                    "Recommend queries scored together per catalogue pass.",
+                                    ("platform",), buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
+                                    registry=self.registry)
         self.catalogue_items = Gauge("interest_catalogue_items", "Items in the ranking index.",
                                      ("platform",), registry=self.registry)
 

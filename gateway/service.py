@@ -27,6 +27,7 @@ from gateway.encoder import TritonEncoder
 from gateway.metrics import GatewayMetrics
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
+from gateway.scoring import BatchScorer
 from interest_core.assets import Blend, RankingAssets
 from interest_core.config import Settings
 from interest_core.errors import InterestError, InvalidInput, NotFound, Unavailable
@@ -124,6 +125,7 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
         self.auth = Authorizer(settings.api_keys)
         self.popularity = popularity or {}  # per-item fallback scores when nothing may be used
         self.indexes: dict[str, CatalogueIndex] = {}
+        self.scorers: dict[str, BatchScorer] = {}  # per platform: batched catalogue scoring
         self.assets = assets  # trained ranking: collaborative blend and interest categories
         self._asset_pos = ({p: {item: i for i, item in enumerate(ids)}
                             for p, ids in assets.item_ids.items()} if assets is not None else {})
@@ -167,6 +169,12 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
     def set_index(self, platform: str, index: CatalogueIndex) -> None:
         """Serve `index` for `platform`, precomputing its collaborative blend (start-up)."""
         self.indexes[platform] = index
+        old = self.scorers.get(platform)
+        self.scorers[platform] = BatchScorer(
+            index.embeddings, self.settings.rank_max_batch,
+            on_batch=self.metrics.rank_batch.labels(platform=platform).observe)
+        if old is not None:
+            old.close()
         if self.assets is not None:
             blend = self._served_blend(platform, index)
             log.info("ranking assets know %d of the %d %s catalogue items%s", blend.known, len(index),
@@ -284,11 +292,10 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
                     blend = self._blend(target, index, used)
                     if blend is not None and not blend.any():
                         blend = None  # zero blend weights: the model's own ranking
-                    if blend is None:
-                        ranked = index.top_k(query, request.k, exclude)
-                    else:  # the served score: model cosine + the trained collaborative blend
-                        blend += index.embeddings @ query
-                        ranked = index.top_k(None, request.k, exclude, scores=blend)
+                    scores = await self.scorers[target].scores(query)  # item . query, batched
+                    if blend is not None:  # the served score: model cosine + the trained blend
+                        scores += blend
+                    ranked = index.top_k(None, request.k, exclude, scores=scores, copy=False)
                 sources = sorted(p for p in used if p != target)
                 explanation = (f"interests migrated from {', '.join(sources)}" if sources
                                else f"from this user's {target} activity")

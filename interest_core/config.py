@@ -126,6 +126,11 @@ class Settings(BaseSettings):
         description="item-embedding cache entries (texts seen before skip BERT); 0 turns it off",
     )
 
+    rank_max_batch: int = Field(
+        default=16, ge=1,
+        description="Recommend queries scored together against a catalogue when they arrive at once",
+    )
+
     # limits
     max_in_flight: int = Field(
         default=256, ge=1,

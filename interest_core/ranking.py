@@ -34,14 +34,15 @@ class CatalogueIndex:
         return self._pos.get(item_id)
 
     def top_k(self, query: np.ndarray | None, k: int, exclude: Iterable[str] = (),
-              scores: np.ndarray | None = None) -> list[Ranked]:
+              scores: np.ndarray | None = None, copy: bool = True) -> list[Ranked]:
         """The k best items by score (query . item, or the given per-item `scores`), never one
-        in `exclude`; ties broken by catalogue order."""
+        in `exclude`; ties broken by catalogue order. copy=False lets it overwrite the
+        excluded entries of a float32 `scores` the caller no longer needs."""
         if scores is None:
             assert query is not None
             scores = self.embeddings @ query.astype(np.float32)
-        else:
-            scores = scores.astype(np.float32).copy()
+        elif copy or scores.dtype != np.float32:
+            scores = scores.astype(np.float32)  # (astype copies)
         banned = [p for p in (self._pos.get(i) for i in exclude) if p is not None]
         if banned:
             scores[banned] = -np.inf

@@ -6,12 +6,14 @@ with real users' histories, runs perf_analyzer against Triton, and writes
 results/bench.json, results/bench.md and results/bench.png.
 
     python -m tests.bench.run [--duration 15] [--out results]
+    python -m tests.bench.run --recommend-only   # just the Recommend runs, for tuning them
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -26,7 +28,7 @@ from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.readiness import wait_serving
 from interest_core.config import ROOT, Settings, load_settings
-from interest_core.data import load_catalogue, load_sequences
+from interest_core.data import Catalogue, UserSequence, load_catalogue, load_sequences
 from interest_core.provenance import machine, revision
 from interest_core.tritonserver import TritonServer, free_port, start_triton
 from tests.bench.limit import ort_limit
@@ -35,6 +37,7 @@ from tests.bench.procstat import CpuMeter, Watched
 from tests.bench.report import write_report
 
 MAX_EVENTS = 8  # events per EncodeInterest request: the last 8 of a real user's history
+RECOMMEND_USERS = 200  # distinct users whose recommendations the Recommend runs ask for
 
 
 def log(msg: str) -> None:
@@ -107,6 +110,58 @@ async def measured(meter: CpuMeter, coro: Any) -> RunResult:
     return result
 
 
+def ingest_request(u: UserSequence, i: int, food: Catalogue, kitchen: Catalogue) -> pb.IngestEventsRequest:
+    """User u's last MAX_EVENTS food items (even i) or kitchen items (odd i), as real events."""
+    side, cat, items = ("food", food, u.items_a) if i % 2 == 0 else ("kitchen", kitchen, u.items_b)
+    events = [
+        pb.BehaviorEvent(user_id=f"bench-{u.uid}", item_id=cat.item_ids[j], item_text=cat.titles[j],
+                         event_type="review", position=n)
+        for n, j in enumerate(items[:MAX_EVENTS])
+    ]
+    return pb.IngestEventsRequest(platform=side, events=events)
+
+
+async def recommend_runs(
+    stub: pb_grpc.InterestGatewayStub, meter: CpuMeter, users: list[UserSequence], food: Catalogue,
+    kitchen: Catalogue, rates: list[float], duration: float,
+) -> list[dict[str, Any]]:
+    """Recommend kitchen items for users with stored food and kitchen profiles who consented to
+    migration: the cross-platform path (migrate, blend, rank; no BERT), open loop at each rate
+    and closed loop at concurrency 8."""
+    users = users[:RECOMMEND_USERS]
+    log(f"recommend: storing food and kitchen profiles of {len(users)} users, with migration consent")
+    for u in users:
+        for side in (0, 1):
+            await stub.IngestEvents(ingest_request(u, side, food, kitchen), timeout=30)
+        await stub.SetConsent(pb.SetConsentRequest(user_id=f"bench-{u.uid}", migrate=True), timeout=30)
+    log("recommend: open loop, kitchen recommendations migrated from food (no BERT on the path)")
+
+    async def recommend_call(i: int) -> object:
+        u = users[i % len(users)]
+        return await stub.Recommend(
+            pb.RecommendRequest(user_id=f"bench-{u.uid}", target_platform="kitchen", k=10), timeout=10
+        )
+
+    runs = [(await measured(meter, open_loop(recommend_call, rate, duration))).summary() for rate in rates]
+    runs.append((await measured(meter, closed_loop(recommend_call, 8, duration))).summary())
+    return runs
+
+
+async def recommend_only(
+    args: argparse.Namespace, gateway: Proc, triton: TritonServer, port: int,
+    users: list[UserSequence], food: Catalogue, kitchen: Catalogue,
+) -> dict[str, Any]:
+    meter = CpuMeter([Watched("gateway", gateway.popen.pid),
+                      Watched("triton", triton.process.pid, group=True),
+                      Watched("load_generator", os.getpid())])
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        runs = await recommend_runs(pb_grpc.InterestGatewayStub(channel), meter,
+                                    [u for u in users if u.items_a and u.items_b], food, kitchen,
+                                    args.rates, args.duration)
+    return {"revision": revision(), "machine": machine(), "duration_s": args.duration,
+            "recommend_runs": runs}
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = load_settings()
     model_dir = settings.model_repository / settings.model_name
@@ -123,19 +178,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     mean_events = len(texts) / len(encode_requests)
     log(f"{len(encode_requests)} EncodeInterest requests from real test users, {mean_events:.2f} events each")
 
-    log(
-        "(b) limit: ONNX Runtime INT8 in-process, length-sorted batches; measured first, alone on the machine"
-    )
-    limit = max(
-        (
-            ort_limit(model_dir / "1" / "model.onnx", texts, settings.max_seq_len, batch=b, spinning=spin)
-            for b in (16, 32, 64)
-            for spin in (True, False)
-        ),
-        key=lambda r: r["texts_per_s"],
-    )
-    limit["requests_per_s"] = round(limit["texts_per_s"] / mean_events, 1)
-    log(f"  best: {limit}")
+    limit: dict[str, Any] = {}
+    if not args.recommend_only:
+        log("(b) limit: ONNX Runtime INT8 in-process, length-sorted batches; measured first, alone "
+            "on the machine")
+        limit = max(
+            (
+                ort_limit(model_dir / "1" / "model.onnx", texts, settings.max_seq_len, batch=b,
+                          spinning=spin)
+                for b in (16, 32, 64)
+                for spin in (True, False)
+            ),
+            key=lambda r: r["texts_per_s"],
+        )
+        limit["requests_per_s"] = round(limit["texts_per_s"] / mean_events, 1)
+        log(f"  best: {limit}")
 
     triton = start_triton(
         settings,
@@ -156,6 +213,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         procs.append(cached)
         log("gateway (cache on) starting: the first run embeds the whole catalogue, later ones load it")
         await wait_serving(ports["cached"][0], cached.popen, f"{cached.name} (log {cached.log})")
+        if args.recommend_only:
+            return await recommend_only(args, cached, triton, ports["cached"][0], users, food, kitchen)
         uncached = Proc(
             "gateway-uncached",
             [sys.executable, "-m", "gateway.server"],
@@ -235,21 +294,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         before = cache_counts(ports["cached"][1])
 
         async def ingest_call(i: int) -> object:
-            u = ingest_users[i % len(ingest_users)]
-            side, cat, items = ("food", food, u.items_a) if i % 2 == 0 else ("kitchen", kitchen, u.items_b)
-            events = [
-                pb.BehaviorEvent(
-                    user_id=f"bench-{u.uid}",
-                    item_id=cat.item_ids[j],
-                    item_text=cat.titles[j],
-                    event_type="review",
-                    position=n,
-                )
-                for n, j in enumerate(items[:MAX_EVENTS])
-            ]
             return await stubs["cached"].IngestEvents(
-                pb.IngestEventsRequest(platform=side, events=events), timeout=30
-            )
+                ingest_request(ingest_users[i % len(ingest_users)], i, food, kitchen), timeout=30)
 
         ingest = await measured(meter, closed_loop(ingest_call, 4, d))
         after = cache_counts(ports["cached"][1])
@@ -263,26 +309,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             }
         )
         results["ingest_runs"].append((await measured(meter, open_loop(ingest_call, 500, d))).summary())
-        # Make sure every user that Recommend asks for has a stored profile.
-        for i in range(min(400, 2 * len(ingest_users))):
-            await ingest_call(i)
-
-        log("recommend: open loop for users with stored profiles (no BERT on the path)")
-
-        async def recommend_call(i: int) -> object:
-            u = ingest_users[i % min(len(ingest_users), 200)]
-            return await stubs["cached"].Recommend(
-                pb.RecommendRequest(user_id=f"bench-{u.uid}", target_platform="kitchen", k=10), timeout=10
-            )
-
-        for rate in args.rates:
-            results["recommend_runs"].append(
-                (await measured(meter, open_loop(recommend_call, rate, d))).summary()
-            )
-        results["recommend_runs"].append((await measured(meter, closed_loop(recommend_call, 8, d))).summary())
+        results["recommend_runs"] = await recommend_runs(
+            stubs["cached"], meter, ingest_users, food, kitchen, args.rates, d)
 
         for ch in channels.values():
-            await ch.close()
+            await ch.close(None)
 
         log("perf_analyzer against Triton directly")
         results["perf_analyzer"] = run_perf_analyzer_safely(triton, settings, texts)
@@ -348,8 +379,19 @@ def main(argv: list[str] | None = None) -> int:
         help="open-loop Recommend rates, requests/s",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "results")
+    parser.add_argument(
+        "--recommend-only",
+        action="store_true",
+        help="only the Recommend runs (for tuning them): printed and written to "
+        "var/bench/recommend.json; results/ is left alone",
+    )
     args = parser.parse_args(argv)
     data = asyncio.run(run(args))
+    if args.recommend_only:
+        path = ROOT / "var" / "bench" / "recommend.json"
+        path.write_text(json.dumps(data, indent=2))
+        log(f"wrote {path}")
+        return 0
     write_report(data, args.out)
     log(f"wrote {args.out}/bench.json, bench.md, bench.png")
     return 0
