@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from interest_core.linalg import small_matvec
 from interest_core.sparse import binary_matrix
 
 ASSETS_FILE = "interest_assets.npz"
@@ -66,7 +67,7 @@ class RankingAssets:
         if self.category_weights is None or not self.category_names:
             return []
         bias = self.category_bias if self.category_bias is not None else 0.0
-        logits = self.category_weights @ profile + bias
+        logits = small_matvec(self.category_weights, profile) + bias
         probs = np.exp(logits - logits.max())
         probs /= probs.sum()
         best = np.argsort(-probs)[:top]

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from interest_core.linalg import small_matvec
+
 
 class MigrationMap:
     """Maps unit profile vectors float32 [D] between platforms and blends several sources."""
@@ -37,7 +39,7 @@ class MigrationMap:
     def apply(self, vector: np.ndarray, source: str, target: str) -> np.ndarray:
         if source == target or (source, target) not in self._matrices:
             return vector
-        return (self._matrices[(source, target)] @ vector).astype(np.float32)
+        return small_matvec(self._matrices[(source, target)], vector)
 
     def migrate(self, vectors: Mapping[str, tuple[np.ndarray, int]], target: str) -> np.ndarray:
         """Weighted (by event count) mean of each platform's mapped vector, unit norm [D]."""
