@@ -48,6 +48,10 @@ class GatewayMetrics:
                                     "Recommend queries scored together per catalogue pass.",
                                     ("platform",), buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
                                     registry=self.registry)
+        self.rank_path = Counter("interest_rank_path_total",
+                                 "Personalised Recommend rankings by how they were computed: bounded "
+                                 "(exact from the largest-blend items) or full (whole catalogue).",
+                                 ("platform", "path"), registry=self.registry)
         self.catalogue_items = Gauge("interest_catalogue_items", "Items in the ranking index.",
                                      ("platform",), registry=self.registry)
 

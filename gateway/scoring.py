@@ -102,3 +102,28 @@ class BatchScorer:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class BoundGate:
+    """Whether Recommend should try the bounded top k (CatalogueIndex.top_k_bounded) first.
+
+    A failed try costs about as much as it saves when it succeeds (kitchen -> food, whose
+    blend is weak, fails for ~95% of users: 0.9 ms spent, then the 1.3 ms full scan anyway).
+    So while the recent success rate (exponential average over tries) is below `min_rate`,
+    only every `probe`-th request tries, enough to notice when it starts working again.
+    """
+
+    def __init__(self, min_rate: float = 0.2, probe: int = 16, decay: float = 0.05) -> None:
+        self.min_rate, self.probe, self.decay = min_rate, probe, decay
+        self.rate = 1.0  # optimistic start: the first requests all try
+        self._skipped = 0
+
+    def should_try(self) -> bool:
+        if self.rate >= self.min_rate or self._skipped >= self.probe - 1:
+            self._skipped = 0
+            return True
+        self._skipped += 1
+        return False
+
+    def record(self, success: bool) -> None:
+        self.rate += self.decay * (float(success) - self.rate)

@@ -9,6 +9,9 @@ With trained ranking assets (interest_core.assets) a personalised Recommend rank
 
 where `blend` is exactly `RankingAssets.collaborative(histories, target)` for the user's
 consented source-platform items, put into the served catalogue's order (ServedBlend).
+The top k of that score is exact either way: from the items of largest blend when a bound
+proves no other item can get in (CatalogueIndex.top_k_bounded), else from the whole
+catalogue, scored in batches with concurrent requests (gateway/scoring.py).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from gateway.encoder import TritonEncoder
 from gateway.metrics import GatewayMetrics
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
-from gateway.scoring import BatchScorer
+from gateway.scoring import BatchScorer, BoundGate
 from interest_core.assets import Blend, RankingAssets
 from interest_core.config import Settings
 from interest_core.errors import InterestError, InvalidInput, NotFound, Unavailable
@@ -126,6 +129,7 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
         self.popularity = popularity or {}  # per-item fallback scores when nothing may be used
         self.indexes: dict[str, CatalogueIndex] = {}
         self.scorers: dict[str, BatchScorer] = {}  # per platform: batched catalogue scoring
+        self.bound_gates: dict[str, BoundGate] = defaultdict(BoundGate)  # per target platform
         self.assets = assets  # trained ranking: collaborative blend and interest categories
         self._asset_pos = ({p: {item: i for i, item in enumerate(ids)}
                             for p, ids in assets.item_ids.items()} if assets is not None else {})
@@ -175,6 +179,8 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
             on_batch=self.metrics.rank_batch.labels(platform=platform).observe)
         if old is not None:
             old.close()
+        for path in ("bounded", "full"):  # both series exist from the start (dashboard ratios)
+            self.metrics.rank_path.labels(platform=platform, path=path)
         if self.assets is not None:
             blend = self._served_blend(platform, index)
             log.info("ranking assets know %d of the %d %s catalogue items%s", blend.known, len(index),
@@ -292,10 +298,20 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
                     blend = self._blend(target, index, used)
                     if blend is not None and not blend.any():
                         blend = None  # zero blend weights: the model's own ranking
-                    scores = await self.scorers[target].scores(query)  # item . query, batched
-                    if blend is not None:  # the served score: model cosine + the trained blend
-                        scores += blend
-                    ranked = index.top_k(None, request.k, exclude, scores=scores, copy=False)
+                    ranked = None
+                    gate = self.bound_gates[target]
+                    if blend is not None and self.settings.rank_candidates and gate.should_try():
+                        ranked = index.top_k_bounded(  # exact, from the largest-blend items only
+                            query, blend, request.k, exclude,
+                            max(self.settings.rank_candidates, 8 * request.k))
+                        gate.record(ranked is not None)
+                    self.metrics.rank_path.labels(
+                        platform=target, path="full" if ranked is None else "bounded").inc()
+                    if ranked is None:
+                        scores = await self.scorers[target].scores(query)  # item . query, batched
+                        if blend is not None:  # the served score: model cosine + the trained blend
+                            scores += blend
+                        ranked = index.top_k(None, request.k, exclude, scores=scores, copy=False)
                 sources = sorted(p for p in used if p != target)
                 explanation = (f"interests migrated from {', '.join(sources)}" if sources
                                else f"from this user's {target} activity")

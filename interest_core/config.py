@@ -130,6 +130,11 @@ class Settings(BaseSettings):
         default=16, ge=1,
         description="Recommend queries scored together against a catalogue when they arrive at once",
     )
+    rank_candidates: int = Field(
+        default=1024, ge=0,
+        description="with a trained blend, Recommend first scores only this many items of largest "
+        "blend (at least 8*k) and keeps the result when a bound proves it exact; 0 turns it off",
+    )
 
     # limits
     max_in_flight: int = Field(

@@ -34,7 +34,7 @@ from interest_core.tritonserver import TritonServer, free_port, start_triton
 from tests.bench.limit import ort_limit
 from tests.bench.loadgen import RunResult, closed_loop, open_loop
 from tests.bench.procstat import CpuMeter, Watched
-from tests.bench.report import write_report
+from tests.bench.report import RECOMMEND_TARGET_RATE, write_report
 
 MAX_EVENTS = 8  # events per EncodeInterest request: the last 8 of a real user's history
 RECOMMEND_USERS = 200  # distinct users whose recommendations the Recommend runs ask for
@@ -87,14 +87,27 @@ def gateway_env(
     return env
 
 
-def cache_counts(metrics_port: int) -> dict[str, float]:
+def metric_lines(metrics_port: int, name: str) -> list[str]:
     body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    return [line for line in body.splitlines() if line.startswith(name + "{")]
+
+
+def rank_paths(metrics_port: int) -> dict[str, float]:
+    """The gateway's personalised rankings so far by target platform and path (bounded/full)."""
+    out = {}
+    for line in metric_lines(metrics_port, "interest_rank_path_total"):
+        inside = line[line.index("{") + 1 : line.index("}")]
+        labels = {k: v.strip('"') for k, v in (part.split("=", 1) for part in inside.split(","))}
+        out[f"{labels['platform']} {labels['path']}"] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def cache_counts(metrics_port: int) -> dict[str, float]:
     out = {"hit": 0.0, "miss": 0.0}
-    for line in body.splitlines():
-        if line.startswith("interest_item_cache_requests_total{"):
-            for result in out:
-                if f'result="{result}"' in line:
-                    out[result] = float(line.rsplit(" ", 1)[1])
+    for line in metric_lines(metrics_port, "interest_item_cache_requests_total"):
+        for result in out:
+            if f'result="{result}"' in line:
+                out[result] = float(line.rsplit(" ", 1)[1])
     return out
 
 
@@ -127,7 +140,8 @@ async def recommend_runs(
 ) -> list[dict[str, Any]]:
     """Recommend kitchen items for users with stored food and kitchen profiles who consented to
     migration: the cross-platform path (migrate, blend, rank; no BERT), open loop at each rate
-    and closed loop at concurrency 8."""
+    and closed loop at concurrency 8; then food items for the same users at the target rate
+    (kitchen -> food: its weak blend rarely lets the bound skip the full catalogue scan)."""
     users = users[:RECOMMEND_USERS]
     log(f"recommend: storing food and kitchen profiles of {len(users)} users, with migration consent")
     for u in users:
@@ -136,19 +150,27 @@ async def recommend_runs(
         await stub.SetConsent(pb.SetConsentRequest(user_id=f"bench-{u.uid}", migrate=True), timeout=30)
     log("recommend: open loop, kitchen recommendations migrated from food (no BERT on the path)")
 
-    async def recommend_call(i: int) -> object:
-        u = users[i % len(users)]
-        return await stub.Recommend(
-            pb.RecommendRequest(user_id=f"bench-{u.uid}", target_platform="kitchen", k=10), timeout=10
-        )
+    def recommend_call(target: str) -> Any:
+        async def call(i: int) -> object:
+            u = users[i % len(users)]
+            return await stub.Recommend(
+                pb.RecommendRequest(user_id=f"bench-{u.uid}", target_platform=target, k=10), timeout=10)
 
-    runs = [(await measured(meter, open_loop(recommend_call, rate, duration))).summary() for rate in rates]
-    runs.append((await measured(meter, closed_loop(recommend_call, 8, duration))).summary())
+        return call
+
+    async def run(target: str, loop: Any, level: float) -> dict[str, Any]:
+        log(f"  target {target}:")
+        summary = (await measured(meter, loop(recommend_call(target), level, duration))).summary()
+        return {"target": target, **summary}
+
+    runs = [await run("kitchen", open_loop, rate) for rate in rates]
+    runs.append(await run("kitchen", closed_loop, 8))
+    runs.append(await run("food", open_loop, RECOMMEND_TARGET_RATE))
     return runs
 
 
 async def recommend_only(
-    args: argparse.Namespace, gateway: Proc, triton: TritonServer, port: int,
+    args: argparse.Namespace, gateway: Proc, triton: TritonServer, port: int, metrics_port: int,
     users: list[UserSequence], food: Catalogue, kitchen: Catalogue,
 ) -> dict[str, Any]:
     meter = CpuMeter([Watched("gateway", gateway.popen.pid),
@@ -159,7 +181,7 @@ async def recommend_only(
                                     [u for u in users if u.items_a and u.items_b], food, kitchen,
                                     args.rates, args.duration)
     return {"revision": revision(), "machine": machine(), "duration_s": args.duration,
-            "recommend_runs": runs}
+            "recommend_runs": runs, "rank_paths": rank_paths(metrics_port)}
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -214,7 +236,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         log("gateway (cache on) starting: the first run embeds the whole catalogue, later ones load it")
         await wait_serving(ports["cached"][0], cached.popen, f"{cached.name} (log {cached.log})")
         if args.recommend_only:
-            return await recommend_only(args, cached, triton, ports["cached"][0], users, food, kitchen)
+            return await recommend_only(args, cached, triton, *ports["cached"], users, food, kitchen)
         uncached = Proc(
             "gateway-uncached",
             [sys.executable, "-m", "gateway.server"],
@@ -311,6 +333,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         results["ingest_runs"].append((await measured(meter, open_loop(ingest_call, 500, d))).summary())
         results["recommend_runs"] = await recommend_runs(
             stubs["cached"], meter, ingest_users, food, kitchen, args.rates, d)
+        results["rank_paths"] = rank_paths(ports["cached"][1])
 
         for ch in channels.values():
             await ch.close(None)

@@ -1,4 +1,5 @@
-"""Batched catalogue scoring (gateway.scoring): exact scores, batching of concurrent calls."""
+"""Recommend's catalogue scoring: batching of concurrent calls (gateway.scoring), exact
+scores, and the bounded top k that scores only the largest-blend items (CatalogueIndex)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import asyncio
 import numpy as np
 import pytest
 
-from gateway.scoring import BatchScorer, block_scores
+from gateway.scoring import BatchScorer, BoundGate, block_scores
+from interest_core.data import Catalogue
+from interest_core.ranking import CatalogueIndex
 
 
 def catalogue(n: int = 5000, d: int = 16, seed: int = 0) -> np.ndarray:
@@ -84,3 +87,79 @@ def test_a_failing_batch_fails_its_callers_and_the_scorer_keeps_working() -> Non
     failed, good = asyncio.run(run())
     assert isinstance(failed[0], ValueError)
     np.testing.assert_allclose(good, e.sum(axis=1), rtol=0, atol=1e-4)
+
+
+def index_of(e: np.ndarray) -> CatalogueIndex:
+    ids = tuple(f"i{n}" for n in range(len(e)))
+    return CatalogueIndex(Catalogue("kitchen", ids, ids), e)
+
+
+def sparse_counts_blend(n: int, rng: np.random.Generator, weight: float, touched: int) -> np.ndarray:
+    """weight * log1p(co-occurrence counts) on `touched` random items + a small popularity term."""
+    blend = 0.05 * np.log1p(rng.integers(0, 500, n)).astype(np.float32)
+    hit = rng.choice(n, touched, replace=False)
+    blend[hit] += weight * np.log1p(rng.integers(1, 6, touched)).astype(np.float32)
+    return blend
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_bounded_top_k_is_the_full_top_k_whenever_it_answers(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    e = catalogue(3000, 16, seed)
+    index = index_of(e)
+    q = rng.standard_normal(16).astype(np.float32)
+    q /= np.linalg.norm(q)
+    # a strong blend (co-occurrence-led), a weak one, or one of the same size as the model term
+    weight = (10.0, 0.2, 1.0)[seed % 3]
+    blend = sparse_counts_blend(len(e), rng, weight, touched=int(rng.integers(5, 800)))
+    exclude = [f"i{n}" for n in rng.choice(len(e), 40, replace=False)]
+    k = int(rng.choice([1, 10, 50]))
+    got = index.top_k_bounded(q, blend, k, exclude, candidates=1024, first=(16, 256)[seed % 2])
+    want = index.top_k(None, k, exclude, scores=e @ q + blend)
+    if got is not None:
+        assert [r.item_id for r in got] == [r.item_id for r in want]
+        np.testing.assert_allclose([r.score for r in got], [r.score for r in want], atol=1e-5)
+
+
+def test_bounded_top_k_answers_for_a_dominant_blend_and_declines_for_a_weak_one() -> None:
+    rng = np.random.default_rng(7)
+    e = catalogue(3000, 16)
+    index = index_of(e)
+    q = e[0].copy()  # the model alone would rank item i0 first
+    strong = sparse_counts_blend(len(e), rng, 10.0, touched=300)
+    got = index.top_k_bounded(q, strong, 10, candidates=256)
+    assert got is not None and len(got) == 10
+    assert [r.item_id for r in got] == [r.item_id for r in index.top_k(None, 10, scores=e @ q + strong)]
+    weak = np.zeros(len(e), np.float32)
+    weak[:300] = 0.01  # cannot outweigh the model term: only the whole catalogue can tell
+    assert index.top_k_bounded(q, weak, 10, candidates=256) is None
+    # never an excluded item, and None when too few candidates are left to fill k
+    owned = [r.item_id for r in got]
+    again = index.top_k_bounded(q, strong, 10, owned, candidates=256)
+    assert again is not None and not set(owned) & {r.item_id for r in again}
+    assert index.top_k_bounded(q, strong, 300, candidates=256) is None
+
+
+def test_bounded_top_k_widens_its_candidates_until_the_bound_holds() -> None:
+    e = catalogue(3000, 16)
+    index = index_of(e)
+    q = e[5].copy()
+    blend = np.zeros(len(e), np.float32)
+    blend[100:200] = 10.0  # 100 items tied on the blend: 16 or 64 of them cannot rule out the rest
+    full = index.top_k(None, 3, scores=e @ q + blend)
+    assert index.top_k_bounded(q, blend, 3, candidates=64, first=16) is None
+    got = index.top_k_bounded(q, blend, 3, candidates=1024, first=16)  # 16, 64 fail; 256 hold
+    assert got is not None
+    assert [r.item_id for r in got] == [r.item_id for r in full]
+
+
+def test_bound_gate_skips_a_mostly_failing_bound_but_keeps_probing_it() -> None:
+    gate = BoundGate(min_rate=0.2, probe=4, decay=0.5)
+    assert all(gate.should_try() for _ in range(10))  # succeeding: always tried
+    for _ in range(5):
+        gate.record(False)
+    tries = [gate.should_try() for _ in range(12)]
+    assert tries == [False, False, False, True] * 3  # failing: every 4th request probes
+    for _ in range(3):
+        gate.record(True)  # the probes succeed again
+    assert all(gate.should_try() for _ in range(5))
