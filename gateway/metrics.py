@@ -52,6 +52,11 @@ class GatewayMetrics:
                                  "Personalised Recommend rankings by how they were computed: bounded "
                                  "(exact from the largest-blend items) or full (whole catalogue).",
                                  ("platform", "path"), registry=self.registry)
+        self.profiles_reembedded = Counter(
+            "interest_profiles_reembedded_total",
+            "Stored profiles of an older model re-embedded for the served one: rebuilt from their "
+            "items' titles, or emptied (no catalogue item to rebuild from).",
+            ("platform", "outcome"), registry=self.registry)
         self.catalogue_items = Gauge("interest_catalogue_items", "Items in the ranking index.",
                                      ("platform",), registry=self.registry)
 

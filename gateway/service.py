@@ -39,6 +39,7 @@ from interest_core.privacy import Pseudonymiser
 from interest_core.profiles import Profile, ProfileStore
 from interest_core.ranking import CatalogueIndex
 from interest_core.schemas import UnifiedEvent
+from interest_core.text import clean_text
 
 log = logging.getLogger("interest.gateway")
 INTEREST_TOP = 3  # named interest categories reported per profile / recommendation
@@ -241,7 +242,7 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
             if good:
                 vectors = await self.encoder.embed([e.text for e in good], rpc, platform,
                                                    self._timeout(context))
-                users = self._apply(platform, good, vectors)
+                users = await self._apply(platform, good, vectors, self._timeout(context))
         accepted = len(good)
         self.metrics.events.labels(platform=platform, outcome="accepted").inc(accepted)
         self.metrics.events.labels(platform=platform, outcome="rejected").inc(len(results) - accepted)
@@ -250,20 +251,59 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
             results=results, model_version=self.model_version,
         )
 
-    def _apply(self, platform: str, events: list[UnifiedEvent], vectors: np.ndarray) -> set[str]:
+    async def _apply(self, platform: str, events: list[UnifiedEvent], vectors: np.ndarray,
+                     timeout: float) -> set[str]:
         """Fold event embeddings into each user's profile; one transaction for the batch."""
         by_user: dict[str, list[int]] = defaultdict(list)
         for i, event in enumerate(events):
             by_user[event.user_key].append(i)
         updated: list[tuple[str, Profile]] = []
         for user_key, rows in by_user.items():
-            profile = self.store.load(user_key).get(platform) or Profile(
-                platform=platform, vec_sum=np.zeros(vectors.shape[1], dtype=np.float32), events=0)
+            stored = await self._current(user_key, self.store.load(user_key), "IngestEvents", timeout)
+            profile = stored.get(platform) or Profile(
+                platform=platform, vec_sum=np.zeros(vectors.shape[1], dtype=np.float32), events=0,
+                model_version=self.model_version)
             for i in sorted(rows, key=lambda r: events[r].order):
                 profile.add(vectors[i], events[i].item_id)
             updated.append((user_key, profile))
         self.store.save_many(updated)
         return set(by_user)
+
+    async def _current(self, user_key: str, profiles: dict[str, Profile], rpc: str,
+                       timeout: float) -> dict[str, Profile]:
+        """`profiles` in the served model's embedding space.
+
+        A profile summed by another model (before `make engine` installed this one) would mix
+        two embedding spaces, so it is re-embedded from the catalogue titles of its items
+        (cache hits: no BERT) and saved; its event count, its weight in migration, is kept.
+        Events without a catalogue item cannot be replayed (raw events are never stored): a
+        profile with none is emptied. Rows from before versions were stored ('') are taken
+        to be the served model's. Nothing happens until a model is being served."""
+        if not self.model_version:
+            return profiles
+        stale: list[tuple[Profile, str]] = []
+        for profile in profiles.values():
+            if not profile.model_version:
+                profile.model_version = self.model_version  # written with the next update
+            elif profile.model_version != self.model_version:
+                stale.append((profile, profile.model_version))
+        for profile, old in stale:
+            adapter = self.adapters.get(profile.platform)
+            titles = adapter.ctx.titles if adapter is not None else {}
+            texts = [clean_text(titles[i]) for i in profile.items if i in titles]
+            if texts:
+                vectors = await self.encoder.embed(texts, rpc, profile.platform, timeout)
+                profile.vec_sum = vectors.mean(axis=0).astype(np.float32) * np.float32(profile.events)
+            else:
+                profile.vec_sum = np.zeros(self.migration.dim, dtype=np.float32)
+            profile.model_version = self.model_version
+            self.metrics.profiles_reembedded.labels(
+                platform=profile.platform, outcome="rebuilt" if texts else "emptied").inc()
+            log.info("a %s profile from model %s re-embedded for model %s from %d of its %d items",
+                     profile.platform, old, self.model_version, len(texts), len(profile.items))
+        if stale:
+            self.store.save_many([(user_key, profile) for profile, _ in stale])
+        return profiles
 
     async def Recommend(
         self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
@@ -282,6 +322,7 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
                 profiles = self.store.load(user_key)
             if not profiles:
                 raise NotFound("no interest profile for this user: ingest their events first")
+            profiles = await self._current(user_key, profiles, rpc, self._timeout(context))
             index = self.indexes.get(target)
             if index is None:
                 raise Unavailable(f"the {target} catalogue is still loading; retry shortly")
@@ -378,6 +419,7 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
             profiles = {p: prof for p, prof in profiles.items() if p == caller}
         if not profiles:
             raise NotFound("no interest profile for this user")
+        profiles = await self._current(user_key, profiles, "GetProfile", self._timeout(context))
         return pb.GetProfileResponse(
             migrate_consent=self.store.consent(user_key),
             platforms=[pb.PlatformProfile(platform=p.platform, event_count=p.events,

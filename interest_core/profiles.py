@@ -1,7 +1,9 @@
 """Interest profiles: per (user, platform) sum of event embeddings, count and items taken.
 
 Stored in embedded SQLite (WAL) keyed by the pseudonymous user key; raw events never are.
-The profile vector is the normalised mean of the user's event embeddings on that platform.
+The profile vector is the normalised mean of the user's event embeddings on that platform,
+in the embedding space of the model that made them (`model_version`; '' for rows written
+before versions were stored).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ CREATE TABLE IF NOT EXISTS profiles (
     events     INTEGER NOT NULL,
     items      TEXT    NOT NULL,
     updated_ms INTEGER NOT NULL,
+    model_version TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (user_key, platform)
 );
 CREATE TABLE IF NOT EXISTS consent (
@@ -44,6 +47,7 @@ class Profile:
     events: int
     items: list[str] = field(default_factory=list)
     updated_ms: int = 0
+    model_version: str = ""  # the model whose embeddings vec_sum sums
 
     @property
     def vector(self) -> np.ndarray:
@@ -90,23 +94,27 @@ class ProfileStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA secure_delete=ON")  # deleted profiles are overwritten, not left in pages
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(profiles)")}
+        if "model_version" not in columns:  # a store written before model versions were kept
+            self._db.execute("ALTER TABLE profiles ADD COLUMN model_version TEXT NOT NULL DEFAULT ''")
 
     def close(self) -> None:
         self._db.close()
 
     def load(self, user_key: str) -> dict[str, Profile]:
         rows = self._db.execute(
-            "SELECT platform, dim, vec_sum, events, items, updated_ms FROM profiles WHERE user_key=?",
+            "SELECT platform, dim, vec_sum, events, items, updated_ms, model_version FROM profiles "
+            "WHERE user_key=?",
             (user_key,),
         ).fetchall()
         out = {}
-        for platform, dim, blob, events, items, updated in rows:
+        for platform, dim, blob, events, items, updated, version in rows:
             if self._cipher is not None:
                 blob = self._cipher.open(blob, f"{user_key}|{platform}|vec")
                 items = self._cipher.open(bytes(items), f"{user_key}|{platform}|items").decode()
             out[platform] = Profile(
                 platform=platform, vec_sum=np.frombuffer(blob, dtype=np.float32, count=dim).copy(),
-                events=events, items=json.loads(items), updated_ms=updated,
+                events=events, items=json.loads(items), updated_ms=updated, model_version=version,
             )
         return out
 
@@ -121,14 +129,15 @@ class ProfileStore:
     def save_many(self, profiles: Iterable[tuple[str, Profile]]) -> None:
         """Upsert (user_key, profile) pairs atomically."""
         now = int(time.time() * 1000)
-        rows = [(key, p.platform, int(p.vec_sum.shape[0]), *self._fields(key, p), p.events, now)
-                for key, p in profiles]
+        rows = [(key, p.platform, int(p.vec_sum.shape[0]), *self._fields(key, p), p.events, now,
+                 p.model_version) for key, p in profiles]
         with self._transaction():
             self._db.executemany(
-                "INSERT INTO profiles (user_key, platform, dim, vec_sum, items, events, updated_ms) "
-                "VALUES (?,?,?,?,?,?,?) ON CONFLICT(user_key, platform) DO "
+                "INSERT INTO profiles (user_key, platform, dim, vec_sum, items, events, updated_ms, "
+                "model_version) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(user_key, platform) DO "
                 "UPDATE SET dim=excluded.dim, vec_sum=excluded.vec_sum, events=excluded.events, "
-                "items=excluded.items, updated_ms=excluded.updated_ms",
+                "items=excluded.items, updated_ms=excluded.updated_ms, "
+                "model_version=excluded.model_version",
                 rows,
             )
 
