@@ -39,7 +39,6 @@ from interest_core.privacy import Pseudonymiser
 from interest_core.profiles import Profile, ProfileStore
 from interest_core.ranking import CatalogueIndex
 from interest_core.schemas import UnifiedEvent
-from interest_core.text import clean_text
 
 log = logging.getLogger("interest.gateway")
 INTEREST_TOP = 3  # named interest categories reported per profile / recommendation
@@ -289,8 +288,8 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
                 stale.append((profile, profile.model_version))
         for profile, old in stale:
             adapter = self.adapters.get(profile.platform)
-            titles = adapter.ctx.titles if adapter is not None else {}
-            texts = [clean_text(titles[i]) for i in profile.items if i in titles]
+            known = [adapter.catalogue_text(i) for i in profile.items] if adapter is not None else []
+            texts = [text for text in known if text is not None]
             if texts:
                 vectors = await self.encoder.embed(texts, rpc, profile.platform, timeout)
                 profile.vec_sum = vectors.mean(axis=0).astype(np.float32) * np.float32(profile.events)

@@ -38,6 +38,12 @@ class PlatformAdapter:
         if len(item_id) > MAX_ITEM_ID:
             raise InvalidInput(f"item_id longer than {MAX_ITEM_ID} characters")
 
+    def catalogue_text(self, item_id: str) -> str | None:
+        """The text embedded for a catalogue item sent without item_text (our own title: nothing
+        to scrub); None when the item is not in this platform's catalogue."""
+        title = self.ctx.titles.get(item_id)
+        return None if title is None else clean_text(title)
+
     def adapt(self, event: pb.BehaviorEvent, index: int = 0, require_user: bool = True) -> UnifiedEvent:
         """Validate and convert one event; raises InvalidInput saying what is wrong with it."""
         ctx = self.ctx
@@ -63,11 +69,12 @@ class PlatformAdapter:
         if not text:
             if not item_id:
                 raise InvalidInput("event has neither item_id nor item_text")
-            if item_id not in ctx.titles:
+            catalogue_text = self.catalogue_text(item_id)
+            if catalogue_text is None:
                 raise InvalidInput(
                     f"item_id {item_id!r} is not in the {ctx.platform} catalogue and no item_text was sent"
                 )
-            text = clean_text(ctx.titles[item_id])  # our own catalogue title: nothing to scrub
+            text = catalogue_text
         # Every field was checked above; skip pydantic's second validation on this hot path.
         return UnifiedEvent.model_construct(
             platform=ctx.platform,

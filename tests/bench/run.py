@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
@@ -87,27 +88,24 @@ def gateway_env(
     return env
 
 
-def metric_lines(metrics_port: int, name: str) -> list[str]:
+def metric_samples(metrics_port: int, name: str) -> list[tuple[dict[str, str], float]]:
+    """(labels, value) of every sample called `name` on the gateway's /metrics."""
     body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-    return [line for line in body.splitlines() if line.startswith(name + "{")]
+    return [(sample.labels, sample.value) for family in text_string_to_metric_families(body)
+            for sample in family.samples if sample.name == name]
 
 
 def rank_paths(metrics_port: int) -> dict[str, float]:
     """The gateway's personalised rankings so far by target platform and path (bounded/full)."""
-    out = {}
-    for line in metric_lines(metrics_port, "interest_rank_path_total"):
-        inside = line[line.index("{") + 1 : line.index("}")]
-        labels = {k: v.strip('"') for k, v in (part.split("=", 1) for part in inside.split(","))}
-        out[f"{labels['platform']} {labels['path']}"] = float(line.rsplit(" ", 1)[1])
-    return out
+    return {f"{labels['platform']} {labels['path']}": value
+            for labels, value in metric_samples(metrics_port, "interest_rank_path_total")}
 
 
 def cache_counts(metrics_port: int) -> dict[str, float]:
     out = {"hit": 0.0, "miss": 0.0}
-    for line in metric_lines(metrics_port, "interest_item_cache_requests_total"):
-        for result in out:
-            if f'result="{result}"' in line:
-                out[result] = float(line.rsplit(" ", 1)[1])
+    for labels, value in metric_samples(metrics_port, "interest_item_cache_requests_total"):
+        if labels.get("result") in out:
+            out[labels["result"]] = value
     return out
 
 
