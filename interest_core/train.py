@@ -38,11 +38,13 @@ from interest_core.training import (
     Direction,
     MigrationModel,
     collaborative_signals,
+    cosine_lr,
     holdout_items,
     pairs_of,
     tune_blend,
     user_rows,
     valid_ndcg,
+    within_examples,
 )
 
 log = logging.getLogger("interest.train")
@@ -51,7 +53,7 @@ STATE_FILE = "train_state.pt"
 
 def train(data: InteractionData, out: Path, features: dict[str, np.ndarray], epochs: int, lr: float,
           batch: int, seed: int, new_fraction: float, new_platform: str | None, categories: int,
-          resume: bool) -> dict[str, object]:
+          resume: bool, schedule: str = "constant", within: int = 0) -> dict[str, object]:
     """Train, select, tune and write the checkpoint to `out`; returns the training report."""
     torch.manual_seed(seed)
     random.seed(seed)
@@ -72,7 +74,9 @@ def train(data: InteractionData, out: Path, features: dict[str, np.ndarray], epo
     log.info("%d training examples (%s)", len(examples),
              ", ".join(f"{d}: {sum(e[0] == d for e in examples)}" for d in directions))
 
-    model = MigrationModel(features, directions, removed)
+    aux = [Direction(p, p) for p in platforms] if within else []
+    model = MigrationModel(features, directions + aux, removed)
+    steps_per_epoch = -(-(len(examples) + within) // batch)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     state_path = out / STATE_FILE
     start_epoch, best, history = 0, (-1.0, -1), []
@@ -90,13 +94,17 @@ def train(data: InteractionData, out: Path, features: dict[str, np.ndarray], epo
     out.mkdir(parents=True, exist_ok=True)
     for epoch in range(start_epoch, epochs):
         started = time.monotonic()
-        order = list(range(len(examples)))
+        epoch_examples = examples + within_examples(train_rows, within, random)
+        order = list(range(len(epoch_examples)))
         random.shuffle(order)
         model.train()
         total = 0.0
         steps = 0
         for first in range(0, len(order), batch):
-            chunk = [examples[i] for i in order[first : first + batch]]
+            chunk = [epoch_examples[i] for i in order[first : first + batch]]
+            if schedule == "cosine":
+                for group in optimiser.param_groups:
+                    group["lr"] = cosine_lr(lr, epoch * steps_per_epoch + steps, epochs * steps_per_epoch)
             loss = model.loss(chunk)
             optimiser.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
@@ -156,7 +164,8 @@ def train(data: InteractionData, out: Path, features: dict[str, np.ndarray], epo
     assets.save(out / ASSETS_FILE)
     report: dict[str, object] = {
         "dataset": data.name, "platforms": list(platforms), "seed": seed, "epochs": epochs, "lr": lr,
-        "batch": batch, "best_epoch": best[1] + 1, "best_valid_ndcg@10": best[0], "history": history,
+        "batch": batch, "schedule": schedule, "within_platform_examples": within,
+        "best_epoch": best[1] + 1, "best_valid_ndcg@10": best[0], "history": history,
         "blend": blend_report, "categories": names, "category_classifier_accuracy": accuracy,
         "new_items": {"platform": new_platform, "fraction": new_fraction,
                       "items": [data.catalogues[new_platform].item_ids[i] for i in removed[new_platform]]},
@@ -176,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--batch", type=int, default=512, help="training users per step")
+    parser.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
+                        help="learning rate over the run: constant, or cosine decay to 5%% of --lr")
+    parser.add_argument("--within-platform", type=int, default=0, metavar="N",
+                        help="add N same-platform examples per epoch (a training user's held-out "
+                             "items found from the rest of their history on that platform; "
+                             "single-platform users included) to shape the item space; 0 = off")
     parser.add_argument("--seed", type=int, default=0, help="seeds shuffling, hold-outs and clustering")
     parser.add_argument("--categories", type=int, default=24, help="named interest categories K")
     parser.add_argument("--new-items-fraction", type=float, default=0.0,
@@ -199,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{p} {len(data.catalogues[p])} items" for p in data.platforms))
     features = catalogue_features(data.catalogues, settings.var_dir / "features" / data.name)
     train(data, args.out, features, args.epochs, args.lr, args.batch, args.seed,
-          args.new_items_fraction, args.new_items_platform, args.categories, resume=not args.restart)
+          args.new_items_fraction, args.new_items_platform, args.categories, resume=not args.restart,
+          schedule=args.schedule, within=args.within_platform)
     return 0
 
 

@@ -4,8 +4,11 @@ title features, user rows, the new-items hold-out, collaborative signals and the
 
 from __future__ import annotations
 
+import math
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 import scipy.sparse as sp
@@ -32,6 +35,12 @@ class Direction:
     @property
     def key(self) -> tuple[str, str]:
         return (self.source, self.target)
+
+    @property
+    def within(self) -> bool:
+        """A same-platform direction: an auxiliary training task (held-out items of a user's
+        history), never migrated or served."""
+        return self.source == self.target
 
     def __str__(self) -> str:
         return f"{self.source}->{self.target}"
@@ -91,6 +100,10 @@ class MigrationModel(nn.Module):
             logits = (q @ cache[d.target].T) * self.log_scale.exp()
             if d.target in self.hidden:
                 logits[:, self.hidden[d.target]] = float("-inf")
+            if d.within:  # the user's own visible items are neither negatives nor answers
+                seen_rows = [n for n, e in enumerate(rows) for _ in e[1]]
+                seen_items = [i for e in rows for i in e[1]]
+                logits[seen_rows, seen_items] = float("-inf")
             picks = torch.randint(0, 1 << 30, (len(rows),))
             positives = torch.tensor([e[2][int(k) % len(e[2])] for e, k in zip(rows, picks)])
             total = total + F.cross_entropy(logits, positives, reduction="sum")
@@ -102,6 +115,30 @@ class MigrationModel(nn.Module):
 
     def migration(self, d: Direction) -> np.ndarray:
         return self.maps[f"{d.source}__{d.target}"].detach().numpy().copy()
+
+
+def within_examples(rows: dict[str, list[list[int]]], count: int, rng: random.Random | ModuleType,
+                    holdout: float = 0.2) -> list[tuple[Direction, list[int], list[int]]]:
+    """`count` same-platform examples drawn from training users with at least 2 items on a
+    platform (single-platform users included): a random `holdout` share of one user's items
+    (at least one) is to be found from the rest. Redrawn every epoch, so each user's split
+    varies."""
+    pool = [(p, r) for p, users in rows.items() for r in users if len(r) >= 2]
+    if not pool or count <= 0:
+        return []
+    out = []
+    for p, r in rng.sample(pool, min(count, len(pool))):
+        items = list(r)
+        rng.shuffle(items)
+        n_out = max(1, round(holdout * len(items)))
+        out.append((Direction(p, p), items[n_out:], items[:n_out]))
+    return out
+
+
+def cosine_lr(base: float, step: int, total: int, floor: float = 0.05) -> float:
+    """Cosine decay from `base` at step 0 to `floor * base` at step `total`."""
+    progress = min(max(step / max(total, 1), 0.0), 1.0)
+    return base * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 def model_scores(items: dict[str, np.ndarray], migration: np.ndarray, d: Direction,

@@ -4,6 +4,7 @@ resuming, reproducibility by seed, the new-items hold-out, and the eval report."
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -135,3 +136,73 @@ def test_eval_runs_on_the_other_platform_pair(config: Path, checkpoint: Path, tm
     table = (tmp_path / "results" / "eval.md").read_text()
     assert "## Targets" in table and "social->video/new-items" in table
     assert any(v["task"] == "social->video" and "1.1x" in v["target"] for v in verdicts(result))
+
+
+def test_within_examples_split_each_history_into_visible_and_held_out() -> None:
+    import random
+
+    from interest_core.training import within_examples
+
+    rows = {"a": [[1, 2, 3, 4, 5], [7], []], "b": [[10, 11], [12, 13, 14, 15, 16, 17, 18, 19, 20, 21]]}
+    got = within_examples(rows, 10, random.Random(3))
+    assert len(got) == 3, "users with fewer than 2 items on a platform give no example"
+    for d, visible, held in got:
+        assert d.within and d.source in rows
+        assert visible and held and not set(visible) & set(held)
+        assert sorted(visible + held) in [sorted(r) for r in rows[d.source]]
+    assert max(len(h) for _, v, h in got if len(v) + len(h) == 10) == 2  # 20% of 10
+    assert within_examples(rows, 10, random.Random(3)) == got, "seeded: the same draw"
+    assert len(within_examples(rows, 2, random.Random(3))) == 2
+    assert within_examples(rows, 0, random.Random(3)) == []
+
+
+def test_cosine_lr_decays_from_base_to_floor() -> None:
+    from interest_core.training import cosine_lr
+
+    values = [cosine_lr(1e-3, s, 100) for s in range(101)]
+    assert values[0] == pytest.approx(1e-3) and values[-1] == pytest.approx(5e-5)
+    assert all(a >= b for a, b in itertools.pairwise(values))
+    assert values[50] == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5))
+
+
+def test_within_loss_masks_the_users_visible_items() -> None:
+    from interest_core.training import Direction, MigrationModel
+
+    feats = np.eye(3, 4, dtype=np.float32)
+    d = Direction("a", "a")
+    model = MigrationModel({"a": feats}, [d], {})
+    # Items 0 and 1 are visible, so item 2 is the only candidate left: the softmax is certain.
+    assert model.loss([(d, [0, 1], [2])]).item() == pytest.approx(0.0, abs=1e-6)
+    cross = Direction("a", "b")
+    model = MigrationModel({"a": feats, "b": feats}, [cross], {})
+    assert model.loss([(cross, [0, 1], [2])]).item() > 0.1, "a cross-platform softmax masks nothing"
+
+
+def test_within_platform_and_cosine_schedule_resume_after_interruption(
+        config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    extra = ("--epochs", "3", "--within-platform", "40", "--schedule", "cosine")
+    fresh = run_train(config, tmp_path / "fresh", *extra)
+    assert fresh["schedule"] == "cosine" and fresh["within_platform_examples"] == 40
+    draws = []
+    real = train.within_examples
+
+    def interrupted(*args: object, **kwargs: object) -> object:
+        draws.append(1)
+        if len(draws) == 3:
+            raise KeyboardInterrupt("killed in epoch 3")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(train, "within_examples", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(config, tmp_path / "cut", *extra)
+    monkeypatch.setattr(train, "within_examples", real)
+    resumed = run_train(config, tmp_path / "cut", *extra)
+    # The learning rate follows the step in the whole run, so the resumed run ends where the
+    # uninterrupted one did.
+    losses = lambda r: [h["loss"] for h in r["history"]]  # noqa: E731
+    assert losses(resumed) == pytest.approx(losses(fresh), rel=1e-4)
+    head = lambda d: torch.load(d / "interest_head.pt")["weight"]  # noqa: E731
+    assert torch.allclose(head(tmp_path / "fresh"), head(tmp_path / "cut"), atol=1e-5)
+    assets = RankingAssets.load(tmp_path / "fresh" / ASSETS_FILE)
+    assert set(assets.migration) == {("social", "video"), ("video", "social")}, \
+        "same-platform maps are not served"
