@@ -163,3 +163,20 @@ def test_bound_gate_skips_a_mostly_failing_bound_but_keeps_probing_it() -> None:
     for _ in range(3):
         gate.record(True)  # the probes succeed again
     assert all(gate.should_try() for _ in range(5))
+
+
+@pytest.mark.parametrize(("given", "want"), [(None, "4"), ("12", "12")])
+def test_gateway_makes_idle_openblas_threads_sleep_unless_told_otherwise(
+        given: str | None, want: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    if given is not None:
+        env["OPENBLAS_THREAD_TIMEOUT"] = given
+    # A fresh interpreter: the setting only works when made before NumPy loads OpenBLAS.
+    code = ("import sys, gateway; assert 'numpy' not in sys.modules, 'gateway imports NumPy first'; "
+            "import os; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == want
