@@ -53,7 +53,8 @@ STATE_FILE = "train_state.pt"
 
 def train(data: InteractionData, out: Path, features: dict[str, np.ndarray], epochs: int, lr: float,
           batch: int, seed: int, new_fraction: float, new_platform: str | None, categories: int,
-          resume: bool, schedule: str = "constant", within: int = 0) -> dict[str, object]:
+          resume: bool, schedule: str = "constant", within: int = 0,
+          identity_decay: float = 0.0) -> dict[str, object]:
     """Train, select, tune and write the checkpoint to `out`; returns the training report."""
     torch.manual_seed(seed)
     random.seed(seed)
@@ -106,6 +107,8 @@ def train(data: InteractionData, out: Path, features: dict[str, np.ndarray], epo
                 for group in optimiser.param_groups:
                     group["lr"] = cosine_lr(lr, epoch * steps_per_epoch + steps, epochs * steps_per_epoch)
             loss = model.loss(chunk)
+            if identity_decay:
+                loss = loss + identity_decay * model.identity_penalty()
             optimiser.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             optimiser.step()
@@ -165,6 +168,7 @@ def train(data: InteractionData, out: Path, features: dict[str, np.ndarray], epo
     report: dict[str, object] = {
         "dataset": data.name, "platforms": list(platforms), "seed": seed, "epochs": epochs, "lr": lr,
         "batch": batch, "schedule": schedule, "within_platform_examples": within,
+        "identity_decay": identity_decay,
         "best_epoch": best[1] + 1, "best_valid_ndcg@10": best[0], "history": history,
         "blend": blend_report, "categories": names, "category_classifier_accuracy": accuracy,
         "new_items": {"platform": new_platform, "fraction": new_fraction,
@@ -191,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="add N same-platform examples per epoch (a training user's held-out "
                              "items found from the rest of their history on that platform; "
                              "single-platform users included) to shape the item space; 0 = off")
+    parser.add_argument("--identity-decay", type=float, default=0.0, metavar="L",
+                        help="add L x the squared distance of the head and mappings from the "
+                             "identity to the loss (keeps them near the pretrained space); 0 = off")
     parser.add_argument("--seed", type=int, default=0, help="seeds shuffling, hold-outs and clustering")
     parser.add_argument("--categories", type=int, default=24, help="named interest categories K")
     parser.add_argument("--new-items-fraction", type=float, default=0.0,
@@ -201,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--restart", action="store_true",
                         help=f"ignore {STATE_FILE} in --out and start from epoch 1 (default: resume)")
     args = parser.parse_args(argv)
-    if args.epochs < 1 or args.batch < 1 or args.lr <= 0:
-        parser.error("--epochs and --batch must be at least 1 and --lr positive")
+    if args.epochs < 1 or args.batch < 1 or args.lr <= 0 or args.identity_decay < 0:
+        parser.error("--epochs and --batch must be at least 1, --lr positive and --identity-decay >= 0")
     if not 0.0 <= args.new_items_fraction < 1.0:
         parser.error("--new-items-fraction must be in [0, 1)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -215,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     features = catalogue_features(data.catalogues, settings.var_dir / "features" / data.name)
     train(data, args.out, features, args.epochs, args.lr, args.batch, args.seed,
           args.new_items_fraction, args.new_items_platform, args.categories, resume=not args.restart,
-          schedule=args.schedule, within=args.within_platform)
+          schedule=args.schedule, within=args.within_platform, identity_decay=args.identity_decay)
     return 0
 
 

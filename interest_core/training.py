@@ -109,6 +109,13 @@ class MigrationModel(nn.Module):
             total = total + F.cross_entropy(logits, positives, reduction="sum")
         return total / len(batch)
 
+    def identity_penalty(self) -> torch.Tensor:
+        """Squared Frobenius distance of the head and every mapping from the identity (the
+        untrained model): weighted by --identity-decay, it keeps them near the pretrained
+        space, for item texts that training never saw."""
+        eye = torch.eye(self.head.shape[0])
+        return ((self.head - eye) ** 2).sum() + sum(((m - eye) ** 2).sum() for m in self.maps.values())
+
     @torch.no_grad()
     def item_embeddings(self) -> dict[str, np.ndarray]:
         return {p: self.embed(p).numpy() for p in self.features}

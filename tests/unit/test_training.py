@@ -206,3 +206,14 @@ def test_within_platform_and_cosine_schedule_resume_after_interruption(
     assets = RankingAssets.load(tmp_path / "fresh" / ASSETS_FILE)
     assert set(assets.migration) == {("social", "video"), ("video", "social")}, \
         "same-platform maps are not served"
+
+
+def test_identity_decay_keeps_the_head_near_the_pretrained_space(config: Path, tmp_path: Path) -> None:
+    head = lambda d: torch.load(d / "interest_head.pt")["weight"]  # noqa: E731
+    drift = {}
+    for decay in ("0", "1"):
+        report = run_train(config, tmp_path / decay, "--epochs", "3", "--identity-decay", decay)
+        assert report["identity_decay"] == float(decay)
+        drift[decay] = float(((head(tmp_path / decay) - torch.eye(384)) ** 2).sum())
+    assert drift["0"] > 0.0
+    assert drift["1"] < 0.5 * drift["0"], drift
