@@ -105,6 +105,14 @@ def summarise(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _limit_runs(runs: list[dict[str, Any]]) -> str:
+    """How the limit moved between its measurement before the stack's runs and after them."""
+    if len(runs) < 2:
+        return ""
+    parts = ", ".join(f"{r['texts_per_s']} {r['when']}" for r in runs)
+    return f" (the better of two measurements alone on the machine, texts/s: {parts})"
+
+
 def _table(runs: list[dict[str, Any]], procs: tuple[str, ...], target: bool = False) -> list[str]:
     head = (
         ("| target " if target else "")
@@ -166,7 +174,8 @@ def write_markdown(summary: dict[str, Any], path: Path) -> None:
         "",
         f"(b) limit, ONNX Runtime INT8 in-process (2 threads), length-sorted batches of "
         f"{d['limit_ort']['batch']} (best of 16/32/64): "
-        f"{d['limit_ort']['texts_per_s']} texts/s = {d['limit_ort']['requests_per_s']} requests/s",
+        f"{d['limit_ort']['texts_per_s']} texts/s = {d['limit_ort']['requests_per_s']} requests/s"
+        + _limit_runs(d.get("limit_ort_runs", [])),
         "",
         "## Recommend (stored food and kitchen profiles, migration consented, k=10)",
         "",
