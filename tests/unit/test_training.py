@@ -97,10 +97,12 @@ def test_resume_continues_and_seed_reproduces(config: Path, tmp_path: Path) -> N
     run_train(config, tmp_path / "b", "--epochs", "3")
     head = lambda d: torch.load(d / "interest_head.pt")["weight"]  # noqa: E731
     again = head(tmp_path / "b")
-    # Same seed and epochs, resumed or not: the same weights up to float summation order.
-    assert torch.allclose(head(tmp_path / "a"), again, atol=1e-5)
+    gap = lambda d: float((head(d) - again).norm() / again.norm())  # noqa: E731
     run_train(config, tmp_path / "c", "--epochs", "3", "--seed", "1")
-    assert not torch.allclose(head(tmp_path / "c"), again, atol=1e-5)
+    # Same seed and epochs, resumed or not: the same weights up to float summation order,
+    # which Adam can amplify where a gradient is near zero; another seed lands far away.
+    assert gap(tmp_path / "a") < 1e-4, gap(tmp_path / "a")
+    assert gap(tmp_path / "c") > 1e-2, gap(tmp_path / "c")
 
 
 def test_new_items_never_reach_training(config: Path, tmp_path: Path) -> None:
@@ -202,7 +204,8 @@ def test_within_platform_and_cosine_schedule_resume_after_interruption(
     losses = lambda r: [h["loss"] for h in r["history"]]  # noqa: E731
     assert losses(resumed) == pytest.approx(losses(fresh), rel=1e-4)
     head = lambda d: torch.load(d / "interest_head.pt")["weight"]  # noqa: E731
-    assert torch.allclose(head(tmp_path / "fresh"), head(tmp_path / "cut"), atol=1e-5)
+    fresh_head = head(tmp_path / "fresh")
+    assert float((head(tmp_path / "cut") - fresh_head).norm() / fresh_head.norm()) < 1e-4
     assets = RankingAssets.load(tmp_path / "fresh" / ASSETS_FILE)
     assert set(assets.migration) == {("social", "video"), ("video", "social")}, \
         "same-platform maps are not served"
