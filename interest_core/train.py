@@ -45,6 +45,7 @@ from interest_core.training import (
     user_rows,
     valid_ndcg,
     within_examples,
+    within_pool,
 )
 
 log = logging.getLogger("interest.train")
@@ -77,6 +78,7 @@ def train(data: InteractionData, out: Path, features: dict[str, np.ndarray], epo
 
     aux = [Direction(p, p) for p in platforms] if within else []
     model = MigrationModel(features, directions + aux, removed)
+    within = min(within, len(within_pool(train_rows)))  # a small dataset has fewer to draw
     steps_per_epoch = -(-(len(examples) + within) // batch)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     state_path = out / STATE_FILE

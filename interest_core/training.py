@@ -124,13 +124,18 @@ class MigrationModel(nn.Module):
         return self.maps[f"{d.source}__{d.target}"].detach().numpy().copy()
 
 
+def within_pool(rows: dict[str, list[list[int]]]) -> list[tuple[str, list[int]]]:
+    """(platform, items) of every training user with at least 2 items on a platform."""
+    return [(p, r) for p, users in rows.items() for r in users if len(r) >= 2]
+
+
 def within_examples(rows: dict[str, list[list[int]]], count: int, rng: random.Random | ModuleType,
                     holdout: float = 0.2) -> list[tuple[Direction, list[int], list[int]]]:
     """`count` same-platform examples drawn from training users with at least 2 items on a
     platform (single-platform users included): a random `holdout` share of one user's items
     (at least one) is to be found from the rest. Redrawn every epoch, so each user's split
     varies."""
-    pool = [(p, r) for p, users in rows.items() for r in users if len(r) >= 2]
+    pool = within_pool(rows)
     if not pool or count <= 0:
         return []
     out = []
