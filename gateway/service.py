@@ -258,10 +258,12 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
             by_user[event.user_key].append(i)
         updated: list[tuple[str, Profile]] = []
         for user_key, rows in by_user.items():
-            stored = await self._current(user_key, self.store.load(user_key), "IngestEvents", timeout)
-            profile = stored.get(platform) or Profile(
-                platform=platform, vec_sum=np.zeros(vectors.shape[1], dtype=np.float32), events=0,
-                model_version=self.model_version)
+            profile = self.store.load(user_key).get(platform)
+            if profile is not None:  # brought to the served model in place; saved with the batch
+                await self._current(user_key, {platform: profile}, "IngestEvents", timeout, save=False)
+            else:
+                profile = Profile(platform=platform, vec_sum=np.zeros(vectors.shape[1], dtype=np.float32),
+                                  events=0, model_version=self.model_version)
             for i in sorted(rows, key=lambda r: events[r].order):
                 profile.add(vectors[i], events[i].item_id)
             updated.append((user_key, profile))
@@ -269,7 +271,7 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
         return set(by_user)
 
     async def _current(self, user_key: str, profiles: dict[str, Profile], rpc: str,
-                       timeout: float) -> dict[str, Profile]:
+                       timeout: float, save: bool = True) -> dict[str, Profile]:
         """`profiles` in the served model's embedding space.
 
         A profile summed by another model (before `make engine` installed this one) would mix
@@ -277,7 +279,8 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
         (cache hits: no BERT) and saved; its event count, its weight in migration, is kept.
         Events without a catalogue item cannot be replayed (raw events are never stored): a
         profile with none is emptied. Rows from before versions were stored ('') are taken
-        to be the served model's. Nothing happens until a model is being served."""
+        to be the served model's. Nothing happens until a model is being served. With
+        `save=False` the caller saves the profiles itself."""
         if not self.model_version:
             return profiles
         stale: list[tuple[Profile, str]] = []
@@ -300,7 +303,7 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
                 platform=profile.platform, outcome="rebuilt" if texts else "emptied").inc()
             log.info("a %s profile from model %s re-embedded for model %s from %d of its %d items",
                      profile.platform, old, self.model_version, len(texts), len(profile.items))
-        if stale:
+        if stale and save:
             self.store.save_many([(user_key, profile) for profile, _ in stale])
         return profiles
 
