@@ -198,20 +198,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     mean_events = len(texts) / len(encode_requests)
     log(f"{len(encode_requests)} EncodeInterest requests from real test users, {mean_events:.2f} events each")
 
+    def measure_limit(batch: int, spinning: bool) -> dict[str, Any]:
+        result = ort_limit(model_dir / "1" / "model.onnx", texts, settings.max_seq_len, batch=batch,
+                           spinning=spinning)
+        return {**result, "requests_per_s": round(result["texts_per_s"] / mean_events, 1)}
+
     limit: dict[str, Any] = {}
     if not args.recommend_only:
         log("(b) limit: ONNX Runtime INT8 in-process, length-sorted batches; measured first, alone "
             "on the machine")
-        limit = max(
-            (
-                ort_limit(model_dir / "1" / "model.onnx", texts, settings.max_seq_len, batch=b,
-                          spinning=spin)
-                for b in (16, 32, 64)
-                for spin in (True, False)
-            ),
-            key=lambda r: r["texts_per_s"],
-        )
-        limit["requests_per_s"] = round(limit["texts_per_s"] / mean_events, 1)
+        limit = max((measure_limit(b, spin) for b in (16, 32, 64) for spin in (True, False)),
+                    key=lambda r: r["texts_per_s"])
         log(f"  best: {limit}")
 
     triton = start_triton(
@@ -346,9 +343,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     # again, alone, now the servers are gone, and keep the better of the two (the stack's
     # fraction of it can only go down).
     log("(b) limit again, alone on the machine after the stack's runs; the better one is the limit")
-    again = ort_limit(model_dir / "1" / "model.onnx", texts, settings.max_seq_len, batch=limit["batch"],
-                      spinning=limit["spinning"])
-    again["requests_per_s"] = round(again["texts_per_s"] / mean_events, 1)
+    again = measure_limit(limit["batch"], limit["spinning"])
     log(f"  again: {again}")
     results["limit_ort_runs"] = [{**limit, "when": "before"}, {**again, "when": "after"}]
     results["limit_ort"] = max(limit, again, key=lambda r: r["texts_per_s"])
