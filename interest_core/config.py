@@ -141,6 +141,13 @@ class Settings(BaseSettings):
         default=256, ge=1,
         description="RPCs handled at once; beyond it the gateway answers RESOURCE_EXHAUSTED at once",
     )
+    max_queued_rpcs: int = Field(
+        default=256, ge=2,
+        description="calls gRPC holds before the gateway's event loop takes them (a CPU-saturated "
+        "loop takes them no faster than it answers them); past half of this, new calls are refused "
+        "at random, past all of it always, and the client sees CANCELLED within milliseconds "
+        "instead of waiting out its deadline",
+    )
     max_events_per_request: int = 512
     max_text_chars: int = 1000
     max_k: int = 200

@@ -34,13 +34,15 @@ pytestmark = pytest.mark.integration
 class GatewayProcess:
     """`python -m gateway.server` on free ports, sharing the session's Triton and state."""
 
-    def __init__(self, stack: Stack, log: Path, grace_s: float = 10.0) -> None:
+    def __init__(self, stack: Stack, log: Path, grace_s: float = 10.0,
+                 extra_env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         env = dict(os.environ)
         env.update({
             "INTEREST_GRPC_PORT": str(self.port), "INTEREST_METRICS_PORT": str(free_port()),
             "INTEREST_TRITON_GRPC_PORT": str(stack.triton.grpc_port),
             "INTEREST_VAR_DIR": str(stack.settings.var_dir), "INTEREST_SHUTDOWN_GRACE_S": str(grace_s),
+            **(extra_env or {}),
         })
         self.log = log
         self.proc = subprocess.Popen([sys.executable, "-m", "gateway.server"], env=env, cwd=ROOT,
@@ -114,6 +116,53 @@ async def test_overload_is_shed_with_resource_exhausted(stack: Stack) -> None:
             assert after.dim == 384, "the shed requests left nothing stuck"
     finally:
         await gateway.stop(grace=1.0)
+
+
+async def burst_of_recommends(target: str, food_items: list[str], n: int) -> list[grpc.StatusCode]:
+    """n Recommend calls sent at once, no client deadline: only the server can end one early."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.InterestGatewayStub(channel)
+        await stub.IngestEvents(pb.IngestEventsRequest(platform="food", events=[
+            pb.BehaviorEvent(user_id="burst", item_id=item, event_type="purchase")
+            for item in food_items[:5]]), timeout=30)
+
+        async def one() -> grpc.StatusCode:
+            try:
+                await stub.Recommend(pb.RecommendRequest(user_id="burst", target_platform="kitchen", k=10))
+                return grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as err:
+                return err.code()
+
+        codes = await asyncio.gather(*(one() for _ in range(n)))
+        after = await stub.Recommend(pb.RecommendRequest(user_id="burst", target_platform="kitchen", k=10),
+                                     timeout=10)
+        assert len(after.items) == 10, "the gateway serves normally after the burst"
+        return list(codes)
+
+
+async def test_queue_limit_refuses_a_burst_the_event_loop_cannot_take(stack: Stack, tmp_path: Path) -> None:
+    """A burst of Recommends saturates the gateway's event loop, which takes calls from gRPC's core
+    one per turn: the backlog waits there, where `max_in_flight` never sees it. With
+    max_queued_rpcs=4 the core refuses the excess (CANCELLED at once); with the default, the same
+    burst is all served. Both gateways stay up."""
+    food_items = load_catalogue(stack.settings, "food").item_ids
+    tight = GatewayProcess(stack, tmp_path / "tight.log", extra_env={"INTEREST_MAX_QUEUED_RPCS": "4"})
+    try:
+        await asyncio.to_thread(tight.wait_serving)
+        codes = await burst_of_recommends(tight.target, food_items, 400)
+        assert tight.proc.poll() is None
+    finally:
+        tight.stop()
+    assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.CANCELLED}, set(codes)
+    assert codes.count(grpc.StatusCode.OK) >= 4
+    roomy = GatewayProcess(stack, tmp_path / "roomy.log", extra_env={"INTEREST_MAX_QUEUED_RPCS": "1000"})
+    try:
+        await asyncio.to_thread(roomy.wait_serving)
+        codes = await burst_of_recommends(roomy.target, food_items, 400)
+        assert roomy.proc.poll() is None
+    finally:
+        roomy.stop()
+    assert set(codes) == {grpc.StatusCode.OK}, "without the limit nothing is refused"
 
 
 async def test_sigterm_drains_in_flight_and_refuses_new(gateway_process: GatewayProcess) -> None:
