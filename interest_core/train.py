@@ -55,8 +55,12 @@ STATE_FILE = "train_state.pt"
 def train(data: InteractionData, out: Path, features: dict[str, np.ndarray], epochs: int, lr: float,
           batch: int, seed: int, new_fraction: float, new_platform: str | None, categories: int,
           resume: bool, schedule: str = "constant", within: int = 0,
-          identity_decay: float = 0.0) -> dict[str, object]:
-    """Train, select, tune and write the checkpoint to `out`; returns the training report."""
+          identity_decay: float = 0.0, average: float = 0.0) -> dict[str, object]:
+    """Train, select, tune and write the checkpoint to `out`; returns the training report.
+
+    With `average` > 0 the weights validated, selected and written are an exponential moving
+    average of the trained ones (after each step: avg = average * avg + (1 - average) * w),
+    which smooths out the epoch-to-epoch swings that follow the data order."""
     torch.manual_seed(seed)
     random.seed(seed)
     platforms = data.platforms
@@ -84,12 +88,14 @@ def train(data: InteractionData, out: Path, features: dict[str, np.ndarray], epo
     state_path = out / STATE_FILE
     start_epoch, best, history = 0, (-1.0, -1), []
     best_state = model.state_dict()
+    averaged = {k: v.detach().clone() for k, v in model.state_dict().items()} if average else {}
     if resume and state_path.exists():
         saved = torch.load(state_path, map_location="cpu", weights_only=False)
         model.load_state_dict(saved["model"])
         optimiser.load_state_dict(saved["optimiser"])
         start_epoch, best, history, best_state = (saved["epoch"] + 1, tuple(saved["best"]),
                                                   saved["history"], saved["best_state"])
+        averaged = saved.get("averaged", averaged)
         random.setstate(saved["random"])
         torch.set_rng_state(saved["torch_random"])
         log.info("resumed from %s after epoch %d (best valid NDCG@10 %.4f at epoch %d)",
@@ -114,9 +120,17 @@ def train(data: InteractionData, out: Path, features: dict[str, np.ndarray], epo
             optimiser.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             optimiser.step()
+            if average:
+                with torch.no_grad():
+                    for k, v in model.state_dict().items():
+                        averaged[k].mul_(average).add_(v, alpha=1.0 - average)
             total += loss.item()
             steps += 1
         model.eval()
+        trained = None
+        if average:  # validate (and keep) the averaged weights; training goes on from the trained
+            trained = {k: v.clone() for k, v in model.state_dict().items()}
+            model.load_state_dict(averaged)
         items = model.item_embeddings()
         if new_fraction:  # the new-items model is chosen on new items only
             scores = {f"{d}/new-items": valid_ndcg(model, items, d, valid_rows, only=removed[d.target])
@@ -128,11 +142,13 @@ def train(data: InteractionData, out: Path, features: dict[str, np.ndarray], epo
                         "seconds": round(time.monotonic() - started, 1)})
         if mean > best[0]:
             best, best_state = (mean, epoch), {k: v.clone() for k, v in model.state_dict().items()}
+        if trained is not None:
+            model.load_state_dict(trained)
         log.info("epoch %d/%d  loss %.3f  valid NDCG@10 %s  (%.0f s)%s", epoch + 1, epochs,
                  total / max(steps, 1), "  ".join(f"{k} {v:.4f}" for k, v in scores.items()),
                  time.monotonic() - started, "  best" if best[1] == epoch else "")
         torch.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "epoch": epoch,
-                    "best": best, "history": history, "best_state": best_state,
+                    "best": best, "history": history, "best_state": best_state, "averaged": averaged,
                     "random": random.getstate(), "torch_random": torch.get_rng_state()},
                    state_path.with_suffix(".tmp"))
         state_path.with_suffix(".tmp").replace(state_path)
@@ -171,6 +187,7 @@ def train(data: InteractionData, out: Path, features: dict[str, np.ndarray], epo
         "dataset": data.name, "platforms": list(platforms), "seed": seed, "epochs": epochs, "lr": lr,
         "batch": batch, "schedule": schedule, "within_platform_examples": within,
         "identity_decay": identity_decay,
+        "average": average,
         "best_epoch": best[1] + 1, "best_valid_ndcg@10": best[0], "history": history,
         "blend": blend_report, "categories": names, "category_classifier_accuracy": accuracy,
         "new_items": {"platform": new_platform, "fraction": new_fraction,
@@ -200,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--identity-decay", type=float, default=0.0, metavar="L",
                         help="add L x the squared distance of the head and mappings from the "
                              "identity to the loss (keeps them near the pretrained space); 0 = off")
+    parser.add_argument("--average", type=float, default=0.0, metavar="D",
+                        help="validate and keep an exponential moving average of the weights, "
+                             "decay D per step (e.g. 0.98); 0 = the trained weights themselves")
     parser.add_argument("--seed", type=int, default=0, help="seeds shuffling, hold-outs and clustering")
     parser.add_argument("--categories", type=int, default=24, help="named interest categories K")
     parser.add_argument("--new-items-fraction", type=float, default=0.0,
@@ -212,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.batch < 1 or args.lr <= 0 or args.identity_decay < 0:
         parser.error("--epochs and --batch must be at least 1, --lr positive and --identity-decay >= 0")
+    if not 0.0 <= args.average < 1.0:
+        parser.error("--average must be in [0, 1)")
     if not 0.0 <= args.new_items_fraction < 1.0:
         parser.error("--new-items-fraction must be in [0, 1)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -224,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     features = catalogue_features(data.catalogues, settings.var_dir / "features" / data.name)
     train(data, args.out, features, args.epochs, args.lr, args.batch, args.seed,
           args.new_items_fraction, args.new_items_platform, args.categories, resume=not args.restart,
-          schedule=args.schedule, within=args.within_platform, identity_decay=args.identity_decay)
+          schedule=args.schedule, within=args.within_platform, identity_decay=args.identity_decay,
+          average=args.average)
     return 0
 
 

@@ -220,3 +220,31 @@ def test_identity_decay_keeps_the_head_near_the_pretrained_space(config: Path, t
         drift[decay] = float(((head(tmp_path / decay) - torch.eye(384)) ** 2).sum())
     assert drift["0"] > 0.0
     assert drift["1"] < 0.5 * drift["0"], drift
+
+
+def test_averaged_weights_lag_the_trained_ones_and_resume_after_interruption(
+        config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    head = lambda d: torch.load(d / "interest_head.pt")["weight"]  # noqa: E731
+    drift = lambda d: float(((head(d) - torch.eye(384)) ** 2).sum())  # noqa: E731
+    extra = ("--epochs", "3", "--average", "0.99")
+    fresh = run_train(config, tmp_path / "avg", *extra)
+    assert fresh["average"] == 0.99
+    run_train(config, tmp_path / "plain", "--epochs", "3")
+    # The average starts at the initial (identity) weights and moves 1% per step toward the
+    # trained ones, so it stays nearer the start than they are.
+    assert 0.0 < drift(tmp_path / "avg") < 0.8 * drift(tmp_path / "plain")
+    real, draws = train.within_examples, []
+
+    def interrupted(*args: object, **kwargs: object) -> object:
+        draws.append(1)
+        if len(draws) == 3:
+            raise KeyboardInterrupt("killed in epoch 3")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(train, "within_examples", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(config, tmp_path / "cut", *extra)
+    monkeypatch.setattr(train, "within_examples", real)
+    run_train(config, tmp_path / "cut", *extra)
+    gap = (head(tmp_path / "cut") - head(tmp_path / "avg")).norm() / head(tmp_path / "avg").norm()
+    assert float(gap) < 1e-4, "the resumed run restores the average, not just the trained weights"
