@@ -6,6 +6,7 @@ p50/p95/p99 panels read (Triton itself exports latency only as counters).
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -59,6 +60,26 @@ class GatewayMetrics:
             ("platform", "outcome"), registry=self.registry)
         self.catalogue_items = Gauge("interest_catalogue_items", "Items in the ranking index.",
                                      ("platform",), registry=self.registry)
+        self.gc_pause = Histogram(
+            "interest_gc_pause_seconds",
+            "Python garbage-collector pauses by generation: every thread of the gateway stops for "
+            "them, so a generation-2 pause shows up whole in the tail latency of calls in flight.",
+            ("generation",), buckets=_FAST, registry=self.registry)
+        self._gc_started = 0.0
+
+    def watch_gc(self) -> None:
+        """Record every collection's pause in `gc_pause` (one process-wide callback)."""
+        gc.callbacks.append(self._on_gc)
+
+    def unwatch_gc(self) -> None:
+        gc.callbacks.remove(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_pause.labels(generation=str(info["generation"])).observe(
+                time.perf_counter() - self._gc_started)
 
     @contextmanager
     def stage(self, stage: str, rpc: str, platform: str) -> Iterator[None]:

@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -98,6 +99,7 @@ class Gateway:
                 svc.set_index(name, await build_index(
                     svc.encoder, catalogue, self.settings.cache_dir, svc.model_version))
                 self.metrics.catalogue_items.labels(platform=name).set(len(catalogue))
+            settle_heap()
             await self._set(health_pb2.HealthCheckResponse.SERVING)
             self.serving.set()
             log.info("gateway SERVING (model version %s)", svc.model_version)
@@ -241,6 +243,18 @@ def create_server(
     return Gateway(server, bound, settings, service, health_servicer, metrics, catalogues)
 
 
+def settle_heap() -> int:
+    """Move everything start-up built (catalogues, titles, assets: ~200k tracked objects) out of
+    the garbage collector's reach, so a full collection under load walks only what came after.
+    Before, each full collection took 0.15-0.35 s of stopped gateway: the p99 spikes of
+    Recommend. Returns the objects frozen."""
+    gc.collect()
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    log.info("froze %d start-up objects out of the garbage collector's full collections", frozen)
+    return frozen
+
+
 def server_options(settings: Settings) -> list[tuple[str, int]]:
     """gRPC core options. The two queue limits shed load that the interceptor cannot see: when
     the event loop is saturated by in-loop CPU (Recommend's blend and ranking), it takes new
@@ -273,6 +287,7 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 async def run_gateway(settings: Settings, triton_url: str | None = None) -> Gateway:
     """Create, start and serve /metrics; returns once started (caller awaits `stop`)."""
     metrics = GatewayMetrics()
+    metrics.watch_gc()
     start_http_server(settings.metrics_port, addr=settings.grpc_host, registry=metrics.registry)
     log.info("gateway metrics on http://%s:%d/metrics", settings.grpc_host, settings.metrics_port)
     gw = create_server(settings, metrics, triton_url)

@@ -101,6 +101,15 @@ def rank_paths(metrics_port: int) -> dict[str, float]:
             for labels, value in metric_samples(metrics_port, "interest_rank_path_total")}
 
 
+def gc_pauses(metrics_port: int) -> dict[str, dict[str, float]]:
+    """The gateway's garbage-collector pauses so far, per generation: count and total seconds."""
+    out: dict[str, dict[str, float]] = {}
+    for part in ("count", "sum"):
+        for labels, value in metric_samples(metrics_port, f"interest_gc_pause_seconds_{part}"):
+            out.setdefault(labels["generation"], {})[part] = value
+    return out
+
+
 def cache_counts(metrics_port: int) -> dict[str, float]:
     out = {"hit": 0.0, "miss": 0.0}
     for labels, value in metric_samples(metrics_port, "interest_item_cache_requests_total"):
@@ -179,7 +188,8 @@ async def recommend_only(
                                     [u for u in users if u.items_a and u.items_b], food, kitchen,
                                     args.rates, args.duration)
     return {"revision": revision(), "machine": machine(), "duration_s": args.duration,
-            "recommend_runs": runs, "rank_paths": rank_paths(metrics_port)}
+            "recommend_runs": runs, "rank_paths": rank_paths(metrics_port),
+            "gc_pauses": gc_pauses(metrics_port)}
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -120,6 +120,7 @@ async def wait_serving(health: health_pb2_grpc.HealthStub, timeout_s: float = 30
 @pytest_asyncio.fixture(scope="session")
 async def stack(settings: Settings, triton: TritonServer) -> AsyncIterator[Stack]:
     metrics = GatewayMetrics()
+    metrics.watch_gc()  # as gateway.server.run_gateway does
     http_server, _ = start_http_server(settings.metrics_port, addr="127.0.0.1", registry=metrics.registry)
     gateway = create_server(settings, metrics, triton_url=triton.grpc_url, port=0)
     await gateway.start()
@@ -131,3 +132,4 @@ async def stack(settings: Settings, triton: TritonServer) -> AsyncIterator[Stack
     await channel.close()
     await gateway.stop(grace=1.0)
     http_server.shutdown()
+    metrics.unwatch_gc()

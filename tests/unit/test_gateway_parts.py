@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import grpc
 import pytest
 from hypothesis import given, settings
@@ -125,3 +127,27 @@ def test_fuzzed_events_are_adapted_or_rejected_clearly(event: pb.BehaviorEvent) 
         assert str(exc)
         return
     assert unified.text and unified.user_key and unified.event_type in CTX.event_types
+
+
+def test_gc_pauses_are_recorded_by_generation() -> None:
+    metrics = GatewayMetrics(CollectorRegistry())
+    metrics.watch_gc()
+    try:
+        gc.collect()  # a full collection: generation 2
+    finally:
+        metrics.unwatch_gc()
+    count = metrics.registry.get_sample_value("interest_gc_pause_seconds_count", {"generation": "2"})
+    total = metrics.registry.get_sample_value("interest_gc_pause_seconds_sum", {"generation": "2"})
+    assert count is not None and count >= 1
+    assert total is not None and total > 0.0
+
+
+def test_settle_heap_freezes_what_start_up_built() -> None:
+    from gateway.server import settle_heap
+
+    kept = [{"item": i} for i in range(1000)]  # start-up state that lives on
+    try:
+        assert settle_heap() >= len(kept)
+        assert gc.get_freeze_count() >= len(kept)
+    finally:
+        gc.unfreeze()
