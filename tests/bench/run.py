@@ -110,6 +110,14 @@ def gc_pauses(metrics_port: int) -> dict[str, dict[str, float]]:
     return out
 
 
+def gc_pauses_since(metrics_port: int, before: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """The pauses since `before` (so start-up's collections, the freeze's own included, are out)."""
+    during = {gen: {k: round(v - before.get(gen, {}).get(k, 0.0), 4) for k, v in counts.items()}
+              for gen, counts in gc_pauses(metrics_port).items()}
+    log(f"  gateway garbage-collector pauses during the Recommend runs: {during}")
+    return during
+
+
 def cache_counts(metrics_port: int) -> dict[str, float]:
     out = {"hit": 0.0, "miss": 0.0}
     for labels, value in metric_samples(metrics_port, "interest_item_cache_requests_total"):
@@ -183,13 +191,14 @@ async def recommend_only(
     meter = CpuMeter([Watched("gateway", gateway.popen.pid),
                       Watched("triton", triton.process.pid, group=True),
                       Watched("load_generator", os.getpid())])
+    before = gc_pauses(metrics_port)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         runs = await recommend_runs(pb_grpc.InterestGatewayStub(channel), meter,
                                     [u for u in users if u.items_a and u.items_b], food, kitchen,
                                     args.rates, args.duration)
     return {"revision": revision(), "machine": machine(), "duration_s": args.duration,
             "recommend_runs": runs, "rank_paths": rank_paths(metrics_port),
-            "gc_pauses": gc_pauses(metrics_port)}
+            "gc_pauses": gc_pauses_since(metrics_port, before)}
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -336,9 +345,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             }
         )
         results["ingest_runs"].append((await measured(meter, open_loop(ingest_call, 500, d))).summary())
+        gc_before = gc_pauses(ports["cached"][1])
         results["recommend_runs"] = await recommend_runs(
             stubs["cached"], meter, ingest_users, food, kitchen, args.rates, d)
         results["rank_paths"] = rank_paths(ports["cached"][1])
+        results["recommend_gc_pauses"] = gc_pauses_since(ports["cached"][1], gc_before)
 
         for ch in channels.values():
             await ch.close(None)
