@@ -110,6 +110,18 @@ def gc_pauses(metrics_port: int) -> dict[str, dict[str, float]]:
     return out
 
 
+def recommend_stage_means(metrics_port: int) -> dict[str, float]:
+    """Mean ms per Recommend in each gateway stage, by target platform, over the gateway's life."""
+    sums = {(lab["platform"], stage): v for stage in ("preprocess", "migrate", "rank", "total")
+            for lab, v in metric_samples(metrics_port, f"interest_{stage}_seconds_sum")
+            if lab.get("rpc") == "Recommend"}
+    counts = {(lab["platform"], stage): v for stage in ("preprocess", "migrate", "rank", "total")
+              for lab, v in metric_samples(metrics_port, f"interest_{stage}_seconds_count")
+              if lab.get("rpc") == "Recommend"}
+    return {f"{platform} {stage}": round(1000 * total / counts[(platform, stage)], 3)
+            for (platform, stage), total in sorted(sums.items()) if counts.get((platform, stage))}
+
+
 def gc_pauses_since(metrics_port: int, before: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
     """The pauses since `before` (so start-up's collections, the freeze's own included, are out)."""
     during = {gen: {k: round(v - before.get(gen, {}).get(k, 0.0), 4) for k, v in counts.items()}
@@ -198,6 +210,7 @@ async def recommend_only(
                                     args.rates, args.duration)
     return {"revision": revision(), "machine": machine(), "duration_s": args.duration,
             "recommend_runs": runs, "rank_paths": rank_paths(metrics_port),
+            "stage_means_ms": recommend_stage_means(metrics_port),
             "gc_pauses": gc_pauses_since(metrics_port, before)}
 
 
