@@ -143,8 +143,8 @@ async def burst_of_recommends(target: str, food_items: list[str], n: int) -> lis
 async def test_queue_limit_refuses_a_burst_the_event_loop_cannot_take(stack: Stack, tmp_path: Path) -> None:
     """A burst of Recommends saturates the gateway's event loop, which takes calls from gRPC's core
     one per turn: the backlog waits there, where `max_in_flight` never sees it. With
-    max_queued_rpcs=4 the core refuses the excess (CANCELLED at once); with the default, the same
-    burst is all served. Both gateways stay up."""
+    max_queued_rpcs=4 the core refuses the excess (CANCELLED at once); with room for the whole
+    burst (1000), all of it is served. Both gateways stay up."""
     food_items = load_catalogue(stack.settings, "food").item_ids
     tight = GatewayProcess(stack, tmp_path / "tight.log", extra_env={"INTEREST_MAX_QUEUED_RPCS": "4"})
     try:
