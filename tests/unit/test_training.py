@@ -50,6 +50,15 @@ def checkpoint(config: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def head(checkpoint: Path) -> torch.Tensor:
+    return torch.load(checkpoint / "interest_head.pt")["weight"]
+
+
+def head_gap(a: Path, b: Path) -> float:
+    """Relative Frobenius distance of checkpoint a's head from b's."""
+    return float((head(a) - head(b)).norm() / head(b).norm())
+
+
 def test_checkpoint_is_what_make_engine_reads(checkpoint: Path) -> None:
     model = InterestEncoder.load(checkpoint)
     assert model.head is not None and model.dim == 384
@@ -95,12 +104,10 @@ def test_resume_continues_and_seed_reproduces(config: Path, tmp_path: Path) -> N
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
     assert resumed["history"][:2] == first["history"]
     run_train(config, tmp_path / "b", "--epochs", "3")
-    head = lambda d: torch.load(d / "interest_head.pt")["weight"]  # noqa: E731
-    again = head(tmp_path / "b")
-    gap = lambda d: float((head(d) - again).norm() / again.norm())  # noqa: E731
     run_train(config, tmp_path / "c", "--epochs", "3", "--seed", "1")
     # Same seed and epochs, resumed or not: the same weights up to float summation order,
     # which Adam can amplify where a gradient is near zero; another seed lands far away.
+    gap = lambda d: head_gap(d, tmp_path / "b")  # noqa: E731
     assert gap(tmp_path / "a") < 1e-4, gap(tmp_path / "a")
     assert gap(tmp_path / "c") > 1e-2, gap(tmp_path / "c")
 
@@ -180,13 +187,10 @@ def test_within_loss_masks_the_users_visible_items() -> None:
     assert model.loss([(cross, [0, 1], [2])]).item() > 0.1, "a cross-platform softmax masks nothing"
 
 
-def test_within_platform_and_cosine_schedule_resume_after_interruption(
-        config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    extra = ("--epochs", "3", "--within-platform", "40", "--schedule", "cosine")
-    fresh = run_train(config, tmp_path / "fresh", *extra)
-    assert fresh["schedule"] == "cosine" and fresh["within_platform_examples"] == 40
-    draws = []
-    real = train.within_examples
+def run_killed_in_epoch_3_then_resumed(config: Path, out: Path, monkeypatch: pytest.MonkeyPatch,
+                                       *extra: str) -> dict[str, object]:
+    """Train with `extra`, killed at the start of epoch 3 (its example draw), then resume it."""
+    real, draws = train.within_examples, []
 
     def interrupted(*args: object, **kwargs: object) -> object:
         draws.append(1)
@@ -196,23 +200,28 @@ def test_within_platform_and_cosine_schedule_resume_after_interruption(
 
     monkeypatch.setattr(train, "within_examples", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run_train(config, tmp_path / "cut", *extra)
+        run_train(config, out, *extra)
     monkeypatch.setattr(train, "within_examples", real)
-    resumed = run_train(config, tmp_path / "cut", *extra)
+    return run_train(config, out, *extra)
+
+
+def test_within_platform_and_cosine_schedule_resume_after_interruption(
+        config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    extra = ("--epochs", "3", "--within-platform", "40", "--schedule", "cosine")
+    fresh = run_train(config, tmp_path / "fresh", *extra)
+    assert fresh["schedule"] == "cosine" and fresh["within_platform_examples"] == 40
+    resumed = run_killed_in_epoch_3_then_resumed(config, tmp_path / "cut", monkeypatch, *extra)
     # The learning rate follows the step in the whole run, so the resumed run ends where the
     # uninterrupted one did.
     losses = lambda r: [h["loss"] for h in r["history"]]  # noqa: E731
     assert losses(resumed) == pytest.approx(losses(fresh), rel=1e-4)
-    head = lambda d: torch.load(d / "interest_head.pt")["weight"]  # noqa: E731
-    fresh_head = head(tmp_path / "fresh")
-    assert float((head(tmp_path / "cut") - fresh_head).norm() / fresh_head.norm()) < 1e-4
+    assert head_gap(tmp_path / "cut", tmp_path / "fresh") < 1e-4
     assets = RankingAssets.load(tmp_path / "fresh" / ASSETS_FILE)
     assert set(assets.migration) == {("social", "video"), ("video", "social")}, \
         "same-platform maps are not served"
 
 
 def test_identity_decay_keeps_the_head_near_the_pretrained_space(config: Path, tmp_path: Path) -> None:
-    head = lambda d: torch.load(d / "interest_head.pt")["weight"]  # noqa: E731
     drift = {}
     for decay in ("0", "1"):
         report = run_train(config, tmp_path / decay, "--epochs", "3", "--identity-decay", decay)
@@ -224,7 +233,6 @@ def test_identity_decay_keeps_the_head_near_the_pretrained_space(config: Path, t
 
 def test_averaged_weights_lag_the_trained_ones_and_resume_after_interruption(
         config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    head = lambda d: torch.load(d / "interest_head.pt")["weight"]  # noqa: E731
     drift = lambda d: float(((head(d) - torch.eye(384)) ** 2).sum())  # noqa: E731
     extra = ("--epochs", "3", "--average", "0.99")
     fresh = run_train(config, tmp_path / "avg", *extra)
@@ -233,18 +241,6 @@ def test_averaged_weights_lag_the_trained_ones_and_resume_after_interruption(
     # The average starts at the initial (identity) weights and moves 1% per step toward the
     # trained ones, so it stays nearer the start than they are.
     assert 0.0 < drift(tmp_path / "avg") < 0.8 * drift(tmp_path / "plain")
-    real, draws = train.within_examples, []
-
-    def interrupted(*args: object, **kwargs: object) -> object:
-        draws.append(1)
-        if len(draws) == 3:
-            raise KeyboardInterrupt("killed in epoch 3")
-        return real(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(train, "within_examples", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        run_train(config, tmp_path / "cut", *extra)
-    monkeypatch.setattr(train, "within_examples", real)
-    run_train(config, tmp_path / "cut", *extra)
-    gap = (head(tmp_path / "cut") - head(tmp_path / "avg")).norm() / head(tmp_path / "avg").norm()
-    assert float(gap) < 1e-4, "the resumed run restores the average, not just the trained weights"
+    run_killed_in_epoch_3_then_resumed(config, tmp_path / "cut", monkeypatch, *extra)
+    assert head_gap(tmp_path / "cut", tmp_path / "avg") < 1e-4, \
+        "the resumed run restores the average, not just the trained weights"
