@@ -140,28 +140,30 @@ async def burst_of_recommends(target: str, food_items: list[str], n: int) -> lis
         return list(codes)
 
 
+async def burst_on_gateway_process(stack: Stack, log: Path, max_queued_rpcs: int,
+                                   food_items: list[str]) -> list[grpc.StatusCode]:
+    """A fresh gateway process with this queue limit takes a burst of 400 Recommends; it must
+    still be up afterwards."""
+    gateway = GatewayProcess(stack, log, extra_env={"INTEREST_MAX_QUEUED_RPCS": str(max_queued_rpcs)})
+    try:
+        await asyncio.to_thread(gateway.wait_serving)
+        codes = await burst_of_recommends(gateway.target, food_items, 400)
+        assert gateway.proc.poll() is None
+        return codes
+    finally:
+        gateway.stop()
+
+
 async def test_queue_limit_refuses_a_burst_the_event_loop_cannot_take(stack: Stack, tmp_path: Path) -> None:
     """A burst of Recommends saturates the gateway's event loop, which takes calls from gRPC's core
     one per turn: the backlog waits there, where `max_in_flight` never sees it. With
     max_queued_rpcs=4 the core refuses the excess (CANCELLED at once); with room for the whole
     burst (1000), all of it is served. Both gateways stay up."""
     food_items = load_catalogue(stack.settings, "food").item_ids
-    tight = GatewayProcess(stack, tmp_path / "tight.log", extra_env={"INTEREST_MAX_QUEUED_RPCS": "4"})
-    try:
-        await asyncio.to_thread(tight.wait_serving)
-        codes = await burst_of_recommends(tight.target, food_items, 400)
-        assert tight.proc.poll() is None
-    finally:
-        tight.stop()
+    codes = await burst_on_gateway_process(stack, tmp_path / "tight.log", 4, food_items)
     assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.CANCELLED}, set(codes)
     assert codes.count(grpc.StatusCode.OK) >= 4
-    roomy = GatewayProcess(stack, tmp_path / "roomy.log", extra_env={"INTEREST_MAX_QUEUED_RPCS": "1000"})
-    try:
-        await asyncio.to_thread(roomy.wait_serving)
-        codes = await burst_of_recommends(roomy.target, food_items, 400)
-        assert roomy.proc.poll() is None
-    finally:
-        roomy.stop()
+    codes = await burst_on_gateway_process(stack, tmp_path / "roomy.log", 1000, food_items)
     assert set(codes) == {grpc.StatusCode.OK}, "without the limit nothing is refused"
 
 
