@@ -112,14 +112,14 @@ def gc_pauses(metrics_port: int) -> dict[str, dict[str, float]]:
 
 def recommend_stage_means(metrics_port: int) -> dict[str, float]:
     """Mean ms per Recommend in each gateway stage, by target platform, over the gateway's life."""
-    sums = {(lab["platform"], stage): v for stage in ("preprocess", "migrate", "rank", "total")
-            for lab, v in metric_samples(metrics_port, f"interest_{stage}_seconds_sum")
-            if lab.get("rpc") == "Recommend"}
-    counts = {(lab["platform"], stage): v for stage in ("preprocess", "migrate", "rank", "total")
-              for lab, v in metric_samples(metrics_port, f"interest_{stage}_seconds_count")
-              if lab.get("rpc") == "Recommend"}
-    return {f"{platform} {stage}": round(1000 * total / counts[(platform, stage)], 3)
-            for (platform, stage), total in sorted(sums.items()) if counts.get((platform, stage))}
+    totals: dict[tuple[str, str], dict[str, float]] = {}
+    for stage in ("preprocess", "migrate", "rank", "total"):
+        for part in ("sum", "count"):
+            for labels, value in metric_samples(metrics_port, f"interest_{stage}_seconds_{part}"):
+                if labels.get("rpc") == "Recommend":
+                    totals.setdefault((labels["platform"], stage), {})[part] = value
+    return {f"{platform} {stage}": round(1000 * t["sum"] / t["count"], 3)
+            for (platform, stage), t in sorted(totals.items()) if t.get("count")}
 
 
 def gc_pauses_since(metrics_port: int, before: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
