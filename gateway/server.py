@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-import numpy as np
 from grpc_health.v1 import _async as health_aio  # what grpc_health.v1.health.aio re-exports
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -219,8 +218,7 @@ def create_server(
     if settings.profile_encryption_key is not None:
         cipher = ProfileCipher(base64.b64decode(settings.profile_encryption_key.get_secret_value()))
     store = ProfileStore(settings.store_path, cipher)
-    popularity = {name: np.asarray(item_popularity(settings, name), dtype=np.float32)
-                  for name in settings.platforms}
+    popularity = item_popularity(settings)
     service = InterestGatewayService(settings, store, encoder, metrics, migration, titles, popularity,
                                      assets)
     server = grpc.aio.server(interceptors=[ErrorAndMetricsInterceptor(metrics, settings.max_in_flight)],

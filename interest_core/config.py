@@ -30,8 +30,10 @@ class PlatformConfig(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     adapter: str = Field(description="registered adapter name, e.g. 'amazon_review'")
-    dataset: str = Field(description="dataset folder name under data_dir")
-    side: str = Field(description="which side of the dataset this platform is ('A' or 'B')")
+    dataset: str = Field(description="a `datasets:` entry holding this platform (or an LLMCDSR "
+                         "folder name under data_dir)")
+    side: str = Field(default="", description="which side of a bare LLMCDSR folder this platform "
+                      "is ('A' or 'B'); unused when `dataset` is a `datasets:` entry")
     display_name: str = ""
     event_types: tuple[str, ...] = ("review", "purchase", "view", "rating")
 

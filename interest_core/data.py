@@ -11,6 +11,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from interest_core.config import PlatformConfig, Settings
 from interest_core.text import clean_text
 
@@ -40,6 +42,10 @@ class UserSequence:
 
 
 def dataset_dir(settings: Settings, platform: PlatformConfig) -> Path:
+    """The bare LLMCDSR folder of a platform whose `dataset` is not a `datasets:` entry."""
+    if platform.side not in ("A", "B"):
+        raise ValueError(f"dataset {platform.dataset!r} is not a `datasets:` entry of the config, so "
+                         f"the platform's side must be 'A' or 'B', not {platform.side!r}")
     path = settings.data_dir / platform.dataset
     if not path.is_dir():
         raise FileNotFoundError(f"dataset folder {path} is missing (run `make data`)")
@@ -109,21 +115,36 @@ def load_sequences(folder: Path, filename: str) -> list[UserSequence]:
     return users
 
 
-def item_popularity(settings: Settings, name: str) -> list[int]:
-    """Training interactions per catalogue item of platform `name` (local-index order): the
-    non-personalised fallback ranking. Uses only training files, never valid/test."""
-    platform = settings.platforms[name]
-    folder = dataset_dir(settings, platform)
-    counts = [0] * side_size(folder, platform.side)
-    for filename in ("train_overlap.txt", f"train_{platform.side}.txt"):
-        if not (folder / filename).exists():
-            continue
-        for user in load_sequences(folder, filename):
-            for i in user.items_a if platform.side == "A" else user.items_b:
-                counts[i] += 1
-    if settings.catalogue_limit is not None:
-        counts = counts[: settings.catalogue_limit]
-    return counts
+def item_popularity(settings: Settings) -> dict[str, np.ndarray]:
+    """Training interactions per catalogue item of every configured platform, float32 [n] in
+    local-index order (catalogue_limit applied): the non-personalised fallback ranking. Counts
+    only training users, never valid/test, read through each `datasets:` entry's adapter (each
+    dataset once); a bare LLMCDSR folder is read directly by `side`."""
+    from interest_core.datasets import InteractionData, load_dataset
+
+    loaded: dict[str, InteractionData] = {}
+    out: dict[str, np.ndarray] = {}
+    for name, platform in settings.platforms.items():
+        if platform.dataset not in settings.datasets:
+            counts = _llmcdsr_popularity(dataset_dir(settings, platform), platform.side)
+        else:
+            if platform.dataset not in loaded:
+                loaded[platform.dataset] = load_dataset(settings, platform.dataset)
+            data = loaded[platform.dataset]
+            if name not in data.catalogues:
+                raise ValueError(f"dataset {platform.dataset!r} has no platform {name!r}; "
+                                 f"it has {', '.join(data.catalogues)}")
+            items = [i for u in data.split("train") for i in u.on(name)]
+            counts = np.bincount(np.asarray(items, dtype=np.int64), minlength=len(data.catalogues[name]))
+        out[name] = np.asarray(counts[: settings.catalogue_limit], dtype=np.float32)
+    return out
+
+
+def _llmcdsr_popularity(folder: Path, side: str) -> np.ndarray:
+    items = [i for filename in ("train_overlap.txt", f"train_{side}.txt") if (folder / filename).exists()
+             for user in load_sequences(folder, filename)
+             for i in (user.items_a if side == "A" else user.items_b)]
+    return np.bincount(np.asarray(items, dtype=np.int64), minlength=side_size(folder, side))
 
 
 def behaviour_texts(settings: Settings, n: int, seed: int = 0) -> list[str]:
@@ -134,3 +155,15 @@ def behaviour_texts(settings: Settings, n: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     rng.shuffle(texts)
     return texts[:n]
+
+
+CALIBRATION_POOL = 512  # INT8 calibration draws from the first 512 texts of the seed-0 sample
+HELD_OUT_TEXTS = 256  # texts the accuracy gate wants from outside that pool
+
+
+def calibration_pool_size(settings: Settings) -> int:
+    """How many texts of the seed-0 `behaviour_texts` sample INT8 calibration may draw from:
+    512, or half of the configured platforms' titles when they are fewer than 512 + 256 (the
+    social-video fixture has 96), so that quantize.validate still compares on unseen texts."""
+    total = sum(len(load_catalogue(settings, name)) for name in settings.platforms)
+    return CALIBRATION_POOL if total >= CALIBRATION_POOL + HELD_OUT_TEXTS else total // 2

@@ -8,11 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from interest_core import datacheck
 from interest_core.config import DEFAULT_CONFIG_FILE, ROOT, DatasetConfig, Settings, load_settings
-from interest_core.data import Catalogue
+from interest_core.data import Catalogue, calibration_pool_size, item_popularity
 from interest_core.datasets import (
     DATASET_ADAPTERS,
     UNASSIGNED,
@@ -160,6 +161,24 @@ def test_social_history_ordered_by_time_and_deduplicated(social: InteractionData
         assert history == tuple(index[p] for p in first_seen), user
         assert len(set(history)) == len(history)
     assert sum(len(u.on("social")) for u in social.users) == social.report.kept["social"]
+
+
+def test_popularity_counts_training_users_through_the_adapter(social: InteractionData) -> None:
+    """The gateway's fallback ranking for platforms of a non-LLMCDSR dataset: training
+    interactions per item (valid and test users left out), catalogue_limit applied."""
+    platforms = {p: {"adapter": "any", "dataset": "social-video"} for p in ("social", "video")}
+    settings = load_settings(DEFAULT_CONFIG_FILE, data_dir=FIXTURES, platforms=platforms,
+                             datasets=social_settings(**SV_OPTIONS).datasets)
+    popularity = item_popularity(settings)
+    for p in ("social", "video"):
+        train = np.bincount([i for u in social.split("train") for i in u.on(p)], minlength=48)
+        every = np.bincount([i for u in social.users for i in u.on(p)], minlength=48)
+        assert popularity[p].dtype == np.float32 and popularity[p].tolist() == train.tolist()
+        assert every.sum() > train.sum()
+    limited = item_popularity(settings.model_copy(update={"catalogue_limit": 10}))
+    assert limited["video"].tolist() == popularity["video"][:10].tolist()
+    assert calibration_pool_size(settings) == 48  # 96 titles: half stay unseen for the accuracy gate
+    assert calibration_pool_size(load_settings(DEFAULT_CONFIG_FILE)) == 512
 
 
 def test_registry_and_loader_errors(tmp_path: Path) -> None:
