@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from gateway.adapters.base import AdapterContext, PlatformAdapter
 from gateway.adapters.shop import ShopReviewAdapter
+from gateway.adapters.social import SocialPostAdapter
+from gateway.adapters.video import VideoWatchAdapter
 
 ADAPTERS: dict[str, type[PlatformAdapter]] = {
-    ShopReviewAdapter.name: ShopReviewAdapter,
+    cls.name: cls for cls in (ShopReviewAdapter, SocialPostAdapter, VideoWatchAdapter)
 }
 
 

@@ -3,8 +3,10 @@ cleans and scrubs the text and pseudonymises the user."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from interest_core.errors import InvalidInput
@@ -27,9 +29,14 @@ class AdapterContext:
 
 
 class PlatformAdapter:
-    """Base adapter; subclasses set `name` and may override `check_item_id`."""
+    """Base adapter; subclasses set `name` and what their item ids look like (`id_kind`,
+    `id_pattern`, `id_rule`), or override `check_item_id`. Event types come from the
+    platform's config entry (AdapterContext.event_types)."""
 
     name = "base"
+    id_kind: ClassVar[str] = "item"  # what an item id names, in error messages
+    id_pattern: ClassVar[re.Pattern[str] | None] = None  # None: any id up to MAX_ITEM_ID
+    id_rule: ClassVar[str] = ""  # id_pattern in words
 
     def __init__(self, ctx: AdapterContext) -> None:
         self.ctx = ctx
@@ -37,6 +44,8 @@ class PlatformAdapter:
     def check_item_id(self, item_id: str) -> None:
         if len(item_id) > MAX_ITEM_ID:
             raise InvalidInput(f"item_id longer than {MAX_ITEM_ID} characters")
+        if self.id_pattern is not None and not self.id_pattern.match(item_id):
+            raise InvalidInput(f"item_id {item_id[:40]!r} is not a {self.id_kind} id ({self.id_rule})")
 
     def catalogue_text(self, item_id: str) -> str | None:
         """The text embedded for a catalogue item sent without item_text (our own title: nothing

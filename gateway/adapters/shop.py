@@ -6,16 +6,10 @@ from __future__ import annotations
 import re
 
 from gateway.adapters.base import PlatformAdapter
-from interest_core.errors import InvalidInput
-
-_PRODUCT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 
 
 class ShopReviewAdapter(PlatformAdapter):
     name = "amazon_review"
-
-    def check_item_id(self, item_id: str) -> None:
-        if not _PRODUCT_ID.match(item_id):
-            raise InvalidInput(
-                f"item_id {item_id[:40]!r} is not a product id (letters, digits, '-' or '_', up to 32)"
-            )
+    id_kind = "product"
+    id_pattern = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+    id_rule = "letters, digits, '-' or '_', up to 32"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import re
 
 import grpc
 import pytest
@@ -51,6 +52,26 @@ def test_adapter_scrubs_pii_from_text() -> None:
 def test_adapter_rejects_malformed_events(kw: dict[str, object], fragment: str) -> None:
     with pytest.raises(errors.InvalidInput, match=fragment):
         adapt(**kw)
+
+
+@pytest.mark.parametrize(("adapter", "platform", "types", "item", "bad_item", "kind"), [
+    ("social_post", "social", ("like", "comment", "share"), "p001", "p/001", "post"),
+    ("video_watch", "video", ("watch",), "-dQw4w9WgXc", "v 001", "video"),
+])
+def test_social_and_video_adapters(adapter: str, platform: str, types: tuple[str, ...], item: str,
+                                   bad_item: str, kind: str) -> None:
+    """Their ids and the event types of their config entry; the shared checks of base.py."""
+    ctx = AdapterContext(platform, types, 100, {item: "Roast &amp; potatoes"}, Pseudonymiser("k"))
+    adapt_to = adapter_for(adapter)(ctx).adapt
+    event = adapt_to(pb.BehaviorEvent(user_id="u1", item_id=item, event_type=types[-1]))
+    assert (event.platform, event.text, event.event_type) == (platform, "Roast & potatoes", types[-1])
+    bad = {"review": f"event_type 'review' is not one of {', '.join(types)} for platform '{platform}'",
+           "id": f"item_id '{bad_item}' is not a {kind} id"}
+    for what, fragment in bad.items():
+        wrong = pb.BehaviorEvent(user_id="u1", item_id=bad_item if what == "id" else item,
+                                 event_type="review" if what == "review" else types[0])
+        with pytest.raises(errors.InvalidInput, match=re.escape(fragment)):
+            adapt_to(wrong)
 
 
 def test_unknown_adapter_name_is_clear() -> None:
