@@ -45,9 +45,10 @@ proto: $(PROTO_OUT)  ## generate gRPC code from gateway/proto
 data: setup  ## check the dataset the project carries (datasets/, copied from shared/data) and summarise it
 	$(PY) -m interest_core.datacheck $(CONFIG_ARG)
 
-# Re-export when the checkpoint named changes or any of its files does.
+# Re-export when the checkpoint or config named changes (the config's platforms calibrate and
+# gate the INT8 model) or any of the checkpoint's files does.
 $(ART)/.checkpoint: FORCE
-	@mkdir -p $(ART); echo "$(CHECKPOINT)" | cmp -s - $@ || echo "$(CHECKPOINT)" > $@
+	@mkdir -p $(ART); echo "$(strip $(CHECKPOINT) $(CONFIG))" | cmp -s - $@ || echo "$(strip $(CHECKPOINT) $(CONFIG))" > $@
 
 $(ART)/model.fp32.onnx: $(STAMP) $(ART)/.checkpoint $(if $(CHECKPOINT),$(wildcard $(CHECKPOINT)/interest_head.* $(CHECKPOINT)/*.safetensors))
 	$(PY) -m quantize.export --out $@ $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
@@ -61,19 +62,19 @@ INT8    := $(ART)/model.int8-$(ACT).onnx
 
 .PRECIOUS: $(ART)/model.int8-%.onnx $(ART)/validation-%.json
 $(ART)/model.int8-%.onnx: $(ART)/model.fp32.onnx
-	$(PY) -m quantize.int8 --fp32 $< --out $@ --activations $*
+	$(PY) -m quantize.int8 --fp32 $< --out $@ --activations $* $(CONFIG_ARG)
 
 $(ART)/validation-%.json: $(ART)/model.int8-%.onnx
-	$(PY) -m quantize.validate --reference $(ART)/model.fp32.onnx --candidate $< --report $@
+	$(PY) -m quantize.validate --reference $(ART)/model.fp32.onnx --candidate $< --report $@ $(CONFIG_ARG)
 
 engine: setup $(ART)/validation-$(ACT).json  ## export -> INT8 Q/DQ -> accuracy gate -> (TensorRT on GPU) -> model_repository/
 ifeq ($(TARGET),gpu)
 	$(PY) -m quantize.trt_build --onnx $(INT8) --out $(ART)/model.plan
-	$(PY) -m quantize.install --onnx $(INT8) --report $(ART)/validation-$(ACT).json --target gpu --plan $(ART)/model.plan $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+	$(PY) -m quantize.install --onnx $(INT8) --report $(ART)/validation-$(ACT).json --target gpu --plan $(ART)/model.plan $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(CONFIG_ARG)
 	@echo "installed a TensorRT plan: serve model_repository/ with the NGC tritonserver container (see README)"
 else
 	$(PY) -m quantize.trt_build --onnx $(INT8) --out $(ART)/model.plan || test $$? -eq 3
-	$(PY) -m quantize.install --onnx $(INT8) --report $(ART)/validation-$(ACT).json --target cpu $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+	$(PY) -m quantize.install --onnx $(INT8) --report $(ART)/validation-$(ACT).json --target cpu $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(CONFIG_ARG)
 endif
 
 train: setup  ## train DATASET's model (+ the new-items hold-out model for eval) into models/ (~35 min on 2 cores; resumes)
@@ -88,10 +89,10 @@ eval: setup  ## evaluate models/DATASET vs the baselines offline, INT8, and thro
 	$(PY) -m gateway.served_eval $(CONFIG_ARG) --offline var/eval/offline.json --out results
 
 serve: setup  ## Triton + gateway in the foreground (needs `make engine`); Ctrl-C stops both
-	$(PY) -m gateway.serve
+	$(PY) -m gateway.serve $(CONFIG_ARG)
 
 demo: setup  ## demo client against a running gateway
-	$(PY) -m gateway.demo
+	$(PY) -m gateway.demo $(CONFIG_ARG)
 
 test: setup tools  ## second command: unit + integration tests (real Triton, gateway and Prometheus)
 	$(PY) -m pytest -q tests

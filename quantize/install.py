@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="trained checkpoint the ONNX came from: its ranking assets (migration, "
                              "blend, categories) are installed beside the model; none = remove stale ones")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="YAML config naming the model repository (default config/default.yaml)")
     args = parser.parse_args(argv)
     assets = args.checkpoint / ASSETS_FILE if args.checkpoint is not None else None
     if assets is not None and not assets.exists():
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--target gpu needs --plan pointing at a built TensorRT engine")
     if args.dim is None:
         args.dim = output_dim(args.onnx)
-    settings = load_settings()
+    settings = load_settings(args.config)
     model_dir = settings.model_repository / settings.model_name
     version_dir = model_dir / "1"
     version_dir.mkdir(parents=True, exist_ok=True)

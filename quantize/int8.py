@@ -27,7 +27,7 @@ from onnxruntime.quantization import (
 )
 
 from interest_core.config import load_settings
-from interest_core.data import behaviour_texts
+from interest_core.data import CALIBRATION_POOL, HELD_OUT_TEXTS, behaviour_texts, calibration_pool_size
 from interest_core.tokenize import BehaviourTokenizer
 
 log = logging.getLogger("quantize.int8")
@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="INT8 Q/DQ ONNX to write")
     parser.add_argument("--calib-texts", type=int, default=512, help="calibration texts (default 512)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed for calibration texts")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="YAML config whose platforms' titles calibrate (default config/default.yaml)")
     parser.add_argument(
         "--activations", choices=sorted(ACTIVATIONS), default="int8",
         help="int8: what TensorRT builds (GPU); uint8 (zero point 128): 1.5x faster on ONNX "
@@ -130,8 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.calib_texts < 16:
         parser.error("--calib-texts must be at least 16")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = load_settings()
-    texts = behaviour_texts(settings, args.calib_texts, seed=args.seed)
+    settings = load_settings(args.config)
+    pool = calibration_pool_size(settings)
+    if pool < args.calib_texts:
+        log.warning("calibrating on %d texts, not %d: the configured platforms hold fewer than %d "
+                    "titles, and half of them stay unseen for quantize.validate", pool, args.calib_texts,
+                    CALIBRATION_POOL + HELD_OUT_TEXTS)
+    texts = behaviour_texts(settings, min(args.calib_texts, pool), seed=args.seed)
     quantize_int8(args.fp32, args.out, texts, settings.max_seq_len, args.activations)
     log.info("wrote %s (%.1f MB)", args.out, args.out.stat().st_size / 1e6)
     return 0
