@@ -1,10 +1,11 @@
-"""Demo client: real held-out users' grocery history in, home-goods recommendations out.
+"""Demo client: real held-out users' history on one platform in, another platform's
+recommendations out (by default the first two configured platforms: grocery -> home goods).
 
-For each user it ingests their platform-A ("food") events through IngestEvents, asks
-Recommend for the target platform, and prints the titles, marking the items the user
-really took there (which the model never saw).
+For each test user of the platforms' dataset it ingests their source-platform events through
+IngestEvents, asks Recommend for the target platform, and prints the titles, marking the items
+the user really took there (which the model never saw).
 
-    python -m gateway.demo [--users 3] [--target localhost:50051]
+    python -m gateway.demo [--users 3] [--target localhost:50051] [--config FILE]
 """
 
 from __future__ import annotations
@@ -21,29 +22,42 @@ import grpc
 
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
-from interest_core.config import load_settings
-from interest_core.data import load_catalogue, load_sequences
+from interest_core.config import Settings, load_settings
+from interest_core.datasets import load_dataset
 
 
-async def run_demo(target: str, users: int, source: str, dest: str, k: int, config: Path | None) -> int:
+def demo_platforms(settings: Settings, source: str | None, dest: str | None) -> tuple[str, str]:
+    """(source, dest): the given ones, else the first two configured platforms; both must be
+    configured and come from one dataset (whose test users have history on both)."""
+    names = list(settings.platforms)
+    source = source or names[0]
+    dest = dest or next((n for n in names if n != source), source)
+    for name in (source, dest):
+        if name not in settings.platforms:
+            raise ValueError(f"platform {name!r} is not configured; configured: {', '.join(names)}")
+    if source == dest or settings.platforms[source].dataset != settings.platforms[dest].dataset:
+        raise ValueError(f"the demo needs two platforms of one dataset, got {source!r} and {dest!r}")
+    return source, dest
+
+
+async def run_demo(target: str, users: int, source: str | None, dest: str | None, k: int,
+                   config: Path | None) -> int:
     settings = load_settings(config)
-    src_cfg = settings.platforms[source]
-    folder = settings.data_dir / src_cfg.dataset
-    src_cat = load_catalogue(settings.model_copy(update={"catalogue_limit": None}), source)
-    dst_cat = load_catalogue(settings.model_copy(update={"catalogue_limit": None}), dest)
-    people = [u for u in load_sequences(folder, "test.txt") if len(u.items_a) >= 3][:users]
-    a_side = src_cfg.side == "A"
+    source, dest = demo_platforms(settings, source, dest)
+    data = load_dataset(settings, settings.platforms[source].dataset)
+    src_cat, dst_cat = data.catalogues[source], data.catalogues[dest]
+    event_type = settings.platforms[source].event_types[0]
+    people = [u for u in data.split("test") if len(u.on(source)) >= 3][:users]
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.InterestGatewayStub(channel)
         for person in people:
-            history = person.items_a if a_side else person.items_b
-            truth = {dst_cat.item_ids[i] for i in (person.items_b if a_side else person.items_a)
-                     if i < len(dst_cat)}
-            user_id = f"demo-test-user-{person.uid}"
+            history = person.on(source)
+            truth = {dst_cat.item_ids[i] for i in person.on(dest)}
+            user_id = f"demo-test-user-{person.user_key[:12]}"
             await stub.DeleteUser(pb.DeleteUserRequest(user_id=user_id), timeout=10)
             await stub.SetConsent(pb.SetConsentRequest(user_id=user_id, migrate=True), timeout=10)
             events = [pb.BehaviorEvent(user_id=user_id, item_id=src_cat.item_ids[i],
-                                       item_text=src_cat.titles[i], event_type="review",
+                                       item_text=src_cat.titles[i], event_type=event_type,
                                        position=n + 1)
                       for n, i in enumerate(history)]
             ingest = await stub.IngestEvents(pb.IngestEventsRequest(platform=source, events=events),
@@ -55,9 +69,9 @@ async def run_demo(target: str, users: int, source: str, dest: str, k: int, conf
             started = time.perf_counter()
             await stub.EncodeInterest(pb.EncodeInterestRequest(
                 platform=source, events=[pb.BehaviorEvent(item_text=f"{src_cat.titles[history[0]]} (gift)",
-                                                          event_type="view")]), timeout=10)
+                                                          event_type=event_type)]), timeout=10)
             enc_ms = (time.perf_counter() - started) * 1000
-            print(f"\n=== held-out user {person.uid}: {ingest.accepted} {source} events in, "
+            print(f"\n=== held-out user {person.user_key[:12]}: {ingest.accepted} {source} events in, "
                   f"top {k} {dest} items out ===")
             print(f"  {source} history (most recent last):")
             for i in history[-6:]:
@@ -96,13 +110,19 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", default=None, help="gateway address (default from config)")
     parser.add_argument("--users", type=int, default=3, help="held-out users to show")
-    parser.add_argument("--source", default="food", help="platform whose history is sent")
-    parser.add_argument("--dest", default="kitchen", help="platform to recommend from")
+    parser.add_argument("--source", default=None,
+                        help="platform whose history is sent (default: the first configured)")
+    parser.add_argument("--dest", default=None,
+                        help="platform to recommend from (default: the next configured)")
     parser.add_argument("-k", type=int, default=10, help="recommendations per user")
     parser.add_argument("--config", type=Path, default=None)
     args = parser.parse_args(argv)
     settings = load_settings(args.config)
     target = args.target or f"{settings.grpc_host}:{settings.grpc_port}"
+    try:
+        demo_platforms(settings, args.source, args.dest)
+    except ValueError as exc:
+        parser.error(str(exc))
     try:
         return asyncio.run(run_demo(target, args.users, args.source, args.dest, args.k, args.config))
     except grpc.aio.AioRpcError as exc:

@@ -47,10 +47,12 @@ async def _serve(settings: Settings, demo: bool, config: Path | None) -> int:
                   f"(Ctrl-C stops both)", flush=True)
             if demo:
                 try:
-                    await run_demo(f"{settings.grpc_host}:{gw.port}", 3, "food", "kitchen", 10, config)
+                    await run_demo(f"{settings.grpc_host}:{gw.port}", 3, None, None, 10, config)
                     print("\ndemo done; still serving (Ctrl-C stops both servers)", flush=True)
                 except grpc.aio.AioRpcError as exc:
                     log.error("demo failed: %s %s; still serving", exc.code().name, exc.details())
+                except ValueError as exc:
+                    log.error("demo not run: %s; still serving", exc)
         await stop.wait()
         log.info("stopping gateway (grace %.1fs)", settings.shutdown_grace_s)
         await gw.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -29,7 +29,7 @@ import numpy as np
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.readiness import wait_serving
-from interest_core.config import ROOT, load_settings
+from interest_core.config import ROOT, Settings, load_settings
 from interest_core.datasets import InteractionData, load_dataset
 from interest_core.eval_report import write_all
 from interest_core.evaluate import measure
@@ -50,11 +50,22 @@ def ranking_scores(ranked: Sequence[Sequence[int]], n_items: int) -> np.ndarray:
     return scores
 
 
+def event_types(settings: Settings, data: InteractionData) -> dict[str, str]:
+    """Per platform of `data`, the event type its users' history is ingested as (the first of
+    its config entry's event_types). Raises ValueError for a platform the gateway would not serve."""
+    missing = [p for p in data.platforms if p not in settings.platforms]
+    if missing:
+        raise ValueError(f"dataset {data.name!r} has platforms {', '.join(missing)} without a "
+                         "`platforms:` entry in the config, so the gateway cannot serve them "
+                         "(see config/social-video.yaml)")
+    return {p: settings.platforms[p].event_types[0] for p in data.platforms}
+
+
 async def serve_users(stub: pb_grpc.InterestGatewayStub, data: InteractionData, source: str,
-                      target: str, users: list[list[int]],
+                      target: str, users: list[list[int]], event_type: str,
                       concurrency: int = 8) -> list[list[int]]:
-    """Ingest each user's source history and return the target items recommended to them
-    (catalogue positions, best first)."""
+    """Ingest each user's source history as `event_type` events and return the target items
+    recommended to them (catalogue positions, best first)."""
     src_ids, tgt_pos = data.catalogues[source].item_ids, data.catalogues[target].index()
     results: list[list[int]] = [[] for _ in users]
     queue = iter(range(len(users)))
@@ -66,7 +77,7 @@ async def serve_users(stub: pb_grpc.InterestGatewayStub, data: InteractionData, 
             uid = f"eval-{run}-{source}-{target}-{n}"
             await stub.SetConsent(pb.SetConsentRequest(user_id=uid, migrate=True), timeout=30)
             reply = await stub.IngestEvents(pb.IngestEventsRequest(platform=source, events=[
-                pb.BehaviorEvent(user_id=uid, item_id=src_ids[i], event_type="review", position=p + 1)
+                pb.BehaviorEvent(user_id=uid, item_id=src_ids[i], event_type=event_type, position=p + 1)
                 for p, i in enumerate(hist)]), timeout=60)
             if reply.rejected:
                 raise RuntimeError(f"user {n}: {reply.rejected} events rejected: {reply.results}")
@@ -78,47 +89,58 @@ async def serve_users(stub: pb_grpc.InterestGatewayStub, data: InteractionData, 
     return results
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
-    offline = json.loads(args.offline.read_text())
-    settings = load_settings(args.config)
-    data = load_dataset(settings, offline["dataset"])
-    logs = ROOT / "var" / "eval" / "logs"
+async def serve_tasks(stub: pb_grpc.InterestGatewayStub, data: InteractionData, tasks: dict[str, Any],
+                      ingest_as: dict[str, str], users: int = 100_000) -> None:
+    """Serve the test users (at most `users`) of each warm task of an offline result's `tasks`
+    through the gateway behind `stub`, and add each task's `served` metrics beside the offline
+    reference (`model_int8`, else `model_fp32`) on the same users."""
+    test = user_rows(data.split("test"), data.platforms, {})
+    for task, body in tasks.items():
+        if "/" in task:
+            body["served_note"] = ("served: not run for the new-items task; the gateway serves "
+                                   "the checkpoint trained on every item, not the hold-out model.")
+            continue
+        source, target = task.split("->")
+        hist, rel = (part[:users] for part in pairs_of(test, Direction(source, target)))
+        started = time.monotonic()
+        ranked = await serve_users(stub, data, source, target, hist, ingest_as[source])
+        scores = ranking_scores(ranked, len(data.catalogues[target]))
+        body["methods"]["served"] = measure(scores.__getitem__, hist, rel)
+        reference = body["methods"].get("model_int8") or body["methods"]["model_fp32"]
+        body["served_offline_reference"] = reference
+        rate = len(hist) / (time.monotonic() - started)
+        body["served_note"] = (
+            f"served: {len(hist)} test users through the running gateway ({rate:.0f} users/s); "
+            f"MRR counts a first hit within the returned top {K} only. Offline reference: "
+            f"{'model_int8' if 'model_int8' in body['methods'] else 'model_fp32'} on the same users.")
+        log.info("%s served: NDCG@10 %.4f (offline %.4f) over %d users", task,
+                 body["methods"]["served"]["ndcg@10"], reference["ndcg@10"], len(hist))
+
+
+async def run(args: argparse.Namespace, settings: Settings, data: InteractionData,
+              offline: dict[str, Any]) -> dict[str, Any]:
+    """Start Triton and the gateway (with the same config), serve every warm task, stop both."""
+    ingest_as = event_types(settings, data)
+    state = settings.var_dir / "eval"
+    logs = state / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     triton = start_triton(settings, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
                           log_path=logs / "tritonserver.log")
     port, metrics_port = free_port(), free_port()
     env = {**os.environ, "INTEREST_GRPC_PORT": str(port), "INTEREST_METRICS_PORT": str(metrics_port),
-           "INTEREST_TRITON_GRPC_PORT": str(triton.grpc_port), "INTEREST_VAR_DIR": str(ROOT / "var" / "eval"),
+           "INTEREST_TRITON_GRPC_PORT": str(triton.grpc_port), "INTEREST_VAR_DIR": str(state),
            "INTEREST_CATALOGUE_CACHE_DIR": str(settings.cache_dir), "INTEREST_LOG_LEVEL": "WARNING"}
     gateway_log = (logs / "gateway.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.server"], env=env, cwd=ROOT,
+    config = ["--config", str(args.config.resolve())] if args.config is not None else []
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.server", *config], env=env, cwd=ROOT,
                             stdout=gateway_log, stderr=subprocess.STDOUT)
     try:
-        log.info("gateway starting (the first start embeds both catalogues through Triton, ~3 min)")
+        log.info("gateway starting (its first start embeds every catalogue through Triton: about 3 min "
+                 "for the Amazon pair)")
         await wait_serving(port, proc, f"the gateway (log {logs / 'gateway.log'})", timeout_s=1200)
-        test = user_rows(data.split("test"), data.platforms, {})
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = pb_grpc.InterestGatewayStub(channel)
-            for task, body in offline["tasks"].items():
-                if "/" in task:
-                    body["served_note"] = ("served: not run for the new-items task; the gateway serves "
-                                           "the checkpoint trained on every item, not the hold-out model.")
-                    continue
-                source, target = task.split("->")
-                hist, rel = (part[: args.users] for part in pairs_of(test, Direction(source, target)))
-                started = time.monotonic()
-                ranked = await serve_users(stub, data, source, target, hist)
-                scores = ranking_scores(ranked, len(data.catalogues[target]))
-                body["methods"]["served"] = measure(scores.__getitem__, hist, rel)
-                reference = body["methods"].get("model_int8") or body["methods"]["model_fp32"]
-                body["served_offline_reference"] = reference
-                rate = len(hist) / (time.monotonic() - started)
-                body["served_note"] = (
-                    f"served: {len(hist)} test users through the running gateway ({rate:.0f} users/s); "
-                    f"MRR counts a first hit within the returned top {K} only. Offline reference: "
-                    f"{'model_int8' if 'model_int8' in body['methods'] else 'model_fp32'} on the same users.")
-                log.info("%s served: NDCG@10 %.4f (offline %.4f) over %d users", task,
-                         body["methods"]["served"]["ndcg@10"], reference["ndcg@10"], len(hist))
+            await serve_tasks(pb_grpc.InterestGatewayStub(channel), data, offline["tasks"], ingest_as,
+                              args.users)
     finally:
         proc.terminate()
         try:
@@ -145,7 +167,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.users < 1:
         parser.error("--users must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    results = asyncio.run(run(args))
+    offline = json.loads(args.offline.read_text())
+    settings = load_settings(args.config)
+    data = load_dataset(settings, offline["dataset"])
+    try:
+        event_types(settings, data)
+    except ValueError as exc:
+        parser.error(str(exc))
+    results = asyncio.run(run(args, settings, data, offline))
     write_all(results, args.out)
     log.info("wrote %s/eval.json, eval.md, eval.png", args.out)
     return 0
