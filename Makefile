@@ -11,6 +11,7 @@ DATASET ?= amazon-food-kitchen
 MODELS  ?= models
 CONFIG  ?=
 EPOCHS  ?= 30
+RESULTS ?= results
 # `make engine` serves the trained checkpoint of DATASET when there is one (models/ is committed).
 CHECKPOINT ?= $(if $(wildcard $(MODELS)/$(DATASET)/interest_head.json),$(MODELS)/$(DATASET))
 CONFIG_ARG := $(if $(CONFIG),--config $(CONFIG))
@@ -82,11 +83,11 @@ train: setup  ## train DATASET's model (+ the new-items hold-out model for eval)
 	$(PY) -m interest_core.train $(CONFIG_ARG) --dataset $(DATASET) --out $(MODELS)/$(DATASET)-new-items \
 	  --epochs $(EPOCHS) --new-items-fraction 0.2 $(TRAIN_ARGS)
 
-eval: setup  ## evaluate models/DATASET vs the baselines offline, INT8, and through the running stack: results/eval.*
+eval: setup  ## evaluate models/DATASET vs the baselines offline, INT8, and through the running stack: results/eval.* (RESULTS=dir: elsewhere)
 	$(MAKE) --no-print-directory engine TARGET=cpu CHECKPOINT=$(MODELS)/$(DATASET)
 	$(PY) -m interest_core.evaluate $(CONFIG_ARG) --dataset $(DATASET) --checkpoint $(MODELS)/$(DATASET) \
 	  --new-items-checkpoint $(MODELS)/$(DATASET)-new-items --int8 $(ART)/model.int8-uint8.onnx --out var/eval/offline.json
-	$(PY) -m gateway.served_eval $(CONFIG_ARG) --offline var/eval/offline.json --out results
+	$(PY) -m gateway.served_eval $(CONFIG_ARG) --offline var/eval/offline.json --out $(RESULTS)
 
 serve: setup  ## Triton + gateway in the foreground (needs `make engine`); Ctrl-C stops both
 	$(PY) -m gateway.serve $(CONFIG_ARG)
