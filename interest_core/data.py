@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,16 +116,18 @@ def load_sequences(folder: Path, filename: str) -> list[UserSequence]:
     return users
 
 
-def item_popularity(settings: Settings) -> dict[str, np.ndarray]:
-    """Training interactions per catalogue item of every configured platform, float32 [n] in
-    local-index order (catalogue_limit applied): the non-personalised fallback ranking. Counts
-    only training users, never valid/test, read through each `datasets:` entry's adapter (each
-    dataset once); a bare LLMCDSR folder is read directly by `side`."""
+def item_popularity(settings: Settings, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """Training interactions per catalogue item of the configured platforms `names` (default:
+    all), float32 [n] in local-index order (catalogue_limit applied): the non-personalised
+    fallback ranking. Counts only training users, never valid/test, read through each
+    `datasets:` entry's adapter (each dataset once); a bare LLMCDSR folder is read directly by
+    `side`."""
     from interest_core.datasets import InteractionData, load_dataset
 
     loaded: dict[str, InteractionData] = {}
     out: dict[str, np.ndarray] = {}
-    for name, platform in settings.platforms.items():
+    for name in settings.platforms if names is None else names:
+        platform = settings.platforms[name]
         if platform.dataset not in settings.datasets:
             counts = _llmcdsr_popularity(dataset_dir(settings, platform), platform.side)
         else:

@@ -11,7 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from gateway.server import fallback_popularity
 from interest_core import datacheck
+from interest_core.assets import RankingAssets
 from interest_core.config import DEFAULT_CONFIG_FILE, ROOT, DatasetConfig, Settings, load_settings
 from interest_core.data import Catalogue, calibration_pool_size, item_popularity
 from interest_core.datasets import (
@@ -179,6 +181,26 @@ def test_popularity_counts_training_users_through_the_adapter(social: Interactio
     assert limited["video"].tolist() == popularity["video"][:10].tolist()
     assert calibration_pool_size(settings) == 48  # 96 titles: half stay unseen for the accuracy gate
     assert calibration_pool_size(load_settings(DEFAULT_CONFIG_FILE)) == 512
+
+
+def test_gateway_popularity_comes_from_the_assets_when_they_know_every_item(social: InteractionData) -> None:
+    """The gateway takes the trained assets' counts (same training users) instead of reading the
+    dataset again; a platform the assets lack, or know only in part, is counted from its dataset."""
+    platforms = {p: {"adapter": "any", "dataset": "social-video"} for p in ("social", "video")}
+    settings = load_settings(DEFAULT_CONFIG_FILE, data_dir=FIXTURES, platforms=platforms,
+                             datasets=social_settings(**SV_OPTIONS).datasets)
+    catalogues = {p: social.catalogues[p] for p in ("social", "video")}
+    counted = item_popularity(settings)
+    planted = np.arange(48, dtype=np.float32)[::-1].copy()  # not the counts: shows which was used
+    assets = RankingAssets(item_ids={"social": list(catalogues["social"].item_ids)[::-1]}, migration={},
+                           cooccurrence={}, popularity={"social": planted}, blend={})
+    served = fallback_popularity(settings, catalogues, assets)
+    assert served["social"].tolist() == planted[::-1].tolist(), "reordered to catalogue order"
+    assert served["video"].tolist() == counted["video"].tolist()
+    assets.item_ids["social"] = assets.item_ids["social"][1:]  # one item unknown to the assets
+    assets.popularity["social"] = planted[1:]
+    assert fallback_popularity(settings, catalogues, assets)["social"].tolist() == counted["social"].tolist()
+    assert fallback_popularity(settings, catalogues, None)["social"].tolist() == counted["social"].tolist()
 
 
 def test_registry_and_loader_errors(tmp_path: Path) -> None:
