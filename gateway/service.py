@@ -270,6 +270,12 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
         self.store.save_many(updated)
         return set(by_user)
 
+    def _load(self, user_key: str) -> dict[str, Profile]:
+        """The user's stored profiles on the platforms this gateway serves. A store shared with
+        a gateway of other platforms (another config) may hold more: those rows are left as
+        they are, neither re-embedded, emptied, shown nor migrated from; DeleteUser erases them."""
+        return {p: prof for p, prof in self.store.load(user_key).items() if p in self.adapters}
+
     async def _current(self, user_key: str, profiles: dict[str, Profile], rpc: str,
                        timeout: float, save: bool = True) -> dict[str, Profile]:
         """`profiles` in the served model's embedding space.
@@ -321,7 +327,7 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
         with self.metrics.stage("total", rpc, target):
             with self.metrics.stage("preprocess", rpc, target):
                 user_key = self._user(request.user_id)
-                profiles = self.store.load(user_key)
+                profiles = self._load(user_key)
             if not profiles:
                 raise NotFound("no interest profile for this user: ingest their events first")
             profiles = await self._current(user_key, profiles, rpc, self._timeout(context))
@@ -416,7 +422,7 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
     ) -> pb.GetProfileResponse:
         caller = self.auth.caller(context)
         user_key = self._user(request.user_id)
-        profiles = self.store.load(user_key)
+        profiles = self._load(user_key)
         if caller != ANY_PLATFORM:  # a platform sees only its own part of the profile
             profiles = {p: prof for p, prof in profiles.items() if p == caller}
         if not profiles:

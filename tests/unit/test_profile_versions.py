@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from gateway.metrics import GatewayMetrics
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.service import InterestGatewayService
 from interest_core.config import load_settings
 from interest_core.data import Catalogue
+from interest_core.errors import NotFound
 from interest_core.migration import MigrationMap
 from interest_core.profiles import Profile, ProfileStore
 from interest_core.ranking import CatalogueIndex
@@ -154,3 +156,27 @@ def test_a_store_from_before_model_versions_opens_and_keeps_its_rows(tmp_path: P
     loaded.model_version = "v2"
     store.save_many([("key", loaded)])
     assert store.load("key")["food"].model_version == "v2"
+
+
+def test_a_stored_profile_of_a_platform_this_gateway_does_not_serve_is_left_alone(tmp_path: Path) -> None:
+    """One profile store, two configs (the Amazon pair, then the social-video pair): a gateway
+    neither rebuilds nor empties a platform it does not serve, nor migrates from it."""
+    svc, encoder = make_service(tmp_path)
+    key = store_profile(svc, "u9", ["k0"], version="new")
+    foreign = Profile("social", np.full(DIM, 3.0, np.float32), 4, ["post-1"], model_version="other")
+    svc.store.save_many([(key, foreign)])
+    asyncio.run(svc.SetConsent(pb.SetConsentRequest(user_id="u9", migrate=True), CTX))
+    response = get_profile(svc, "u9")
+    assert [p.platform for p in response.platforms] == ["kitchen"]
+    recommended = asyncio.run(svc.Recommend(
+        pb.RecommendRequest(user_id="u9", target_platform="kitchen", k=2), CTX))
+    assert recommended.personalised and list(recommended.source_platforms) == []  # not "social"
+    kept = svc.store.load(key)["social"]
+    assert kept.model_version == "other" and kept.events == 4
+    np.testing.assert_array_equal(kept.vec_sum, foreign.vec_sum)
+    assert encoder.calls == [] and reembedded(svc, "emptied") == 0
+    svc.store.save_many([(svc.pseudonymise("u10"), foreign)])
+    with pytest.raises(NotFound, match="no interest profile"):
+        asyncio.run(svc.Recommend(pb.RecommendRequest(user_id="u10", target_platform="kitchen", k=2), CTX))
+    with pytest.raises(NotFound, match="no interest profile"):
+        get_profile(svc, "u10")
