@@ -27,7 +27,7 @@ help:  ## list the targets
 
 up: setup data  ## first command: set up, build the engine (CPU), serve and run the demo (Ctrl-C stops)
 	$(MAKE) --no-print-directory engine TARGET=cpu
-	$(PY) -m gateway.serve --demo
+	$(PY) -m gateway.serve --demo $(CONFIG_ARG)
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)

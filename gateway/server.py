@@ -167,6 +167,11 @@ def load_ranking_assets(settings: Settings, dim: int) -> RankingAssets | None:
                            f"{exc}); reinstall them with `make engine CHECKPOINT=...` or remove the "
                            f"file to serve the pretrained model without them") from exc
     check_ranking_assets(assets, dim, path, settings.model_name)
+    if not set(assets.item_ids) & set(settings.platforms):
+        raise StartupError(
+            f"the ranking assets {path} were trained for the platforms {', '.join(sorted(assets.item_ids))}, "
+            f"but this config serves {', '.join(settings.platforms)}: install the checkpoint trained on "
+            f"this pair (make engine DATASET=... CONFIG=...)")
     blends = ", ".join(f"{s}->{t} cooc {b.cooc:g} pop {b.pop:g}"
                        for (s, t), b in sorted(assets.blend.items()))
     log.info("trained ranking assets %s: learned migration %s; blend %s; %d interest categories", path,

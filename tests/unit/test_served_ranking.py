@@ -320,3 +320,14 @@ def test_inconsistent_assets_refuse_to_start(tmp_path: Path) -> None:
     assets.item_ids["kitchen"] = KITCHEN[:3]
     with pytest.raises(StartupError, match="co-occurrence food->kitchen"):
         check_ranking_assets(assets, DIM, tmp_path / ASSETS_FILE)
+
+
+def test_assets_of_another_platform_pair_refuse_to_start(tmp_path: Path) -> None:
+    """`make engine` with the Amazon checkpoint, then a config serving another pair: refused,
+    naming both, instead of serving with no trained mapping or blend."""
+    path = tmp_path / ASSETS_FILE
+    make_assets().save(path)
+    other = {p: {"adapter": "social_post", "dataset": "social-video"} for p in ("social", "video")}
+    with pytest.raises(StartupError, match=r"trained for the platforms food, kitchen.*serves social, video"):
+        load_ranking_assets(settings_with(tmp_path, ranking_assets=path, platforms=other), DIM)
+    assert load_ranking_assets(settings_with(tmp_path, ranking_assets=path), DIM) is not None
