@@ -41,11 +41,11 @@ class PlatformConfig(BaseModel):
 def _default_platforms() -> dict[str, PlatformConfig]:
     return {
         "food": PlatformConfig(
-            adapter="amazon_review", dataset="amazon-food-kitchen", side="A",
+            adapter="amazon_review", dataset="amazon-food-kitchen",
             display_name="grocery shop (Amazon Grocery & Gourmet Food)",
         ),
         "kitchen": PlatformConfig(
-            adapter="amazon_review", dataset="amazon-food-kitchen", side="B",
+            adapter="amazon_review", dataset="amazon-food-kitchen",
             display_name="home-goods shop (Amazon Home & Kitchen)",
         ),
     }
