@@ -117,7 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--fp32", type=Path, required=True, help="fp32 ONNX from quantize.export")
     parser.add_argument("--out", type=Path, required=True, help="INT8 Q/DQ ONNX to write")
-    parser.add_argument("--calib-texts", type=int, default=512, help="calibration texts (default 512)")
+    parser.add_argument("--calib-texts", type=int, default=CALIBRATION_POOL,
+                        help=f"calibration texts (default and most: {CALIBRATION_POOL}, the pool that "
+                             "quantize.validate keeps out of its comparison; half of the titles for a "
+                             "pair with fewer)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed for calibration texts")
     parser.add_argument("--config", type=Path, default=None,
                         help="YAML config whose platforms' titles calibrate (default config/default.yaml)")
@@ -135,9 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings(args.config)
     pool = calibration_pool_size(settings)
     if pool < args.calib_texts:
-        log.warning("calibrating on %d texts, not %d: the configured platforms hold fewer than %d "
-                    "titles, and half of them stay unseen for quantize.validate", pool, args.calib_texts,
-                    CALIBRATION_POOL + HELD_OUT_TEXTS)
+        why = (f"quantize.validate compares on texts outside the first {CALIBRATION_POOL}"
+               if pool == CALIBRATION_POOL else
+               f"the configured platforms hold fewer than {CALIBRATION_POOL + HELD_OUT_TEXTS} titles, "
+               "and half of them stay unseen for quantize.validate")
+        log.warning("calibrating on %d texts, not %d: %s", pool, args.calib_texts, why)
     texts = behaviour_texts(settings, min(args.calib_texts, pool), seed=args.seed)
     quantize_int8(args.fp32, args.out, texts, settings.max_seq_len, args.activations)
     log.info("wrote %s (%.1f MB)", args.out, args.out.stat().st_size / 1e6)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from interest_core.config import load_settings
-from interest_core.data import behaviour_texts, calibration_pool_size
+from interest_core.data import HELD_OUT_TEXTS, behaviour_texts, calibration_pool_size
 from interest_core.runtime import OnnxInterestRuntime
 from interest_core.tokenize import BehaviourTokenizer
 
@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     for path in (args.reference, args.candidate):
         if not path.exists():
             parser.error(f"{path} does not exist")
-    if args.texts < 256:
-        parser.error("--texts must be at least 256")
+    if args.texts < HELD_OUT_TEXTS:
+        parser.error(f"--texts must be at least {HELD_OUT_TEXTS}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings(args.config)
     calibration = set(behaviour_texts(settings, calibration_pool_size(settings), seed=0))
