@@ -118,9 +118,9 @@ async def serve_tasks(stub: pb_grpc.InterestGatewayStub, data: InteractionData, 
 
 
 async def run(args: argparse.Namespace, settings: Settings, data: InteractionData,
-              offline: dict[str, Any]) -> dict[str, Any]:
-    """Start Triton and the gateway (with the same config), serve every warm task, stop both."""
-    ingest_as = event_types(settings, data)
+              offline: dict[str, Any], ingest_as: dict[str, str]) -> dict[str, Any]:
+    """Start Triton and the gateway (with the same config), serve every warm task (each
+    platform's history ingested as its `ingest_as` event type), stop both."""
     state = settings.var_dir / "eval"
     logs = state / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -171,10 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings(args.config)
     data = load_dataset(settings, offline["dataset"])
     try:
-        event_types(settings, data)
+        ingest_as = event_types(settings, data)
     except ValueError as exc:
         parser.error(str(exc))
-    results = asyncio.run(run(args, settings, data, offline))
+    results = asyncio.run(run(args, settings, data, offline, ingest_as))
     write_all(results, args.out)
     log.info("wrote %s/eval.json, eval.md, eval.png", args.out)
     return 0

@@ -278,7 +278,7 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
 
     async def _current(self, user_key: str, profiles: dict[str, Profile], rpc: str,
                        timeout: float, save: bool = True) -> dict[str, Profile]:
-        """`profiles` in the served model's embedding space.
+        """`profiles` (of served platforms: see _load) in the served model's embedding space.
 
         A profile summed by another model (before `make engine` installed this one) would mix
         two embedding spaces, so it is re-embedded from the catalogue titles of its items
@@ -296,8 +296,8 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
             elif profile.model_version != self.model_version:
                 stale.append((profile, profile.model_version))
         for profile, old in stale:
-            adapter = self.adapters.get(profile.platform)
-            known = [adapter.catalogue_text(i) for i in profile.items] if adapter is not None else []
+            adapter = self.adapters[profile.platform]  # a served platform's (see _load)
+            known = [adapter.catalogue_text(i) for i in profile.items]
             texts = [text for text in known if text is not None]
             if texts:
                 vectors = await self.encoder.embed(texts, rpc, profile.platform, timeout)
