@@ -4,6 +4,7 @@ the REAL Triton server on free ports, and the real gateway in-process on port 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -68,6 +69,43 @@ def run_cli(module: str, *args: str, env: dict[str, str]) -> subprocess.Complete
                           text=True, check=False, timeout=600)
 
 
+def run_steps(steps: list[tuple[str, ...]], env: dict[str, str]) -> None:
+    """Run each (module, *args) CLI in turn, as `make engine` does; fail on the first error."""
+    for module, *args in steps:
+        done = run_cli(module, *args, env=env)
+        assert done.returncode == 0, f"{module} failed:\n{done.stdout}\n{done.stderr}"
+
+
+@dataclass
+class Served:
+    """A second stack: its own real Triton and an in-process gateway in front of it."""
+
+    triton: TritonServer
+    gateway: Gateway
+    metrics: GatewayMetrics
+    stub: pb_grpc.InterestGatewayStub
+
+
+@contextlib.asynccontextmanager
+async def serve_stack(settings: Settings) -> AsyncIterator[Served]:
+    """Start the real Triton on settings.model_repository and a gateway with `settings`, wait
+    until it is SERVING, and stop both afterwards."""
+    triton = start_triton(settings)
+    metrics = GatewayMetrics()
+    gateway = create_server(settings, metrics, triton_url=triton.grpc_url, port=0)
+    channel: grpc.aio.Channel | None = None
+    try:
+        await gateway.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}")
+        await wait_serving(health_pb2_grpc.HealthStub(channel))
+        yield Served(triton, gateway, metrics, pb_grpc.InterestGatewayStub(channel))
+    finally:
+        if channel is not None:
+            await channel.close()
+        await gateway.stop(grace=1.0)
+        triton.stop()
+
+
 @pytest.fixture(scope="session")
 def engine(workdir: Path, stack_env: dict[str, str]) -> Path:
     """export -> int8 -> validate -> install of the committed trained checkpoint, exactly as
@@ -84,9 +122,7 @@ def engine(workdir: Path, stack_env: dict[str, str]) -> Path:
         ("quantize.install", "--onnx", str(art / "model.int8.onnx"), "--report",
          str(art / "validation.json"), "--target", "cpu", "--checkpoint", str(TRAINED)),
     ]
-    for module, *args in steps:
-        done = run_cli(module, *args, env=stack_env)
-        assert done.returncode == 0, f"{module} failed:\n{done.stdout}\n{done.stderr}"
+    run_steps(steps, stack_env)
     return art
 
 

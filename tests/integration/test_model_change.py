@@ -12,38 +12,22 @@ fresh under B.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 import pytest_asyncio
-from grpc_health.v1 import health_pb2_grpc
 
 from gateway.encoder import installed_model_version
-from gateway.metrics import GatewayMetrics
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
-from gateway.server import Gateway, create_server
-from interest_core.config import Settings, load_settings
+from interest_core.config import load_settings
 from interest_core.data import load_catalogue
 from interest_core.profiles import ProfileStore
-from interest_core.tritonserver import TritonServer, free_port, start_triton
-from tests.integration.conftest import Stack, run_cli, wait_serving
+from interest_core.tritonserver import free_port
+from tests.integration.conftest import Served, Stack, run_steps, serve_stack
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass
-class Second:
-    """Model B served by its own Triton and gateway, on the session's profile store."""
-
-    settings: Settings
-    triton: TritonServer
-    gateway: Gateway
-    metrics: GatewayMetrics
-    stub: pb_grpc.InterestGatewayStub
 
 
 def install_pretrained(workdir: Path, env: dict[str, str]) -> Path:
@@ -51,41 +35,26 @@ def install_pretrained(workdir: Path, env: dict[str, str]) -> Path:
     model repository, with the same CLIs as `make engine`. fp32 is installed as it is (the
     gate compares it with itself): this test is about the change of model, not INT8."""
     art, repo = workdir / "artifacts-b", workdir / "model_repository-b"
-    env = {**env, "INTEREST_MODEL_REPOSITORY": str(repo)}
-    steps = [
+    run_steps([
         ("quantize.export", "--out", str(art / "model.fp32.onnx")),
         ("quantize.validate", "--reference", str(art / "model.fp32.onnx"), "--candidate",
          str(art / "model.fp32.onnx"), "--report", str(art / "validation.json"), "--texts", "256"),
         ("quantize.install", "--onnx", str(art / "model.fp32.onnx"), "--report",
          str(art / "validation.json"), "--target", "cpu", "--dim", "384"),
-    ]
-    for module, *args in steps:
-        done = run_cli(module, *args, env=env)
-        assert done.returncode == 0, f"{module} failed:\n{done.stdout}\n{done.stderr}"
+    ], {**env, "INTEREST_MODEL_REPOSITORY": str(repo)})
     return repo
 
 
 @pytest_asyncio.fixture
-async def second(stack: Stack, workdir: Path) -> AsyncIterator[Second]:
+async def second(stack: Stack, workdir: Path) -> AsyncIterator[Served]:
+    """Model B served by its own Triton and gateway, on the session's profile store."""
     repo = install_pretrained(workdir, stack.env)
     settings = load_settings(model_repository=repo, grpc_port=0, metrics_port=free_port(),
                              triton_http_port=free_port(), triton_grpc_port=free_port(),
                              triton_metrics_port=free_port())
     assert settings.store_path == stack.settings.store_path, "both gateways share one profile store"
-    triton = start_triton(settings)
-    metrics = GatewayMetrics()
-    gateway = create_server(settings, metrics, triton_url=triton.grpc_url, port=0)
-    channel: grpc.aio.Channel | None = None
-    try:
-        await gateway.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}")
-        await wait_serving(health_pb2_grpc.HealthStub(channel))
-        yield Second(settings, triton, gateway, metrics, pb_grpc.InterestGatewayStub(channel))
-    finally:
-        if channel is not None:
-            await channel.close()
-        await gateway.stop(grace=1.0)
-        triton.stop()
+    async with serve_stack(settings) as served:
+        yield served
 
 
 async def ingest_food(stub: pb_grpc.InterestGatewayStub, user_id: str, items: list[str]) -> None:
@@ -105,9 +74,9 @@ def stored_food(stack: Stack, user_id: str) -> tuple[np.ndarray, str]:
     return profile.vec_sum, profile.model_version
 
 
-async def test_profiles_of_the_old_model_are_rebuilt_for_the_new_one(stack: Stack, second: Second) -> None:
+async def test_profiles_of_the_old_model_are_rebuilt_for_the_new_one(stack: Stack, second: Served) -> None:
     version_a = str(installed_model_version(stack.settings)["model_version"])
-    version_b = str(installed_model_version(second.settings)["model_version"])
+    version_b = str(installed_model_version(second.gateway.settings)["model_version"])
     assert version_a != version_b
     items = list(load_catalogue(stack.settings, "food").item_ids[100:106])
     await ingest_food(stack.stub, "it-model-change-old", items)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,19 +15,16 @@ import grpc
 import pytest
 import pytest_asyncio
 import yaml
-from grpc_health.v1 import health_pb2_grpc
 
-from gateway.metrics import GatewayMetrics
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.served_eval import event_types, serve_tasks
-from gateway.server import Gateway, create_server
 from interest_core import evaluate, train
 from interest_core.config import ROOT, Settings, load_settings
 from interest_core.datasets import InteractionData, load_dataset
-from interest_core.tritonserver import TritonServer, free_port, start_triton
+from interest_core.tritonserver import free_port
 from quantize import export, install, int8, validate
-from tests.integration.conftest import wait_serving
+from tests.integration.conftest import serve_stack
 
 pytestmark = pytest.mark.integration
 
@@ -89,24 +86,11 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
                  json.loads((root / "offline.json").read_text()))
 
 
-@pytest.fixture(scope="module")
-def pair_triton(built: Built) -> Iterator[TritonServer]:
-    assert (built.settings.model_repository / "interest_encoder" / "1" / "model.onnx").exists()
-    server = start_triton(built.settings)
-    yield server
-    server.stop()
-
-
 @pytest_asyncio.fixture(scope="module")
-async def pair(built: Built, pair_triton: TritonServer) -> AsyncIterator[PairStack]:
-    gateway: Gateway = create_server(built.settings, GatewayMetrics(), triton_url=pair_triton.grpc_url,
-                                     port=0)
-    await gateway.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}")
-    await wait_serving(health_pb2_grpc.HealthStub(channel))
-    yield PairStack(built, pb_grpc.InterestGatewayStub(channel))
-    await channel.close()
-    await gateway.stop(grace=1.0)
+async def pair(built: Built) -> AsyncIterator[PairStack]:
+    assert (built.settings.model_repository / "interest_encoder" / "1" / "model.onnx").exists()
+    async with serve_stack(built.settings) as served:
+        yield PairStack(built, served.stub)
 
 
 async def test_social_only_user_gets_video_recommendations(pair: PairStack) -> None:
