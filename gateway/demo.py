@@ -120,11 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings(args.config)
     target = args.target or f"{settings.grpc_host}:{settings.grpc_port}"
     try:
-        demo_platforms(settings, args.source, args.dest)
-    except ValueError as exc:
-        parser.error(str(exc))
-    try:
         return asyncio.run(run_demo(target, args.users, args.source, args.dest, args.k, args.config))
+    except ValueError as exc:  # platforms the config cannot demo (demo_platforms), before any call
+        parser.error(str(exc))
     except grpc.aio.AioRpcError as exc:
         print(f"demo: the gateway at {target} answered {exc.code().name}: {exc.details()}",
               file=sys.stderr)
