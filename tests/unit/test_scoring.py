@@ -8,7 +8,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from gateway.scoring import BatchScorer, BoundGate, block_scores
+from gateway.scoring import BatchScorer, BoundGate, catalogue_scores
 from interest_core.data import Catalogue
 from interest_core.ranking import CatalogueIndex
 
@@ -20,11 +20,10 @@ def catalogue(n: int = 5000, d: int = 16, seed: int = 0) -> np.ndarray:
 
 
 @pytest.mark.parametrize("m", [1, 2, 5])
-def test_block_scores_are_the_dot_products(m: int) -> None:
+def test_catalogue_scores_are_the_dot_products(m: int) -> None:
     e = catalogue()
     q = np.random.default_rng(1).standard_normal((m, e.shape[1])).astype(np.float32)
-    # 5000 rows in blocks of 777: the last block is a partial one
-    got = block_scores(e, q, block_rows=777)
+    got = catalogue_scores(np.ascontiguousarray(e.T), q)
     assert got.shape == (m, len(e)) and got.dtype == np.float32
     np.testing.assert_allclose(got, q @ e.T, rtol=0, atol=1e-5)
 
@@ -35,7 +34,7 @@ def test_concurrent_calls_are_scored_together_and_each_gets_its_own_row() -> Non
     sizes: list[int] = []
 
     async def run() -> list[np.ndarray]:
-        scorer = BatchScorer(e, max_batch=3, on_batch=sizes.append)
+        scorer = BatchScorer(e, max_batch=3, on_batch=sizes.append, inline_max_values=0)
         try:
             return await asyncio.gather(*(scorer.scores(q) for q in queries))
         finally:
@@ -56,7 +55,7 @@ def test_a_cancelled_request_is_not_scored_and_the_others_still_are() -> None:
     sizes: list[int] = []
 
     async def run() -> list[np.ndarray | BaseException]:
-        scorer = BatchScorer(e, on_batch=sizes.append)
+        scorer = BatchScorer(e, on_batch=sizes.append, inline_max_values=0)
         tasks = [asyncio.create_task(scorer.scores(q)) for q in queries]
         await asyncio.sleep(0)  # all four are queued; the first is being scored
         tasks[2].cancel()
@@ -76,7 +75,7 @@ def test_a_failing_batch_fails_its_callers_and_the_scorer_keeps_working() -> Non
     e = catalogue()
 
     async def run() -> tuple[list[object], np.ndarray]:
-        scorer = BatchScorer(e)
+        scorer = BatchScorer(e, inline_max_values=0)
         try:
             wrong = np.ones(e.shape[1] + 1, np.float32)  # a query of the wrong size
             failed = await asyncio.gather(scorer.scores(wrong), return_exceptions=True)
@@ -87,6 +86,27 @@ def test_a_failing_batch_fails_its_callers_and_the_scorer_keeps_working() -> Non
     failed, good = asyncio.run(run())
     assert isinstance(failed[0], ValueError)
     np.testing.assert_allclose(good, e.sum(axis=1), rtol=0, atol=1e-4)
+
+
+def test_a_small_catalogue_is_scored_inline_with_the_same_scores() -> None:
+    e = catalogue()  # 5000 x 16 values: below the inline limit, so no worker thread is involved
+    queries = np.random.default_rng(4).standard_normal((3, e.shape[1])).astype(np.float32)
+    sizes: list[int] = []
+
+    async def run() -> list[np.ndarray]:
+        scorer = BatchScorer(e, on_batch=sizes.append)
+        assert scorer.inline
+        try:
+            return await asyncio.gather(*(scorer.scores(q) for q in queries))
+        finally:
+            scorer.close()
+
+    results = asyncio.run(run())
+    assert sizes == [1, 1, 1]
+    for q, got in zip(queries, results):
+        np.testing.assert_allclose(got, e @ q, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError):  # a wrong query fails its own call, as in the worker
+        asyncio.run(BatchScorer(e).scores(np.ones(e.shape[1] + 1, np.float32)))
 
 
 def index_of(e: np.ndarray) -> CatalogueIndex:
