@@ -29,6 +29,7 @@ from onnxruntime.quantization import (
 from interest_core.config import load_settings
 from interest_core.data import CALIBRATION_POOL, HELD_OUT_TEXTS, behaviour_texts, calibration_pool_size
 from interest_core.tokenize import BehaviourTokenizer
+from quantize.calibration import write_record
 
 log = logging.getLogger("quantize.int8")
 
@@ -145,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("calibrating on %d texts, not %d: %s", pool, args.calib_texts, why)
     texts = behaviour_texts(settings, min(args.calib_texts, pool), seed=args.seed)
     quantize_int8(args.fp32, args.out, texts, settings.max_seq_len, args.activations)
-    log.info("wrote %s (%.1f MB)", args.out, args.out.stat().st_size / 1e6)
+    record = write_record(args.out, texts, args.seed)
+    log.info("wrote %s (%.1f MB) and its calibration record %s", args.out,
+             args.out.stat().st_size / 1e6, record.name)
     return 0
 
 

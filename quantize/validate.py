@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from interest_core.config import load_settings
+from interest_core.config import Settings, load_settings
 from interest_core.data import HELD_OUT_TEXTS, behaviour_texts, calibration_pool_size
 from interest_core.runtime import OnnxInterestRuntime
 from interest_core.tokenize import BehaviourTokenizer
+from quantize.calibration import read_record, record_path
 
 log = logging.getLogger("quantize.validate")
 
@@ -56,6 +57,20 @@ def compare(reference: np.ndarray, candidate: np.ndarray, k: int = 10) -> dict[s
     }
 
 
+def held_out_texts(settings: Settings, candidate: Path, count: int, seed: int) -> list[str]:
+    """Up to `count` real texts of the configured platforms (sampled with `seed`) that did not
+    calibrate `candidate`: those listed in its calibration record, or, without a record,
+    quantize.int8's default sample (seed 0)."""
+    recorded = read_record(candidate)
+    if recorded is None:  # a model quantized elsewhere, or before records were kept
+        log.warning("no calibration record %s beside the candidate: keeping quantize.int8's default "
+                    "calibration pool (seed 0) out of the comparison", record_path(candidate).name)
+        recorded = behaviour_texts(settings, calibration_pool_size(settings), seed=0)
+    calibration = set(recorded)
+    pool = [t for t in behaviour_texts(settings, count + 1024, seed=seed) if t not in calibration]
+    return pool[:count]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m quantize.validate",
@@ -68,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="real texts to compare (>= 256; all the held-out ones when the configured "
                              f"platforms have fewer, at least {MIN_TEXTS})")
     parser.add_argument("--min-cosine", type=float, default=DEFAULT_MIN_COSINE)
-    parser.add_argument("--seed", type=int, default=1, help="sample seed (calibration uses 0)")
+    parser.add_argument("--seed", type=int, default=1,
+                        help="sample seed of the compared texts (those that calibrated the "
+                        "candidate, listed in its .calibration.json, are left out)")
     parser.add_argument("--config", type=Path, default=None,
                         help="YAML config whose platforms' titles are compared (default config/default.yaml)")
     args = parser.parse_args(argv)
@@ -79,9 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--texts must be at least {HELD_OUT_TEXTS}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings(args.config)
-    calibration = set(behaviour_texts(settings, calibration_pool_size(settings), seed=0))
-    pool = [t for t in behaviour_texts(settings, args.texts + 1024, seed=args.seed) if t not in calibration]
-    texts = pool[: args.texts]
+    texts = held_out_texts(settings, args.candidate, args.texts, args.seed)
     if len(texts) < MIN_TEXTS:
         print(f"[validate] CANNOT GATE: only {len(texts)} real texts outside the calibration pool "
               f"(at least {MIN_TEXTS} needed); the configured platforms' catalogues are too small")

@@ -266,3 +266,28 @@ def test_datacheck_fails_when_num_txt_disagrees(tmp_path: Path, capsys: pytest.C
                    "    platforms: {A: food, B: kitchen}\n")
     assert datacheck.main(["--config", str(cfg)]) == 1
     assert "2 catalogue items but num.txt says 3" in capsys.readouterr().out
+
+
+def test_the_int8_gate_leaves_out_exactly_the_texts_that_calibrated_the_candidate(tmp_path: Path) -> None:
+    """quantize.int8 records its calibration texts beside the model; quantize.validate compares
+    on texts outside that record, whatever seed calibrated (before the record, a --seed 3 model
+    was gated on texts it had been calibrated on)."""
+    from interest_core.data import behaviour_texts
+    from quantize.calibration import record_path, write_record
+    from quantize.validate import held_out_texts
+
+    platforms = {p: {"adapter": "any", "dataset": "social-video"} for p in ("social", "video")}
+    settings = load_settings(DEFAULT_CONFIG_FILE, data_dir=FIXTURES, platforms=platforms,
+                             datasets=social_settings(**SV_OPTIONS).datasets)
+    model = tmp_path / "model.int8-uint8.onnx"
+    default_pool = set(behaviour_texts(settings, 48, seed=0))
+    seeded = behaviour_texts(settings, 48, seed=3)
+    assert set(seeded) != default_pool  # another seed calibrates on other texts
+    without_record = held_out_texts(settings, model, 96, seed=1)
+    assert not default_pool & set(without_record) and len(without_record) == 48
+
+    write_record(model, seeded, seed=3)
+    assert record_path(model).name == "model.int8-uint8.calibration.json"
+    gated = held_out_texts(settings, model, 96, seed=1)
+    assert not set(seeded) & set(gated), "a calibration text was compared"
+    assert len(gated) == 48 and set(gated) | set(seeded) == set(behaviour_texts(settings, 200, seed=0))
