@@ -9,14 +9,14 @@ in 1.1 ms against 4.4 ms for `rows @ query` on the [N, D] rows ("T" layout) with
 and in 3.7 against 6.0 ms with one (8,661 food items: 0.43 against 1.7 ms with one thread, the
 same 0.2 ms with two). Under the bench's 200 Recommend/s to food, the layout alone took the p99
 from 51 to 21 ms and the gateway from 1.26 to 0.96 cores. Several queries are scored one
-mat-vec each: a small sgemm (4 queries) cost 3.3 ms on the food catalogue here, and cache blocking over
-column slices is worse still (NumPy copies a strided slice before calling BLAS).
+mat-vec each: a small sgemm (4 queries) cost 3.3 ms on the food catalogue here, and cache
+blocking over column slices is worse still (NumPy copies a strided slice before calling BLAS).
 
-In the worker, batching adds no delay: a request arriving while the worker is idle is scored at once;
-requests arriving while a batch is being scored wait for it and go together in the next
-one, so a burst costs one thread hand-off instead of one each. The work runs in one worker
-thread (NumPy releases the GIL in BLAS), so the event loop keeps reading and answering other
-RPCs meanwhile. Scores equal `rows @ query` up to float32 summation order (about 1e-5).
+In the worker, batching adds no delay: a request arriving while the worker is idle is scored
+at once; requests arriving while a batch is being scored wait for it and go together in the
+next one, so a burst costs one thread hand-off instead of one each. The work runs in one
+worker thread (NumPy releases the GIL in BLAS), so the event loop keeps reading and answering
+other RPCs meanwhile. Scores equal `rows @ query` up to float32 summation order (about 1e-5).
 """
 
 from __future__ import annotations
