@@ -28,19 +28,23 @@ def test_catalogue_scores_are_the_dot_products(m: int) -> None:
     np.testing.assert_allclose(got, q @ e.T, rtol=0, atol=1e-5)
 
 
-def test_concurrent_calls_are_scored_together_and_each_gets_its_own_row() -> None:
-    e = catalogue()
-    queries = np.random.default_rng(2).standard_normal((6, e.shape[1])).astype(np.float32)
-    sizes: list[int] = []
-
+def score_together(scorer: BatchScorer, queries: np.ndarray) -> list[np.ndarray]:
+    """Every query's scores from `scorer`, all asked at once; the scorer is closed afterwards."""
     async def run() -> list[np.ndarray]:
-        scorer = BatchScorer(e, max_batch=3, on_batch=sizes.append, inline_max_values=0)
         try:
             return await asyncio.gather(*(scorer.scores(q) for q in queries))
         finally:
             scorer.close()
 
-    results = asyncio.run(run())
+    return asyncio.run(run())
+
+
+def test_concurrent_calls_are_scored_together_and_each_gets_its_own_row() -> None:
+    e = catalogue()
+    queries = np.random.default_rng(2).standard_normal((6, e.shape[1])).astype(np.float32)
+    sizes: list[int] = []
+    results = score_together(BatchScorer(e, max_batch=3, on_batch=sizes.append, inline_max_values=0),
+                             queries)
     # the first call starts at once, alone; the five that came meanwhile go in batches of <= 3
     assert sizes == [1, 3, 2]
     for q, got in zip(queries, results):
@@ -92,21 +96,14 @@ def test_a_small_catalogue_is_scored_inline_with_the_same_scores() -> None:
     e = catalogue()  # 5000 x 16 values: below the inline limit, so no worker thread is involved
     queries = np.random.default_rng(4).standard_normal((3, e.shape[1])).astype(np.float32)
     sizes: list[int] = []
-
-    async def run() -> list[np.ndarray]:
-        scorer = BatchScorer(e, on_batch=sizes.append)
-        assert scorer.inline
-        try:
-            return await asyncio.gather(*(scorer.scores(q) for q in queries))
-        finally:
-            scorer.close()
-
-    results = asyncio.run(run())
+    scorer = BatchScorer(e, on_batch=sizes.append)
+    assert scorer.inline
+    results = score_together(scorer, queries)
     assert sizes == [1, 1, 1]
     for q, got in zip(queries, results):
         np.testing.assert_allclose(got, e @ q, rtol=0, atol=1e-5)
     with pytest.raises(ValueError):  # a wrong query fails its own call, as in the worker
-        asyncio.run(BatchScorer(e).scores(np.ones(e.shape[1] + 1, np.float32)))
+        score_together(BatchScorer(e), np.ones((1, e.shape[1] + 1), np.float32))
 
 
 def index_of(e: np.ndarray) -> CatalogueIndex:
