@@ -160,12 +160,12 @@ def behaviour_texts(settings: Settings, n: int, seed: int = 0) -> list[str]:
     return texts[:n]
 
 
-CALIBRATION_POOL = 512  # INT8 calibration draws from the first 512 texts of the seed-0 sample
+CALIBRATION_POOL = 512  # INT8 calibrates on at most the first 512 texts of a seeded sample
 HELD_OUT_TEXTS = 256  # texts the accuracy gate wants from outside that pool
 
 
 def calibration_pool_size(settings: Settings) -> int:
-    """How many texts of the seed-0 `behaviour_texts` sample INT8 calibration may draw from:
+    """How many texts of a seeded `behaviour_texts` sample INT8 calibration may draw from:
     512, or half of the configured platforms' titles when they are fewer than 512 + 256 (the
     social-video fixture has 96), so that quantize.validate still compares on unseen texts."""
     total = sum(len(load_catalogue(settings, name)) for name in settings.platforms)

@@ -119,9 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fp32", type=Path, required=True, help="fp32 ONNX from quantize.export")
     parser.add_argument("--out", type=Path, required=True, help="INT8 Q/DQ ONNX to write")
     parser.add_argument("--calib-texts", type=int, default=CALIBRATION_POOL,
-                        help=f"calibration texts (default and most: {CALIBRATION_POOL}, the pool that "
-                             "quantize.validate keeps out of its comparison; half of the titles for a "
-                             "pair with fewer)")
+                        help=f"calibration texts (default and most: {CALIBRATION_POOL}; half of the titles "
+                             "for a pair with fewer, so that quantize.validate keeps unseen ones; the "
+                             "texts used are listed in <out>.calibration.json)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed for calibration texts")
     parser.add_argument("--config", type=Path, default=None,
                         help="YAML config whose platforms' titles calibrate (default config/default.yaml)")
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings(args.config)
     pool = calibration_pool_size(settings)
     if pool < args.calib_texts:
-        why = (f"quantize.validate compares on texts outside the first {CALIBRATION_POOL}"
+        why = (f"{CALIBRATION_POOL} is the most this tool calibrates on"
                if pool == CALIBRATION_POOL else
                f"the configured platforms hold fewer than {CALIBRATION_POOL + HELD_OUT_TEXTS} titles, "
                "and half of them stay unseen for quantize.validate")
