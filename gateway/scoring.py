@@ -67,7 +67,9 @@ class BatchScorer:
         self.on_batch = on_batch
         self._pending: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = []
         self._busy = False
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="catalogue-scoring")
+        # Only a catalogue scored off the loop needs the worker thread.
+        self._executor = (None if self.inline
+                          else ThreadPoolExecutor(1, thread_name_prefix="catalogue-scoring"))
 
     async def scores(self, query: np.ndarray) -> np.ndarray:
         if self.inline:
@@ -87,6 +89,7 @@ class BatchScorer:
         if not batch:
             return
         self._busy = True
+        assert self._executor is not None  # inline scorers never queue
         queries = np.stack([q for q, _ in batch])
         work = asyncio.get_running_loop().run_in_executor(
             self._executor, catalogue_scores, self.columns, queries)
@@ -111,7 +114,8 @@ class BatchScorer:
             self._launch()
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 class BoundGate:
