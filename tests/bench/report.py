@@ -58,12 +58,7 @@ def summarise(data: dict[str, Any]) -> dict[str, Any]:
                 stack_at_seed_p99 and stack_at_seed_p99["throughput_rps"] >= 3 * seed["throughput_rps"]
             ),
         },
-        "stack_85pct_of_limit": {
-            "stack_rps": stack["throughput_rps"],
-            "limit_rps": limit["requests_per_s"],
-            "fraction": round(stack["throughput_rps"] / limit["requests_per_s"], 3),
-            "met": stack["throughput_rps"] >= 0.85 * limit["requests_per_s"],
-        },
+        "stack_85pct_of_limit": _limit_target(stack, limit, data.get("encode_paired")),
         "recommend_p99_under_15ms_at_200rps": {
             "rate_rps": rec["level"],
             "achieved_rps": rec["throughput_rps"],
@@ -105,6 +100,27 @@ def summarise(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _limit_target(stack: dict[str, Any], limit: dict[str, Any], paired: dict[str, Any] | None
+                  ) -> dict[str, Any]:
+    """The stack's share of the limit. Unpaired: the stack's best run of the sweep against the
+    better of the limit's measurements before and after it. Paired (when measured): the median
+    over rounds of a stack run against the mean of the limit measured just before and just
+    after it; the verdict uses the paired figure, as the VM's speed drifts within a run."""
+    unpaired = stack["throughput_rps"] / limit["requests_per_s"]
+    out: dict[str, Any] = {
+        "stack_rps": stack["throughput_rps"],
+        "limit_rps": limit["requests_per_s"],
+        "fraction": round(unpaired, 3),
+    }
+    if paired and paired.get("rounds"):
+        out["paired_fractions"] = [r["fraction"] for r in paired["rounds"]]
+        out["paired_median_fraction"] = paired["median_fraction"]
+        out["met"] = paired["median_fraction"] >= 0.85
+    else:
+        out["met"] = unpaired >= 0.85
+    return out
+
+
 def _limit_runs(runs: list[dict[str, Any]]) -> str:
     """How the limit moved between its measurement before the stack's runs and after them."""
     if len(runs) < 2:
@@ -135,6 +151,35 @@ def _table(runs: list[dict[str, Any]], procs: tuple[str, ...], target: bool = Fa
     return lines
 
 
+def _limit_cell(lim: dict[str, Any]) -> str:
+    unpaired = (f"{lim['fraction']:.0%} ({lim['stack_rps']} vs {lim['limit_rps']} req/s, best "
+                f"stack run vs best limit measurement)")
+    if "paired_median_fraction" not in lim:
+        return unpaired
+    rounds = ", ".join(f"{f:.0%}" for f in lim["paired_fractions"])
+    return (f"paired: median {lim['paired_median_fraction']:.0%} (rounds {rounds}; each stack run "
+            f"against the mean of the limit just before and after it); unpaired: {unpaired}")
+
+
+def _paired_table(paired: dict[str, Any] | None) -> list[str]:
+    if not paired or not paired.get("rounds"):
+        return []
+    lines = [
+        f"(b) vs (c) paired: the limit (one pass) and the stack at closed-loop concurrency "
+        f"{paired['concurrency']}, measured alternately, so that each stack run is compared with "
+        "the limit measured just before and just after it:",
+        "",
+        "| round | limit before req/s | stack req/s | stack p99 ms | limit after req/s "
+        "| stack / mean limit |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for n, r in enumerate(paired["rounds"], 1):
+        lines.append(f"| {n} | {r['limit_before_rps']} | {r['stack_rps']} | {r['stack_p99_ms']} | "
+                     f"{r['limit_after_rps']} | {r['fraction']:.0%} |")
+    lines += [f"| median | | | | | {paired['median_fraction']:.0%} |", ""]
+    return lines
+
+
 def write_markdown(summary: dict[str, Any], path: Path) -> None:
     d = summary["details"]
     t = summary["targets"]
@@ -156,8 +201,7 @@ def write_markdown(summary: dict[str, Any], path: Path) -> None:
         "| --- | --- | --- |",
         f"| EncodeInterest ≥ 3× seed at equal or better p99 | {enc['ratio']}× "
         f"({enc['stack_rps']} vs {enc['seed_rps']} req/s, seed p99 {enc['seed_p99_ms']} ms) | {enc['met']} |",
-        f"| stack ≥ 85% of in-process limit | {lim['fraction']:.0%} "
-        f"({lim['stack_rps']} vs {lim['limit_rps']} req/s) | {lim['met']} |",
+        f"| stack ≥ 85% of in-process limit | {_limit_cell(lim)} | {lim['met']} |",
         f"| Recommend p99 < 15 ms at 200 req/s | p99 {rec['p99_ms']} ms "
         f"at {rec['achieved_rps']} req/s | {rec['met']} |",
         f"| ingest skips BERT for items seen before | cache hit rate {ing['cache_hit_rate']:.1%} | |",
@@ -177,6 +221,7 @@ def write_markdown(summary: dict[str, Any], path: Path) -> None:
         f"{d['limit_ort']['texts_per_s']} texts/s = {d['limit_ort']['requests_per_s']} requests/s"
         + _limit_runs(d.get("limit_ort_runs", [])),
         "",
+        *_paired_table(d.get("encode_paired")),
         "## Recommend (stored food and kitchen profiles, migration consented, k=10)",
         "",
         "Target kitchen (27,637 items) is migrated from food; its co-occurrence-led blend usually "
