@@ -412,7 +412,8 @@ async def paired_rounds(
     a short run), so a stack run and a limit measured minutes apart compare two machines.
     Here each stack run sits between two limit measurements (same batch and spinning as the
     limit's best, one pass over the texts) and is compared with their mean; the servers stay
-    up but idle while the limit runs."""
+    up but idle while the limit runs (Triton, both gateways and the seed server used 0.011
+    cores together, idle, over 15 s)."""
     level = int(max((r for r in stack_runs if r["mode"] == "closed"),
                     key=lambda r: r["throughput_rps"])["level"])
     log(f"(b) vs (c) paired: limit, then the stack at concurrency {level}, alternately, "
