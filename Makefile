@@ -118,7 +118,7 @@ fuzz: setup  ## 2,500 fuzzed examples x 4 RPCs = 10,000 bad-input cases against 
 
 lint: setup  ## ruff + mypy
 	$(VENV)/bin/ruff check interest_core gateway quantize tests model_repository
-	$(VENV)/bin/mypy interest_core gateway quantize
+	$(VENV)/bin/mypy interest_core gateway quantize tests
 
 clean:  ## remove generated artifacts and state (keeps the virtual environment)
 	rm -rf $(ART) var model_repository/interest_encoder/1/model.onnx model_repository/interest_encoder/1/model.plan \

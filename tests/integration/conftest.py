@@ -101,7 +101,7 @@ async def serve_stack(settings: Settings) -> AsyncIterator[Served]:
         yield Served(triton, gateway, metrics, pb_grpc.InterestGatewayStub(channel))
     finally:
         if channel is not None:
-            await channel.close()
+            await channel.close(None)
         await gateway.stop(grace=1.0)
         triton.stop()
 
@@ -165,7 +165,7 @@ async def stack(settings: Settings, triton: TritonServer) -> AsyncIterator[Stack
     await wait_serving(health)
     yield Stack(settings, triton, gateway, channel, pb_grpc.InterestGatewayStub(channel), health,
                 settings.metrics_port, dict(os.environ))
-    await channel.close()
+    await channel.close(None)
     await gateway.stop(grace=1.0)
     http_server.shutdown()
     metrics.unwatch_gc()

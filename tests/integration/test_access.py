@@ -94,7 +94,7 @@ async def secured(stack: Stack, tmp_path: Path) -> AsyncIterator[Secured]:
     try:
         yield Secured(gateway, pki, pb_grpc.InterestGatewayStub(channel), channel)
     finally:
-        await channel.close()
+        await channel.close(None)
         await gateway.stop(grace=1.0)
 
 

@@ -11,7 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -105,7 +105,8 @@ async def test_overload_is_shed_with_resource_exhausted(stack: Stack) -> None:
                         platform="food", events=unseen_events(f"overload-{i}", 40)), timeout=60)
                     return grpc.StatusCode.OK
                 except grpc.aio.AioRpcError as err:
-                    assert err.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or "overloaded" in err.details()
+                    details = err.details() or ""
+                    assert err.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or "overloaded" in details
                     return err.code()
 
             codes = await asyncio.gather(*(one(i) for i in range(12)))
@@ -118,7 +119,7 @@ async def test_overload_is_shed_with_resource_exhausted(stack: Stack) -> None:
         await gateway.stop(grace=1.0)
 
 
-async def burst_of_recommends(target: str, food_items: list[str], n: int) -> list[grpc.StatusCode]:
+async def burst_of_recommends(target: str, food_items: Sequence[str], n: int) -> list[grpc.StatusCode]:
     """n Recommend calls sent at once, no client deadline: only the server can end one early."""
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.InterestGatewayStub(channel)
@@ -141,7 +142,7 @@ async def burst_of_recommends(target: str, food_items: list[str], n: int) -> lis
 
 
 async def burst_on_gateway_process(stack: Stack, log: Path, max_queued_rpcs: int,
-                                   food_items: list[str]) -> list[grpc.StatusCode]:
+                                   food_items: Sequence[str]) -> list[grpc.StatusCode]:
     """A fresh gateway process with this queue limit takes a burst of 400 Recommends; it must
     still be up afterwards."""
     gateway = GatewayProcess(stack, log, extra_env={"INTEREST_MAX_QUEUED_RPCS": str(max_queued_rpcs)})

@@ -72,18 +72,20 @@ def test_a_cancelled_request_is_not_scored_and_the_others_still_are() -> None:
     assert isinstance(results[2], asyncio.CancelledError)
     assert sizes == [1, 2]
     for j in (0, 1, 3):
-        np.testing.assert_allclose(results[j], e @ queries[j], rtol=0, atol=1e-5)
+        got = results[j]
+        assert isinstance(got, np.ndarray)
+        np.testing.assert_allclose(got, e @ queries[j], rtol=0, atol=1e-5)
 
 
 def test_a_failing_batch_fails_its_callers_and_the_scorer_keeps_working() -> None:
     e = catalogue()
 
-    async def run() -> tuple[list[object], np.ndarray]:
+    async def run() -> tuple[list[np.ndarray | BaseException], np.ndarray]:
         scorer = BatchScorer(e, inline_max_values=0)
         try:
             wrong = np.ones(e.shape[1] + 1, np.float32)  # a query of the wrong size
             failed = await asyncio.gather(scorer.scores(wrong), return_exceptions=True)
-            return failed, await scorer.scores(np.ones(e.shape[1], np.float32))
+            return list(failed), await scorer.scores(np.ones(e.shape[1], np.float32))
         finally:
             scorer.close()
 

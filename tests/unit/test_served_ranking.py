@@ -241,7 +241,7 @@ def test_served_blend_equals_collaborative_on_random_assets() -> None:
     sizes = {"a": 40, "b": 30, "t": 60}
     ids = {p: [f"{p}{i}" for i in range(n)] for p, n in sizes.items()}
     cooc = {(s, "t"): sp.random(sizes[s], sizes["t"], density=0.2, random_state=rng, format="csr",
-                                data_rvs=lambda n: rng.integers(1, 20, n).astype(np.float32))
+                                data_rvs=lambda n: np.asarray(rng.integers(1, 20, n), np.float32))
             for s in ("a", "b")}
     assets = RankingAssets(
         item_ids=ids, migration={}, cooccurrence=cooc,  # type: ignore[arg-type]
@@ -251,7 +251,8 @@ def test_served_blend_equals_collaborative_on_random_assets() -> None:
     blend = ServedBlend(assets, "t", served)
     order = assets.reorder("t", served)
     hist = {"a": [3, 5, 17, 39], "b": [0, 29]}
-    for histories in (hist, {"a": hist["a"]}, {"b": []}):
+    cases: list[dict[str, list[int]]] = [hist, {"a": hist["a"]}, {"b": []}]
+    for histories in cases:
         want = assets.collaborative({p: [rows] for p, rows in histories.items()}, "t")[0]
         want = np.where(order >= 0, want[order], 0.0)
         got = blend({p: np.array(rows, np.int64) for p, rows in histories.items()})

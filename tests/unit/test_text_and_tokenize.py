@@ -34,7 +34,7 @@ def test_run_many_sorts_rows_into_chunks_and_restores_order() -> None:
     """Rows from ragged requests are regrouped by length; each request gets its own rows back."""
     from interest_core.runtime import OnnxInterestRuntime
 
-    calls: list[tuple[int, int]] = []
+    calls: list[tuple[int, ...]] = []
 
     def fake_run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         calls.append(ids.shape)
@@ -42,7 +42,7 @@ def test_run_many_sorts_rows_into_chunks_and_restores_order() -> None:
         return np.stack([(ids * mask).sum(axis=1), mask.sum(axis=1)], axis=1).astype(np.float32)
 
     runtime = OnnxInterestRuntime.__new__(OnnxInterestRuntime)
-    runtime.run = fake_run  # type: ignore[method-assign]
+    runtime.run = fake_run  # type: ignore[method-assign,assignment]
     tok = BehaviourTokenizer(max_len=32)
     texts = [["tea", "a long title with many many words in it"], ["x"], ["mid length text", "b c", "d"]]
     requests = [tok(t) for t in texts]

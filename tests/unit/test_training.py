@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -37,7 +38,7 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def run_train(config: Path, out: Path, *extra: str) -> dict[str, object]:
+def run_train(config: Path, out: Path, *extra: str) -> dict[str, Any]:
     assert train.main(["--config", str(config), "--dataset", "social-video", "--out", str(out),
                        "--batch", "32", "--categories", "6", *extra]) == 0
     return json.loads((out / "train_report.json").read_text())
