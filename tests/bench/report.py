@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 
 RECOMMEND_TARGET_RATE = 200.0
 RECOMMEND_TARGET_P99_MS = 15.0
+LIMIT_TARGET_FRACTION = 0.85  # the stack's throughput at saturation against the in-process limit
 
 
 def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -112,12 +113,11 @@ def _limit_target(stack: dict[str, Any], limit: dict[str, Any], paired: dict[str
         "limit_rps": limit["requests_per_s"],
         "fraction": round(unpaired, 3),
     }
+    decisive = unpaired
     if paired and paired.get("rounds"):
         out["paired_fractions"] = [r["fraction"] for r in paired["rounds"]]
-        out["paired_median_fraction"] = paired["median_fraction"]
-        out["met"] = paired["median_fraction"] >= 0.85
-    else:
-        out["met"] = unpaired >= 0.85
+        out["paired_median_fraction"] = decisive = paired["median_fraction"]
+    out["met"] = decisive >= LIMIT_TARGET_FRACTION
     return out
 
 
@@ -201,7 +201,7 @@ def write_markdown(summary: dict[str, Any], path: Path) -> None:
         "| --- | --- | --- |",
         f"| EncodeInterest ≥ 3× seed at equal or better p99 | {enc['ratio']}× "
         f"({enc['stack_rps']} vs {enc['seed_rps']} req/s, seed p99 {enc['seed_p99_ms']} ms) | {enc['met']} |",
-        f"| stack ≥ 85% of in-process limit | {_limit_cell(lim)} | {lim['met']} |",
+        f"| stack ≥ {LIMIT_TARGET_FRACTION:.0%} of in-process limit | {_limit_cell(lim)} | {lim['met']} |",
         f"| Recommend p99 < 15 ms at 200 req/s | p99 {rec['p99_ms']} ms "
         f"at {rec['achieved_rps']} req/s | {rec['met']} |",
         f"| ingest skips BERT for items seen before | cache hit rate {ing['cache_hit_rate']:.1%} | |",

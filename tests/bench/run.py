@@ -418,12 +418,15 @@ async def paired_rounds(
                     key=lambda r: r["throughput_rps"])["level"])
     log(f"(b) vs (c) paired: limit, then the stack at concurrency {level}, alternately, "
         f"{rounds} rounds")
-    limits = [measure_limit(limit["batch"], limit["spinning"], repeats=1)]
+
+    def one_pass() -> float:
+        return float(measure_limit(limit["batch"], limit["spinning"], repeats=1)["requests_per_s"])
+
+    after = one_pass()
     out = []
     for n in range(rounds):
-        stack = (await stack_run(level)).summary()
-        limits.append(measure_limit(limit["batch"], limit["spinning"], repeats=1))
-        before, after = limits[-2]["requests_per_s"], limits[-1]["requests_per_s"]
+        stack: dict[str, Any] = (await stack_run(level)).summary()
+        before, after = after, one_pass()
         fraction = stack["throughput_rps"] / ((before + after) / 2)
         out.append({"limit_before_rps": before, "stack_rps": stack["throughput_rps"],
                     "stack_p99_ms": stack["p99_ms"], "limit_after_rps": after,
