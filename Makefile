@@ -62,7 +62,7 @@ ACT     := $(if $(filter gpu,$(TARGET)),int8,uint8)
 INT8    := $(ART)/model.int8-$(ACT).onnx
 
 .PRECIOUS: $(ART)/model.int8-%.onnx $(ART)/validation-%.json
-$(ART)/model.int8-%.onnx: $(ART)/model.fp32.onnx
+$(ART)/model.int8-%.onnx: $(ART)/model.fp32.onnx quantize/int8.py quantize/smooth.py
 	$(PY) -m quantize.int8 --fp32 $< --out $@ --activations $* $(CONFIG_ARG)
 
 $(ART)/validation-%.json: $(ART)/model.int8-%.onnx
