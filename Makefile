@@ -83,11 +83,17 @@ train: setup  ## train DATASET's model (+ the new-items hold-out model for eval)
 	$(PY) -m interest_core.train $(CONFIG_ARG) --dataset $(DATASET) --out $(MODELS)/$(DATASET)-new-items \
 	  --epochs $(EPOCHS) --new-items-fraction 0.2 $(TRAIN_ARGS)
 
+# `make eval` builds, installs and serves its own copy of the engine under var/eval/DATASET/,
+# so evaluating a pair never replaces the engine `make engine` put in model_repository/.
+EVAL_DIR  = var/eval/$(DATASET)
+EVAL_REPO = INTEREST_MODEL_REPOSITORY=$(abspath $(EVAL_DIR))/model_repository
+
 eval: setup  ## evaluate models/DATASET vs the baselines offline, INT8, and through the running stack: results/eval.* (RESULTS=dir: elsewhere)
-	$(MAKE) --no-print-directory engine TARGET=cpu CHECKPOINT=$(MODELS)/$(DATASET)
+	$(EVAL_REPO) $(MAKE) --no-print-directory engine TARGET=cpu CHECKPOINT=$(MODELS)/$(DATASET) ART=$(EVAL_DIR)/artifacts
 	$(PY) -m interest_core.evaluate $(CONFIG_ARG) --dataset $(DATASET) --checkpoint $(MODELS)/$(DATASET) \
-	  --new-items-checkpoint $(MODELS)/$(DATASET)-new-items --int8 $(ART)/model.int8-uint8.onnx --out var/eval/offline.json
-	$(PY) -m gateway.served_eval $(CONFIG_ARG) --offline var/eval/offline.json --out $(RESULTS)
+	  --new-items-checkpoint $(MODELS)/$(DATASET)-new-items --int8 $(EVAL_DIR)/artifacts/model.int8-uint8.onnx \
+	  --out $(EVAL_DIR)/offline.json
+	$(EVAL_REPO) $(PY) -m gateway.served_eval $(CONFIG_ARG) --offline $(EVAL_DIR)/offline.json --out $(RESULTS)
 
 serve: setup  ## Triton + gateway in the foreground (needs `make engine`); Ctrl-C stops both
 	$(PY) -m gateway.serve $(CONFIG_ARG)
