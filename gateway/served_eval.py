@@ -2,11 +2,13 @@
 
     python -m gateway.served_eval --offline var/eval/offline.json --out results/
 
-Starts Triton on model_repository/ (the engine `make engine` installed from the evaluated
-checkpoint) and the gateway, then for every test user of each warm task: SetConsent,
-IngestEvents with their source-platform items, Recommend from the target catalogue (k=200),
-and scores the returned list. Offline `model_int8` on the same users is the reference; the
-results go to results/eval.{json,md,png} with the revision and the machine.
+Starts Triton on the configured model repository (`make eval` points it at
+var/eval/<dataset>/model_repository, where it installed the engine of the evaluated
+checkpoint, leaving the served model_repository/ alone) and the gateway, then for every
+test user of each warm task: SetConsent, IngestEvents with their source-platform items,
+Recommend from the target catalogue (k=200), and scores the returned list. Offline
+`model_int8` on the same users is the reference; the results go to results/eval.{json,md,png}
+with the revision and the machine.
 """
 
 from __future__ import annotations
