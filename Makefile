@@ -65,7 +65,7 @@ INT8    := $(ART)/model.int8-$(ACT).onnx
 $(ART)/model.int8-%.onnx: $(ART)/model.fp32.onnx quantize/int8.py quantize/smooth.py
 	$(PY) -m quantize.int8 --fp32 $< --out $@ --activations $* $(CONFIG_ARG)
 
-$(ART)/validation-%.json: $(ART)/model.int8-%.onnx
+$(ART)/validation-%.json: $(ART)/model.int8-%.onnx quantize/validate.py
 	$(PY) -m quantize.validate --reference $(ART)/model.fp32.onnx --candidate $< --report $@ $(CONFIG_ARG)
 
 engine: setup $(ART)/validation-$(ACT).json  ## export -> INT8 Q/DQ -> accuracy gate -> (TensorRT on GPU) -> model_repository/

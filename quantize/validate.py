@@ -25,16 +25,20 @@ from quantize.calibration import read_record, record_path
 
 log = logging.getLogger("quantize.validate")
 
-# Measured on 512 real titles (all-MiniLM-L6-v2, pretrained): the naive INT8 (every weight
+# Measured on 512 held-out real titles: the naive INT8 of the pretrained model (every weight
 # MatMul, min-max) scored mean cosine 0.84 and kept only 60% of each text's 10 nearest
-# neighbours; keeping FFN down-projections fp32 scored 0.985 and kept 86%. 0.97 rejects the
-# former kind of damage and admits the latter; the ranking gate on real users comes on top.
-DEFAULT_MIN_COSINE = 0.97
+# neighbours; keeping FFN down-projections fp32 scored 0.985 (0.981 on the trained checkpoint,
+# whose INT8 ranking then fell 2.2% below fp32 on kitchen -> food, past the 2% the project
+# allows); smoothing the LayerNorm outliers (quantize.smooth) scores 0.995-0.998 (trained,
+# pretrained, the social-video fixture). 0.99 admits what this quantizer now does and refuses
+# a return to the unsmoothed kind of damage; the ranking gate on real users comes on top.
+DEFAULT_MIN_COSINE = 0.99
 # Fewer held-out texts than this and the gate refuses to judge. Per-text cosines have a standard
-# deviation of 0.0065 (512 held-out Amazon titles, trained checkpoint) and 0.002 (the 48 of the
-# social-video fixture), so 32 texts pin the mean within about 0.0025 (two standard errors):
-# enough to tell 0.985 from 0.97. Small catalogues (the fixture: 96 titles, half kept out of
-# calibration) are gated on all their held-out texts when they have fewer than --texts.
+# deviation of 0.0016 (512 held-out Amazon titles, trained checkpoint, smoothed; 0.0065 before
+# smoothing) and 0.002 (the 48 of the social-video fixture, before smoothing), so 32 texts pin
+# the mean within about 0.001 (two standard errors): enough to tell 0.995 from 0.99. Small
+# catalogues (the fixture: 96 titles, half kept out of calibration) are gated on all their
+# held-out texts when they have fewer than --texts.
 MIN_TEXTS = 32
 
 

@@ -35,9 +35,8 @@ def test_int8_model_is_explicit_symmetric_qdq(engine: Path) -> None:
 def test_validation_gate_figure_is_recorded(engine: Path, settings: Settings) -> None:
     report = json.loads((engine / "validation.json").read_text())
     assert report["passed"] and report["texts"] >= 256
-    assert report["mean_cosine"] >= report["threshold_mean_cosine"] == 0.97
     # Smoothing took the committed checkpoint's held-out cosine from 0.981 to 0.995.
-    assert report["mean_cosine"] >= 0.99
+    assert report["mean_cosine"] >= report["threshold_mean_cosine"] == 0.99
     version = json.loads((settings.model_repository / "interest_encoder" / "VERSION.json").read_text())
     assert version["validation"]["mean_cosine"] == report["mean_cosine"]
     config = (settings.model_repository / "interest_encoder" / "config.pbtxt").read_text()
