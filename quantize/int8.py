@@ -112,7 +112,14 @@ def quantize_int8(
 ) -> Path:
     """Symmetric Q/DQ: weights int8 per channel; activations int8 (TensorRT) or uint8 with
     zero point 128 (ONNX Runtime on x86 runs u8 x s8 MatMuls on its fast path). A
-    `smooth_alpha` of 0 quantizes the graph as exported, without smoothing."""
+    `smooth_alpha` of 0 quantizes the graph as exported, without smoothing.
+
+    With uint8 activations the weights use 7 bits (ONNX Runtime's `reduce_range`): x86 CPUs
+    without VNNI multiply u8 x s8 with VPMADDUBSW, which adds adjacent products into int16 and
+    saturates past 32767. Simulated on this model's real activations, 8-bit weights saturate
+    up to 3e-5 of the pairs, enough for up to 4% error in an FFN up-projection's output; with
+    |w| <= 64, 255 * 64 * 2 = 32640 cannot saturate. The held-out cosine moved from 0.9953 to
+    0.9948 and the speed did not change, so an engine built here stays right on any x86 CPU."""
     tokenizer = BehaviourTokenizer(max_len=max_seq_len)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as scratch:
@@ -130,6 +137,7 @@ def quantize_int8(
             op_types_to_quantize=["MatMul"],
             nodes_to_exclude=excluded,
             per_channel=True,
+            reduce_range=activations == "uint8",
             activation_type=ACTIVATIONS[activations],
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
