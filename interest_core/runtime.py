@@ -6,15 +6,56 @@ longest, run as one batch, and split back per request.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+log = logging.getLogger("interest.runtime")
+
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
 OUTPUT = "interest_embedding"
+
+
+def cpu_has_vnni(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this x86 CPU has VNNI (AVX-512 or AVX) dot-product instructions; False when
+    unknown (no /proc/cpuinfo, or a CPU without x86 `flags`, such as ARM), the safe answer
+    for `quantize.int8.weight_bits_for` though on ARM its 7-bit weights only cost a little."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in cpuinfo.read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+def saturating_weights(onnx_path: Path) -> bool:
+    """Whether a Q/DQ model pairs uint8 activations with 8-bit weights (some |w| > 64): on an
+    x86 CPU without VNNI, ONNX Runtime's u8 x s8 products can then saturate int16."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    constants = {i.name: i for i in graph.initializer}
+    dequantized = [constants[n.input[0]] for n in graph.node
+                   if n.op_type == "DequantizeLinear" and n.input[0] in constants]
+    int8 = [numpy_helper.to_array(t) for t in dequantized if t.data_type == onnx.TensorProto.INT8]
+    has_u8 = any(n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in constants
+                 and constants[n.input[2]].data_type == onnx.TensorProto.UINT8 for n in graph.node)
+    return has_u8 and any(int(np.abs(w.astype(np.int32)).max()) > 64 for w in int8)
+
+
+def warn_if_saturating(onnx_path: Path, vnni: bool) -> bool:
+    """Log (and return) whether this CPU may saturate the model's u8 x s8 products."""
+    if vnni or not saturating_weights(onnx_path):
+        return False
+    log.warning("%s has 8-bit weights for uint8 activations, built on a CPU with VNNI; this CPU has "
+                "none, so ONNX Runtime's u8 x s8 products can saturate int16 and the embeddings "
+                "lose accuracy: rebuild the engine here (`make engine`, 7-bit weights)", onnx_path)
+    return True
 
 
 class OnnxInterestRuntime:
@@ -23,6 +64,7 @@ class OnnxInterestRuntime:
     def __init__(self, onnx_path: Path, intra_op_threads: int = 0, allow_spinning: bool = True) -> None:
         if not onnx_path.exists():
             raise FileNotFoundError(f"model file {onnx_path} is missing: run `make engine`")
+        warn_if_saturating(onnx_path, cpu_has_vnni())
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1

@@ -31,6 +31,7 @@ from onnxruntime.quantization import (
 
 from interest_core.config import load_settings
 from interest_core.data import CALIBRATION_POOL, HELD_OUT_TEXTS, behaviour_texts, calibration_pool_size
+from interest_core.runtime import cpu_has_vnni
 from interest_core.tokenize import BehaviourTokenizer
 from quantize.calibration import write_record
 from quantize.smooth import DEFAULT_ALPHA, smooth
@@ -104,18 +105,6 @@ def smoothed_copy(fp32: Path, texts: list[str], tokenizer: BehaviourTokenizer, a
     path = folder / "model.smoothed.fp32.onnx"
     onnx.save(model, str(path))
     return path
-
-
-def cpu_has_vnni(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether this x86 CPU has VNNI (AVX-512 or AVX) dot-product instructions; False when
-    unknown (no /proc/cpuinfo, or a CPU without x86 `flags`, such as ARM), the answer that is
-    safe for `weight_bits_for` though on ARM its 7-bit weights only cost a little accuracy."""
-    try:
-        flags = next((line.split(":", 1)[1].split() for line in cpuinfo.read_text().splitlines()
-                      if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
 def weight_bits_for(activations: str, vnni: bool) -> int:

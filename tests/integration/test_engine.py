@@ -11,7 +11,7 @@ import pytest
 from onnx import numpy_helper
 
 from interest_core.config import Settings
-from quantize.int8 import cpu_has_vnni
+from interest_core.runtime import cpu_has_vnni
 
 pytestmark = pytest.mark.integration
 

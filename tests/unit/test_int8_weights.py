@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from quantize.int8 import cpu_has_vnni, weight_bits_for
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from interest_core.runtime import cpu_has_vnni, saturating_weights, warn_if_saturating
+from quantize.int8 import weight_bits_for
 
 
 def cpuinfo(tmp_path: Path, flags: str) -> Path:
@@ -27,3 +34,42 @@ def test_seven_bit_weights_only_for_uint8_without_vnni() -> None:
     assert weight_bits_for("int8", vnni=False) == 8, "TensorRT's int8 path has no int16 pairs"
     # The reason: with |w| <= 64 the largest u8 x s8 pair still fits int16; with 127 it does not.
     assert 255 * 64 * 2 <= 32767 < 255 * 127 * 2
+
+
+def qdq_model(path: Path, weight_max: int, activation: int) -> Path:
+    """x -> QuantizeLinear (activation type) -> DequantizeLinear -> MatMul with an int8 weight."""
+    act_zero = np.array(128 if activation == TensorProto.UINT8 else 0,
+                        dtype=np.uint8 if activation == TensorProto.UINT8 else np.int8)
+    weight = np.full((4, 3), weight_max, dtype=np.int8)
+    inits = [
+        numpy_helper.from_array(np.array(0.1, np.float32), "x_scale"),
+        numpy_helper.from_array(act_zero, "x_zero"),
+        numpy_helper.from_array(weight, "w_q"),
+        numpy_helper.from_array(np.full(3, 0.01, np.float32), "w_scale"),
+        numpy_helper.from_array(np.zeros(3, np.int8), "w_zero"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zero"], ["x_q"]),
+        helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zero"], ["x_dq"]),
+        helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero"], ["w"], axis=1),
+        helper.make_node("MatMul", ["x_dq", "w"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return path
+
+
+def test_an_engine_that_could_saturate_here_is_named_in_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    eight = qdq_model(tmp_path / "eight.onnx", 127, TensorProto.UINT8)
+    seven = qdq_model(tmp_path / "seven.onnx", 64, TensorProto.UINT8)
+    signed = qdq_model(tmp_path / "signed.onnx", 127, TensorProto.INT8)
+    assert saturating_weights(eight) and not saturating_weights(seven) and not saturating_weights(signed)
+    with caplog.at_level(logging.WARNING, logger="interest.runtime"):
+        assert not warn_if_saturating(eight, vnni=True)
+        assert not warn_if_saturating(seven, vnni=False)
+        assert not caplog.records
+        assert warn_if_saturating(eight, vnni=False)
+    assert "rebuild the engine here" in caplog.text and "eight.onnx" in caplog.text
