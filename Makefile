@@ -11,6 +11,9 @@ DATASET ?= amazon-food-kitchen
 MODELS  ?= models
 CONFIG  ?=
 EPOCHS  ?= 30
+# Models per trained checkpoint: K seeds trained at once, merged into one model that ranks as
+# their ensemble (interest_core/train.py); 1 trains a single model.
+MEMBERS ?= 3
 RESULTS ?= results
 # `make engine` serves the trained checkpoint of DATASET when there is one (models/ is committed).
 CHECKPOINT ?= $(if $(wildcard $(MODELS)/$(DATASET)/interest_head.json),$(MODELS)/$(DATASET))
@@ -79,9 +82,10 @@ else
 endif
 
 train: setup  ## train DATASET's model (+ the new-items hold-out model for eval) into models/ (~35 min on 2 cores; resumes)
-	$(PY) -m interest_core.train $(CONFIG_ARG) --dataset $(DATASET) --out $(MODELS)/$(DATASET) --epochs $(EPOCHS) $(TRAIN_ARGS)
+	$(PY) -m interest_core.train $(CONFIG_ARG) --dataset $(DATASET) --out $(MODELS)/$(DATASET) \
+	  --epochs $(EPOCHS) --members $(MEMBERS) $(TRAIN_ARGS)
 	$(PY) -m interest_core.train $(CONFIG_ARG) --dataset $(DATASET) --out $(MODELS)/$(DATASET)-new-items \
-	  --epochs $(EPOCHS) --new-items-fraction 0.2 $(TRAIN_ARGS)
+	  --epochs $(EPOCHS) --members $(MEMBERS) --new-items-fraction 0.2 $(TRAIN_ARGS)
 
 # `make eval` builds, installs and serves its own copy of the engine under var/eval/DATASET/,
 # so evaluating a pair never replaces the engine `make engine` put in model_repository/.

@@ -12,6 +12,11 @@ H, every W_st and a temperature are trained with a full-catalogue softmax: for a
 user on both platforms, their s history must rank each of their t items above the whole t
 catalogue. The backbone stays frozen: fine-tuning it is out of reach on 2 CPU cores within
 the hour this step has (see README).
+
+With --members K (`make train` uses 3), K such models are trained from different seeds, in
+parallel worker processes, each kept at its own best valid epoch; their ensemble (summed
+scores) is then written as one model of the same shape, exactly, by `merge_members`, so
+export, INT8, Triton and the gateway see a single head and mapping as before.
 """
 
 from __future__ import annotations
@@ -19,10 +24,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
+import os
 import random
 import sys
 import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,6 +51,7 @@ from interest_core.training import (
     collaborative_signals,
     cosine_lr,
     holdout_items,
+    merge_members,
     pairs_of,
     tune_blend,
     user_rows,
@@ -50,46 +62,78 @@ from interest_core.training import (
 
 log = logging.getLogger("interest.train")
 STATE_FILE = "train_state.pt"
+MEMBERS_DIR = "members"  # one resumable state per member of an ensemble run
 
 
-def train(data: InteractionData, out: Path, features: dict[str, np.ndarray], epochs: int, lr: float,
-          batch: int, seed: int, new_fraction: float, new_platform: str | None, categories: int,
-          resume: bool, schedule: str = "constant", within: int = 0,
-          identity_decay: float = 0.0, average: float = 0.0) -> dict[str, object]:
-    """Train, select, tune and write the checkpoint to `out`; returns the training report.
+@dataclass(frozen=True)
+class MemberJob:
+    """Everything one member's training needs, picklable for a worker process."""
 
-    With `average` > 0 the weights validated, selected and written are an exponential moving
-    average of the trained ones (after each step: avg = average * avg + (1 - average) * w),
-    which smooths out the epoch-to-epoch swings that follow the data order."""
-    torch.manual_seed(seed)
-    random.seed(seed)
-    platforms = data.platforms
-    new_platform = new_platform or platforms[-1]
-    removed = {p: np.array([], dtype=np.int64) for p in platforms}
-    if new_fraction:
-        removed[new_platform] = holdout_items(len(data.catalogues[new_platform]), new_fraction, seed)
-        log.info("new-items run: %d of %d %s items (%.0f%%) removed from every training interaction",
-                 len(removed[new_platform]), len(data.catalogues[new_platform]), new_platform,
-                 100 * new_fraction)
-    directions = [Direction(s, t) for s in platforms for t in platforms if s != t]
-    train_rows = user_rows(data.split("train"), platforms, removed)
-    valid_rows = user_rows(data.split("valid"), platforms, {p: np.array([], np.int64) for p in platforms})
-    examples = [(d, h, t) for d in directions for h, t in zip(*pairs_of(train_rows, d))]
-    if not examples:
-        raise ValueError(f"dataset {data.name!r} has no training user on two platforms: nothing to learn")
-    log.info("%d training examples (%s)", len(examples),
-             ", ".join(f"{d}: {sum(e[0] == d for e in examples)}" for d in directions))
+    features: dict[str, np.ndarray]
+    directions: list[Direction]
+    train_rows: dict[str, list[list[int]]]
+    valid_rows: dict[str, list[list[int]]]
+    removed: dict[str, np.ndarray]
+    new_fraction: float
+    new_platform: str
+    state_path: Path
+    seed: int
+    epochs: int
+    lr: float
+    batch: int
+    resume: bool
+    schedule: str = "constant"
+    within: int = 0
+    identity_decay: float = 0.0
+    average: float = 0.0
+    threads: int = 0  # torch threads in a worker process; 0 = leave as is
+    label: str = ""
 
-    aux = [Direction(p, p) for p in platforms] if within else []
-    model = MigrationModel(features, directions + aux, removed)
-    within = min(within, len(within_pool(train_rows)))  # a small dataset has fewer to draw
-    steps_per_epoch = -(-(len(examples) + within) // batch)
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    state_path = out / STATE_FILE
+
+@dataclass
+class MemberResult:
+    seed: int
+    state: dict[str, torch.Tensor]  # the MigrationModel weights of the best valid epoch
+    best_epoch: int
+    best_valid: float
+    history: list[dict[str, Any]]
+
+
+def directions_of(platforms: Sequence[str]) -> list[Direction]:
+    return [Direction(s, t) for s in platforms for t in platforms if s != t]
+
+
+def valid_scores(model: MigrationModel, job: MemberJob) -> dict[str, float]:
+    """Valid NDCG@10 per direction; the new-items model is judged on new items only."""
+    items = model.item_embeddings()
+    if job.new_fraction:
+        return {f"{d}/new-items": valid_ndcg(model, items, d, job.valid_rows, only=job.removed[d.target])
+                for d in job.directions if d.target == job.new_platform}
+    return {str(d): valid_ndcg(model, items, d, job.valid_rows) for d in job.directions}
+
+
+def train_member(job: MemberJob) -> MemberResult:
+    """Train one model with `job.seed` and keep its best valid epoch; resumable from
+    `job.state_path`, which is rewritten after every epoch.
+
+    With `job.average` > 0 the weights validated and kept are an exponential moving average
+    of the trained ones (after each step: avg = average * avg + (1 - average) * w), which
+    smooths out the epoch-to-epoch swings that follow the data order."""
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    torch.manual_seed(job.seed)
+    random.seed(job.seed)  # draws the within-platform examples and the epoch order
+    aux = [Direction(p, p) for p in job.train_rows] if job.within else []
+    model = MigrationModel(job.features, job.directions + aux, job.removed)
+    examples = [(d, h, t) for d in job.directions for h, t in zip(*pairs_of(job.train_rows, d))]
+    within = min(job.within, len(within_pool(job.train_rows)))  # a small dataset has fewer to draw
+    steps_per_epoch = -(-(len(examples) + within) // job.batch)
+    optimiser = torch.optim.Adam(model.parameters(), lr=job.lr)
     start_epoch, best, history = 0, (-1.0, -1), []
     best_state = model.state_dict()
-    averaged = {k: v.detach().clone() for k, v in model.state_dict().items()} if average else {}
-    if resume and state_path.exists():
+    averaged = {k: v.detach().clone() for k, v in model.state_dict().items()} if job.average else {}
+    state_path = job.state_path
+    if job.resume and state_path.exists():
         saved = torch.load(state_path, map_location="cpu", weights_only=False)
         model.load_state_dict(saved["model"])
         optimiser.load_state_dict(saved["optimiser"])
@@ -98,45 +142,41 @@ def train(data: InteractionData, out: Path, features: dict[str, np.ndarray], epo
         averaged = saved.get("averaged", averaged)
         random.setstate(saved["random"])
         torch.set_rng_state(saved["torch_random"])
-        log.info("resumed from %s after epoch %d (best valid NDCG@10 %.4f at epoch %d)",
+        log.info("%sresumed from %s after epoch %d (best valid NDCG@10 %.4f at epoch %d)", job.label,
                  state_path, start_epoch, best[0], best[1] + 1)
-    out.mkdir(parents=True, exist_ok=True)
-    for epoch in range(start_epoch, epochs):
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    for epoch in range(start_epoch, job.epochs):
         started = time.monotonic()
-        epoch_examples = examples + within_examples(train_rows, within, random)
+        epoch_examples = examples + within_examples(job.train_rows, within, random)
         order = list(range(len(epoch_examples)))
         random.shuffle(order)
         model.train()
         total = 0.0
         steps = 0
-        for first in range(0, len(order), batch):
-            chunk = [epoch_examples[i] for i in order[first : first + batch]]
-            if schedule == "cosine":
+        for first in range(0, len(order), job.batch):
+            chunk = [epoch_examples[i] for i in order[first : first + job.batch]]
+            if job.schedule == "cosine":
                 for group in optimiser.param_groups:
-                    group["lr"] = cosine_lr(lr, epoch * steps_per_epoch + steps, epochs * steps_per_epoch)
+                    group["lr"] = cosine_lr(job.lr, epoch * steps_per_epoch + steps,
+                                            job.epochs * steps_per_epoch)
             loss = model.loss(chunk)
-            if identity_decay:
-                loss = loss + identity_decay * model.identity_penalty()
+            if job.identity_decay:
+                loss = loss + job.identity_decay * model.identity_penalty()
             optimiser.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             optimiser.step()
-            if average:
+            if job.average:
                 with torch.no_grad():
                     for k, v in model.state_dict().items():
-                        averaged[k].mul_(average).add_(v, alpha=1.0 - average)
+                        averaged[k].mul_(job.average).add_(v, alpha=1.0 - job.average)
             total += loss.item()
             steps += 1
         model.eval()
         trained = None
-        if average:  # validate (and keep) the averaged weights; training goes on from the trained
+        if job.average:  # validate (and keep) the averaged weights; training goes on from the trained
             trained = {k: v.clone() for k, v in model.state_dict().items()}
             model.load_state_dict(averaged)
-        items = model.item_embeddings()
-        if new_fraction:  # the new-items model is chosen on new items only
-            scores = {f"{d}/new-items": valid_ndcg(model, items, d, valid_rows, only=removed[d.target])
-                      for d in directions if d.target == new_platform}
-        else:
-            scores = {str(d): valid_ndcg(model, items, d, valid_rows) for d in directions}
+        scores = valid_scores(model, job)
         mean = float(np.mean(list(scores.values())))
         history.append({"epoch": epoch + 1, "loss": total / max(steps, 1), "valid_ndcg@10": scores,
                         "seconds": round(time.monotonic() - started, 1)})
@@ -144,18 +184,93 @@ def train(data: InteractionData, out: Path, features: dict[str, np.ndarray], epo
             best, best_state = (mean, epoch), {k: v.clone() for k, v in model.state_dict().items()}
         if trained is not None:
             model.load_state_dict(trained)
-        log.info("epoch %d/%d  loss %.3f  valid NDCG@10 %s  (%.0f s)%s", epoch + 1, epochs,
-                 total / max(steps, 1), "  ".join(f"{k} {v:.4f}" for k, v in scores.items()),
+        log.info("%sepoch %d/%d  loss %.3f  valid NDCG@10 %s  (%.0f s)%s", job.label, epoch + 1,
+                 job.epochs, total / max(steps, 1), "  ".join(f"{k} {v:.4f}" for k, v in scores.items()),
                  time.monotonic() - started, "  best" if best[1] == epoch else "")
         torch.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "epoch": epoch,
                     "best": best, "history": history, "best_state": best_state, "averaged": averaged,
                     "random": random.getstate(), "torch_random": torch.get_rng_state()},
                    state_path.with_suffix(".tmp"))
         state_path.with_suffix(".tmp").replace(state_path)
+    log.info("%skept epoch %d (mean valid NDCG@10 %.4f)", job.label, best[1] + 1, best[0])
+    return MemberResult(job.seed, best_state, best[1] + 1, best[0], history)
 
-    model.load_state_dict(best_state)
+
+def _member_in_worker(job: MemberJob) -> MemberResult:
+    """Entry point of a spawned worker: its own logging, then `train_member`."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    return train_member(job)
+
+
+def train_members(jobs: list[MemberJob], workers: int) -> list[MemberResult]:
+    """Train every member, `workers` at a time in spawned processes (1: in this process)."""
+    if workers <= 1 or len(jobs) == 1:
+        return [train_member(j) for j in jobs]
+    context = multiprocessing.get_context("spawn")  # torch's thread pools do not survive fork
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        return list(pool.map(_member_in_worker, jobs))
+
+
+def train(data: InteractionData, out: Path, features: dict[str, np.ndarray], epochs: int, lr: float,
+          batch: int, seed: int, new_fraction: float, new_platform: str | None, categories: int,
+          resume: bool, schedule: str = "constant", within: int = 0,
+          identity_decay: float = 0.0, average: float = 0.0, members: int = 1,
+          jobs: int | None = None) -> dict[str, object]:
+    """Train, select, tune and write the checkpoint to `out`; returns the training report.
+
+    With `members` > 1, that many models are trained with seeds seed, seed + 1, ... (the same
+    new-items hold-out, drawn with `seed`), each kept at its own best valid epoch, and merged
+    into one model of the same size (`merge_members`): the ensemble's ranking, served as one
+    head and one mapping per direction. `jobs` members train at once, in worker processes
+    sharing the cores (default: all members at once)."""
+    platforms = data.platforms
+    new_platform = new_platform or platforms[-1]
+    removed = {p: np.array([], dtype=np.int64) for p in platforms}
+    if new_fraction:
+        removed[new_platform] = holdout_items(len(data.catalogues[new_platform]), new_fraction, seed)
+        log.info("new-items run: %d of %d %s items (%.0f%%) removed from every training interaction",
+                 len(removed[new_platform]), len(data.catalogues[new_platform]), new_platform,
+                 100 * new_fraction)
+    directions = directions_of(platforms)
+    train_rows = user_rows(data.split("train"), platforms, removed)
+    valid_rows = user_rows(data.split("valid"), platforms, {p: np.array([], np.int64) for p in platforms})
+    examples = [(d, h, t) for d in directions for h, t in zip(*pairs_of(train_rows, d))]
+    if not examples:
+        raise ValueError(f"dataset {data.name!r} has no training user on two platforms: nothing to learn")
+    log.info("%d training examples (%s)", len(examples),
+             ", ".join(f"{d}: {sum(e[0] == d for e in examples)}" for d in directions))
+    workers = min(members, jobs or members)
+    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
+    out.mkdir(parents=True, exist_ok=True)
+    member_jobs = [MemberJob(
+        features=features, directions=directions, train_rows=train_rows, valid_rows=valid_rows,
+        removed=removed, new_fraction=new_fraction, new_platform=new_platform,
+        state_path=out / STATE_FILE if members == 1 else out / MEMBERS_DIR / f"seed-{seed + m}" / STATE_FILE,
+        seed=seed + m, epochs=epochs, lr=lr, batch=batch, resume=resume, schedule=schedule,
+        within=within, identity_decay=identity_decay, average=average, threads=threads,
+        label="" if members == 1 else f"[seed {seed + m}] ") for m in range(members)]
+    if members > 1:
+        log.info("training %d members (seeds %d-%d), %d at a time with %d torch thread(s) each",
+                 members, seed, seed + members - 1, workers, max(threads, 1))
+    results = train_members(member_jobs, workers)
+
+    model = MigrationModel(features, directions, removed)
+    if members == 1:
+        model.load_state_dict(results[0].state, strict=False)
+    else:
+        head, maps = merge_members(
+            [r.state["head"].numpy() for r in results],
+            [{d: r.state[f"maps.{d.source}__{d.target}"].numpy() for d in directions} for r in results])
+        with torch.no_grad():
+            model.head.copy_(torch.from_numpy(head))
+            for d in directions:
+                model.maps[f"{d.source}__{d.target}"].copy_(torch.from_numpy(maps[d]))
     model.eval()
-    log.info("kept epoch %d (mean valid NDCG@10 %.4f)", best[1] + 1, best[0])
+    final_valid = valid_scores(model, member_jobs[0])
+    if members > 1:
+        log.info("merged %d members: valid NDCG@10 %s (members: %s)", members,
+                 "  ".join(f"{k} {v:.4f}" for k, v in final_valid.items()),
+                 ", ".join(f"{r.best_valid:.4f}" for r in results))
     item_emb = model.item_embeddings()
     cooc, popularity = collaborative_signals(train_rows, directions, data)
     assets = RankingAssets(
@@ -183,12 +298,19 @@ def train(data: InteractionData, out: Path, features: dict[str, np.ndarray], epo
         encoder.head.bias.zero_()
     encoder.save(out, with_backbone=False)
     assets.save(out / ASSETS_FILE)
+    first = results[0]
     report: dict[str, object] = {
         "dataset": data.name, "platforms": list(platforms), "seed": seed, "epochs": epochs, "lr": lr,
         "batch": batch, "schedule": schedule, "within_platform_examples": within,
         "identity_decay": identity_decay,
         "average": average,
-        "best_epoch": best[1] + 1, "best_valid_ndcg@10": best[0], "history": history,
+        "members": members,
+        # One member: its best epoch and history. Several: the first member's, and each
+        # member's under "member_runs"; best_valid_ndcg@10 is then the merged model's.
+        "best_epoch": first.best_epoch, "best_valid_ndcg@10": float(np.mean(list(final_valid.values()))),
+        "valid_ndcg@10": final_valid, "history": first.history,
+        "member_runs": [{"seed": r.seed, "best_epoch": r.best_epoch, "best_valid_ndcg@10": r.best_valid,
+                         "history": r.history} for r in results] if members > 1 else [],
         "blend": blend_report, "categories": names, "category_classifier_accuracy": accuracy,
         "new_items": {"platform": new_platform, "fraction": new_fraction,
                       "items": [data.catalogues[new_platform].item_ids[i] for i in removed[new_platform]]},
@@ -221,6 +343,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="validate and keep an exponential moving average of the weights, "
                              "decay D per step (e.g. 0.98); 0 = the trained weights themselves")
     parser.add_argument("--seed", type=int, default=0, help="seeds shuffling, hold-outs and clustering")
+    parser.add_argument("--members", type=int, default=1, metavar="K",
+                        help="train K models with seeds --seed .. --seed+K-1 and merge them into one "
+                             "model of the same size that ranks as their ensemble; 1 = a single model")
+    parser.add_argument("--jobs", type=int, default=None, metavar="J",
+                        help="members trained at once, in worker processes splitting the cores "
+                             "(default: all K)")
     parser.add_argument("--categories", type=int, default=24, help="named interest categories K")
     parser.add_argument("--new-items-fraction", type=float, default=0.0,
                         help="hold this seeded fraction of one platform's items out of all training "
@@ -232,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.batch < 1 or args.lr <= 0 or args.identity_decay < 0:
         parser.error("--epochs and --batch must be at least 1, --lr positive and --identity-decay >= 0")
+    if args.members < 1 or (args.jobs is not None and args.jobs < 1):
+        parser.error("--members and --jobs must be at least 1")
     if not 0.0 <= args.average < 1.0:
         parser.error("--average must be in [0, 1)")
     if not 0.0 <= args.new_items_fraction < 1.0:
@@ -247,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     train(data, args.out, features, args.epochs, args.lr, args.batch, args.seed,
           args.new_items_fraction, args.new_items_platform, args.categories, resume=not args.restart,
           schedule=args.schedule, within=args.within_platform, identity_decay=args.identity_decay,
-          average=args.average)
+          average=args.average, members=args.members, jobs=args.jobs)
     return 0
 
 

@@ -91,7 +91,9 @@ class MigrationModel(nn.Module):
         """Mean softmax cross-entropy of one random target item per example over its catalogue."""
         cache: dict[str, torch.Tensor] = {}
         total = torch.zeros(())
-        for d in {e[0] for e in batch}:
+        # In order of first appearance: a set's order follows the per-process string hash
+        # seed, and with it the order of the random picks below (a run would not reproduce).
+        for d in dict.fromkeys(e[0] for e in batch):
             rows = [e for e in batch if e[0] == d]
             for p in (d.source, d.target):
                 if p not in cache:
@@ -122,6 +124,32 @@ class MigrationModel(nn.Module):
 
     def migration(self, d: Direction) -> np.ndarray:
         return self.maps[f"{d.source}__{d.target}"].detach().numpy().copy()
+
+
+def merge_members(heads: Sequence[np.ndarray], maps: Sequence[dict[Direction, np.ndarray]]
+                  ) -> tuple[np.ndarray, dict[Direction, np.ndarray]]:
+    """One head [D, D] and one mapping per direction [D, D] that rank as the ensemble of K
+    members (heads H_k [D, D], mappings W_k).
+
+    The ensemble embeds item f as normalise([H_1; ...; H_K] f), a [K*D] vector that lies in the
+    D-dimensional column space of the stacked heads, and migrates with the block-diagonal
+    diag(W_1, ..., W_K); its model score is the cosine of the two, which sums the members'
+    bilinear scores. With U [K*D, D] an orthonormal basis of that column space (thin SVD),
+    H = U^T [H_1; ...; H_K] gives the same item vectors in D coordinates (norms and inner
+    products kept), and W = U^T diag(W_k) U = sum_k U_k^T W_k U_k the same profile-item inner
+    products. Only the migrated profile's norm can differ, a positive factor per user that
+    leaves each user's ranking by the model unchanged (the blend is tuned afterwards, on the
+    merged model)."""
+    if len(heads) == 1:
+        return heads[0], dict(maps[0])
+    stacked = np.concatenate([np.asarray(h, np.float64) for h in heads])
+    basis = np.linalg.svd(stacked, full_matrices=False)[0]  # [K*D, D]
+    dim = heads[0].shape[0]
+    blocks = [basis[k * dim:(k + 1) * dim] for k in range(len(heads))]
+    head = (basis.T @ stacked).astype(np.float32)
+    merged = {d: sum((b.T @ np.asarray(m[d], np.float64) @ b for b, m in zip(blocks, maps)),
+                     np.zeros((dim, dim))).astype(np.float32) for d in maps[0]}
+    return head, merged
 
 
 def within_pool(rows: dict[str, list[list[int]]]) -> list[tuple[str, list[int]]]:

@@ -245,3 +245,86 @@ def test_averaged_weights_lag_the_trained_ones_and_resume_after_interruption(
     run_killed_in_epoch_3_then_resumed(config, tmp_path / "cut", monkeypatch, *extra)
     assert head_gap(tmp_path / "cut", tmp_path / "avg") < 1e-4, \
         "the resumed run restores the average, not just the trained weights"
+
+
+def concatenated_scores(heads: list[np.ndarray], maps: list[np.ndarray], source: np.ndarray,
+                        target: np.ndarray, histories: list[list[int]]) -> np.ndarray:
+    """The ensemble written out: items embedded by the stacked heads, block-diagonal mapping."""
+    from scipy.linalg import block_diag
+
+    from interest_core.training import Direction, model_scores
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    stacked = np.concatenate(heads)
+    items = {"s": unit(source @ stacked.T), "t": unit(target @ stacked.T)}
+    return model_scores(items, block_diag(*maps), Direction("s", "t"), histories)
+
+
+def test_merge_members_ranks_exactly_as_the_ensemble() -> None:
+    from interest_core.training import Direction, merge_members, model_scores
+
+    rng = np.random.default_rng(0)
+    dim, k = 8, 3
+    d = Direction("s", "t")
+    heads = [np.eye(dim) + 0.5 * rng.standard_normal((dim, dim)) for _ in range(k)]
+    maps = [np.eye(dim) + 0.5 * rng.standard_normal((dim, dim)) for _ in range(k)]
+    source, target = rng.standard_normal((30, dim)), rng.standard_normal((40, dim))
+    histories = [list(rng.choice(30, size=n, replace=False)) for n in (1, 3, 7, 12)]
+    want = concatenated_scores(heads, maps, source, target, histories)
+
+    head, merged = merge_members(heads, [{d: m} for m in maps])
+    assert head.shape == (dim, dim) and merged[d].shape == (dim, dim)
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    got = model_scores({"s": unit(source @ head.T), "t": unit(target @ head.T)}, merged[d], d, histories)
+    # The same scores up to one positive factor per user, so the same ranking for everyone.
+    ratio = got / want
+    assert np.all(ratio > 0) and np.allclose(ratio, ratio[:, :1], rtol=1e-4)
+    assert (np.argsort(-got, axis=1) == np.argsort(-want, axis=1)).all()
+    # A single member is returned as it is; members that differ are not just averaged.
+    assert merge_members(heads[:1], [{d: maps[0]}])[0] is heads[0]
+    averaged = model_scores({"s": unit(source @ sum(heads).T), "t": unit(target @ sum(heads).T)},
+                            sum(maps), d, histories)
+    assert not (np.argsort(-averaged, axis=1) == np.argsort(-want, axis=1)).all()
+
+
+def test_members_train_in_workers_and_merge_into_one_model(config: Path, tmp_path: Path) -> None:
+    from interest_core.evaluation import evaluate as ndcg_of
+    from interest_core.training import Direction, mask_to, model_scores, pairs_of, restrict
+
+    extra = ("--epochs", "2", "--new-items-fraction", "0.25")
+    report = run_train(config, tmp_path / "ens", *extra, "--members", "2", "--seed", "3")
+    assert report["members"] == 2 and [r["seed"] for r in report["member_runs"]] == [3, 4]
+    states = [torch.load(tmp_path / "ens" / "members" / f"seed-{s}" / "train_state.pt",
+                         weights_only=False) for s in (3, 4)]
+    assert all(s["epoch"] == 1 for s in states), "each member ran its 2 epochs and kept its state"
+    assert head(tmp_path / "ens").shape == (384, 384), "served as one head of the usual size"
+    model = InterestEncoder.load(tmp_path / "ens")
+    assert model.dim == 384
+
+    # Member 3, trained in a worker process (another string-hash seed), is the run --seed 3
+    # makes in this one.
+    single = run_train(config, tmp_path / "one", *extra, "--seed", "3")
+    assert single["new_items"] == report["new_items"]
+    assert [h["loss"] for h in report["member_runs"][0]["history"]] == \
+        pytest.approx([h["loss"] for h in single["history"]], rel=1e-4)
+
+    # The merged model's valid NDCG@10 is the ensemble's: the members' best weights, stacked.
+    from interest_core.config import load_settings
+    from interest_core.datasets import load_dataset
+    from interest_core.features import catalogue_features
+    from interest_core.training import user_rows
+
+    settings = load_settings(config)
+    data = load_dataset(settings, "social-video")
+    feats = catalogue_features(data.catalogues, settings.var_dir / "features" / data.name)
+    d = Direction("social", "video")
+    new = np.array(sorted(data.catalogues["video"].index()[i] for i in report["new_items"]["items"]))
+    hist, rel = restrict(*pairs_of(user_rows(data.split("valid"), data.platforms, {}), d), new)
+    best = [s["best_state"] for s in states]
+    scores = concatenated_scores([b["head"].numpy() for b in best],
+                                 [b["maps.social__video"].numpy() for b in best],
+                                 feats["social"], feats["video"], hist)
+    want = ndcg_of(mask_to(scores, new).__getitem__, len(hist), rel)["ndcg@10"]
+    assert report["valid_ndcg@10"]["social->video/new-items"] == pytest.approx(want, abs=1e-6)
