@@ -173,7 +173,8 @@ async def recommend_runs(
     """Recommend kitchen items for users with stored food and kitchen profiles who consented to
     migration: the cross-platform path (migrate, blend, rank; no BERT), open loop at each rate
     and closed loop at concurrency 8; then food items for the same users at the target rate
-    (kitchen -> food: its weak blend rarely lets the bound skip the full catalogue scan)."""
+    (which path each ranking takes, bounded or full scan, depends on the trained blend and is
+    counted from the gateway's metrics)."""
     users = users[:RECOMMEND_USERS]
     log(f"recommend: storing food and kitchen profiles of {len(users)} users, with migration consent")
     for u in users:
