@@ -81,7 +81,7 @@ else
 	$(PY) -m quantize.install --onnx $(INT8) --report $(ART)/validation-$(ACT).json --target cpu $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(CONFIG_ARG)
 endif
 
-train: setup  ## train DATASET's model (+ the new-items hold-out model for eval) into models/ (~35 min on 2 cores; resumes)
+train: setup  ## train DATASET's model (+ the new-items hold-out model for eval) into models/, each a merged 3-seed ensemble (~41 min on 2 cores; resumes)
 	$(PY) -m interest_core.train $(CONFIG_ARG) --dataset $(DATASET) --out $(MODELS)/$(DATASET) \
 	  --epochs $(EPOCHS) --members $(MEMBERS) $(TRAIN_ARGS)
 	$(PY) -m interest_core.train $(CONFIG_ARG) --dataset $(DATASET) --out $(MODELS)/$(DATASET)-new-items \
