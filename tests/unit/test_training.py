@@ -284,14 +284,18 @@ def test_merge_members_ranks_exactly_as_the_ensemble() -> None:
     assert (np.argsort(-got, axis=1) == np.argsort(-want, axis=1)).all()
     # A single member is returned as it is; members that differ are not just averaged.
     assert merge_members(heads[:1], [{d: maps[0]}])[0] is heads[0]
-    averaged = model_scores({"s": unit(source @ sum(heads).T), "t": unit(target @ sum(heads).T)},
-                            sum(maps), d, histories)
+    head_sum, map_sum = np.sum(heads, axis=0), np.sum(maps, axis=0)
+    averaged = model_scores({"s": unit(source @ head_sum.T), "t": unit(target @ head_sum.T)},
+                            map_sum, d, histories)
     assert not (np.argsort(-averaged, axis=1) == np.argsort(-want, axis=1)).all()
 
 
 def test_members_train_in_workers_and_merge_into_one_model(config: Path, tmp_path: Path) -> None:
+    from interest_core.config import load_settings
+    from interest_core.datasets import load_dataset
     from interest_core.evaluation import evaluate as ndcg_of
-    from interest_core.training import Direction, mask_to, model_scores, pairs_of, restrict
+    from interest_core.features import catalogue_features
+    from interest_core.training import Direction, mask_to, pairs_of, restrict, user_rows
 
     extra = ("--epochs", "2", "--new-items-fraction", "0.25")
     report = run_train(config, tmp_path / "ens", *extra, "--members", "2", "--seed", "3")
@@ -311,11 +315,6 @@ def test_members_train_in_workers_and_merge_into_one_model(config: Path, tmp_pat
         pytest.approx([h["loss"] for h in single["history"]], rel=1e-4)
 
     # The merged model's valid NDCG@10 is the ensemble's: the members' best weights, stacked.
-    from interest_core.config import load_settings
-    from interest_core.datasets import load_dataset
-    from interest_core.features import catalogue_features
-    from interest_core.training import user_rows
-
     settings = load_settings(config)
     data = load_dataset(settings, "social-video")
     feats = catalogue_features(data.catalogues, settings.var_dir / "features" / data.name)
