@@ -239,6 +239,7 @@ def train(data: InteractionData, out: Path, features: dict[str, np.ndarray], epo
         raise ValueError(f"dataset {data.name!r} has no training user on two platforms: nothing to learn")
     log.info("%d training examples (%s)", len(examples),
              ", ".join(f"{d}: {sum(e[0] == d for e in examples)}" for d in directions))
+    within = min(within, len(within_pool(train_rows)))  # a small dataset has fewer to draw
     workers = min(members, jobs or members)
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
     out.mkdir(parents=True, exist_ok=True)
