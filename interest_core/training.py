@@ -144,6 +144,9 @@ def merge_members(heads: Sequence[np.ndarray], maps: Sequence[dict[Direction, np
         return heads[0], dict(maps[0])
     stacked = np.concatenate([np.asarray(h, np.float64) for h in heads])
     basis = np.linalg.svd(stacked, full_matrices=False)[0]  # [K*D, D]
+    # Each basis vector's sign is arbitrary: fix it (largest entry positive) so that the same
+    # members always give the same bytes.
+    basis *= np.sign(basis[np.abs(basis).argmax(axis=0), np.arange(basis.shape[1])])
     dim = heads[0].shape[0]
     blocks = [basis[k * dim:(k + 1) * dim] for k in range(len(heads))]
     head = (basis.T @ stacked).astype(np.float32)

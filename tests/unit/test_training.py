@@ -313,6 +313,13 @@ def test_members_train_in_workers_and_merge_into_one_model(config: Path, tmp_pat
     assert single["new_items"] == report["new_items"]
     assert [h["loss"] for h in report["member_runs"][0]["history"]] == \
         pytest.approx([h["loss"] for h in single["history"]], rel=1e-4)
+    # --jobs 1 trains the members one after the other in this process: the same runs and the
+    # same merged model.
+    seq = run_train(config, tmp_path / "seq", *extra, "--members", "2", "--seed", "3", "--jobs", "1")
+    losses = lambda r: [h["loss"] for m in r["member_runs"] for h in m["history"]]  # noqa: E731
+    assert losses(seq) == pytest.approx(losses(report), rel=1e-4)
+    assert seq["valid_ndcg@10"] == pytest.approx(report["valid_ndcg@10"], abs=1e-6)
+    assert head_gap(tmp_path / "seq", tmp_path / "ens") < 1e-3
 
     # The merged model's valid NDCG@10 is the ensemble's: the members' best weights, stacked.
     settings = load_settings(config)
