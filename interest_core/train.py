@@ -251,8 +251,9 @@ def train(data: InteractionData, out: Path, features: dict[str, np.ndarray], epo
         within=within, identity_decay=identity_decay, average=average, threads=threads,
         label="" if members == 1 else f"[seed {seed + m}] ") for m in range(members)]
     if members > 1:
-        log.info("training %d members (seeds %d-%d), %d at a time with %d torch thread(s) each",
-                 members, seed, seed + members - 1, workers, max(threads, 1))
+        log.info("training %d members (seeds %d-%d), %s", members, seed, seed + members - 1,
+                 f"{workers} at a time in worker processes, {threads} torch thread(s) each"
+                 if workers > 1 else "one after another in this process")
     results = train_members(member_jobs, workers)
 
     model = MigrationModel(features, directions, removed)
