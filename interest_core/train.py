@@ -29,7 +29,6 @@ import os
 import random
 import sys
 import time
-from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,10 +96,6 @@ class MemberResult:
     best_epoch: int
     best_valid: float
     history: list[dict[str, Any]]
-
-
-def directions_of(platforms: Sequence[str]) -> list[Direction]:
-    return [Direction(s, t) for s in platforms for t in platforms if s != t]
 
 
 def valid_scores(model: MigrationModel, job: MemberJob) -> dict[str, float]:
@@ -231,7 +226,7 @@ def train(data: InteractionData, out: Path, features: dict[str, np.ndarray], epo
         log.info("new-items run: %d of %d %s items (%.0f%%) removed from every training interaction",
                  len(removed[new_platform]), len(data.catalogues[new_platform]), new_platform,
                  100 * new_fraction)
-    directions = directions_of(platforms)
+    directions = [Direction(s, t) for s in platforms for t in platforms if s != t]
     train_rows = user_rows(data.split("train"), platforms, removed)
     valid_rows = user_rows(data.split("valid"), platforms, {p: np.array([], np.int64) for p in platforms})
     examples = [(d, h, t) for d in directions for h, t in zip(*pairs_of(train_rows, d))]
@@ -257,16 +252,9 @@ def train(data: InteractionData, out: Path, features: dict[str, np.ndarray], epo
     results = train_members(member_jobs, workers)
 
     model = MigrationModel(features, directions, removed)
-    if members == 1:
-        model.load_state_dict(results[0].state, strict=False)
-    else:
-        head, maps = merge_members(
-            [r.state["head"].numpy() for r in results],
-            [{d: r.state[f"maps.{d.source}__{d.target}"].numpy() for d in directions} for r in results])
-        with torch.no_grad():
-            model.head.copy_(torch.from_numpy(head))
-            for d in directions:
-                model.maps[f"{d.source}__{d.target}"].copy_(torch.from_numpy(maps[d]))
+    model.set_weights(*merge_members(  # one member is kept as it is
+        [r.state["head"].numpy() for r in results],
+        [{d: r.state[f"maps.{d.param}"].numpy() for d in directions} for r in results]))
     model.eval()
     final_valid = valid_scores(model, member_jobs[0])
     if members > 1:

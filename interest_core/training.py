@@ -37,6 +37,11 @@ class Direction:
         return (self.source, self.target)
 
     @property
+    def param(self) -> str:
+        """Its mapping's name in `MigrationModel.maps` (and, after "maps.", in a state dict)."""
+        return f"{self.source}__{self.target}"
+
+    @property
     def within(self) -> bool:
         """A same-platform direction: an auxiliary training task (held-out items of a user's
         history), never migrated or served."""
@@ -69,7 +74,7 @@ class MigrationModel(nn.Module):
         dim = next(iter(features.values())).shape[1]
         self.features = {p: torch.from_numpy(np.ascontiguousarray(f)) for p, f in features.items()}
         self.head = nn.Parameter(torch.eye(dim))
-        self.maps = nn.ParameterDict({f"{d.source}__{d.target}": nn.Parameter(torch.eye(dim))
+        self.maps = nn.ParameterDict({d.param: nn.Parameter(torch.eye(dim))
                                       for d in directions})
         self.log_scale = nn.Parameter(torch.tensor(float(np.log(20.0))))  # 1 / temperature
         # Items held out of training (new items) take no part in any softmax.
@@ -85,7 +90,7 @@ class MigrationModel(nn.Module):
         seg = torch.tensor([n for n, h in enumerate(histories) for _ in h], dtype=torch.int64)
         profile = torch.zeros(len(histories), items.shape[1]).index_add_(0, seg, items[flat])
         profile = F.normalize(profile, dim=-1)
-        return F.normalize(profile @ self.maps[f"{d.source}__{d.target}"].T, dim=-1)
+        return F.normalize(profile @ self.maps[d.param].T, dim=-1)
 
     def loss(self, batch: Sequence[tuple[Direction, Sequence[int], Sequence[int]]]) -> torch.Tensor:
         """Mean softmax cross-entropy of one random target item per example over its catalogue."""
@@ -123,7 +128,14 @@ class MigrationModel(nn.Module):
         return {p: self.embed(p).numpy() for p in self.features}
 
     def migration(self, d: Direction) -> np.ndarray:
-        return self.maps[f"{d.source}__{d.target}"].detach().numpy().copy()
+        return self.maps[d.param].detach().numpy().copy()
+
+    @torch.no_grad()
+    def set_weights(self, head: np.ndarray, maps: dict[Direction, np.ndarray]) -> None:
+        """Replace the head and the given directions' mappings (e.g. by `merge_members`')."""
+        self.head.copy_(torch.from_numpy(head))
+        for d, w in maps.items():
+            self.maps[d.param].copy_(torch.from_numpy(w))
 
 
 def merge_members(heads: Sequence[np.ndarray], maps: Sequence[dict[Direction, np.ndarray]]
