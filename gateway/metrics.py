@@ -13,13 +13,14 @@ from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-STAGES = ("preprocess", "tokenize", "infer", "migrate", "rank", "total")
+STAGES = ("preprocess", "tokenize", "infer", "migrate", "rank", "store", "total")
 
-# Sub-millisecond stages (preprocess, migrate, rank over ~30k items) up to BERT calls (10-500 ms).
+# Sub-millisecond stages (preprocess, migrate, rank over ~30k items, store: a commit's fsync) up to
+# BERT calls (10-500 ms).
 _FAST = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 _SLOW = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BUCKETS = {"preprocess": _FAST, "tokenize": _FAST, "migrate": _FAST, "rank": _FAST,
-            "infer": _SLOW, "total": _SLOW}
+            "store": _FAST, "infer": _SLOW, "total": _SLOW}
 
 
 class GatewayMetrics:

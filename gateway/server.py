@@ -132,7 +132,7 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.service.encoder.close()
-        self.service.store.close()
+        self.service.close()
 
 
 def installed_dim(settings: Settings, default: int = 384) -> int:

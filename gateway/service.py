@@ -16,9 +16,13 @@ catalogue, scored in batches with concurrent requests (gateway/scoring.py).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import grpc
 import numpy as np
@@ -42,6 +46,10 @@ from interest_core.schemas import UnifiedEvent
 
 log = logging.getLogger("interest.gateway")
 INTEREST_TOP = 3  # named interest categories reported per profile / recommendation
+# A user's profiles are read, changed and written back under one of these locks (by key
+# hash), so two calls for one user never interleave and lose each other's events.
+USER_LOCKS = 1024
+T = TypeVar("T")
 
 
 class ServedBlend:
@@ -134,6 +142,11 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
         self._asset_pos = ({p: {item: i for i, item in enumerate(ids)}
                             for p, ids in assets.item_ids.items()} if assets is not None else {})
         self._served: dict[str, tuple[CatalogueIndex, ServedBlend]] = {}
+        # Every store write commits (an fsync) on this one thread, off the event loop: a slow
+        # disk then holds up only the calls that write, not every call in flight. Reads run
+        # on the loop, on the store's own read connection (WAL: they never wait for a commit).
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="profile-writer")
+        self._user_locks = [asyncio.Lock() for _ in range(USER_LOCKS)]
         self.model_version = ""
         self.adapters: dict[str, PlatformAdapter] = {}
         for name, platform in settings.platforms.items():
@@ -169,6 +182,32 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
         remaining = context.time_remaining()
         cap = self.settings.triton_timeout_s
         return cap if remaining is None else max(min(float(remaining), cap), 0.0)
+
+    def close(self) -> None:
+        """Finish the queued store writes, then close the store."""
+        self._writer.shutdown(wait=True)
+        self.store.close()
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, user_keys: Iterable[str]) -> AsyncIterator[None]:
+        """Hold the locks of these users (in one order everywhere, so no two calls deadlock)."""
+        async with contextlib.AsyncExitStack() as stack:
+            for n in sorted({hash(k) % USER_LOCKS for k in user_keys}):
+                await stack.enter_async_context(self._user_locks[n])
+            yield
+
+    async def _write(self, rpc: str, platform: str, write: Callable[..., T], *args: object) -> T:
+        """Run a store write on the writer thread, timed as the `store` stage. If the call is
+        cancelled meanwhile (deadline, client gone), the commit still goes on: it is waited
+        for before the cancellation goes up, so the caller's user lock is held until then and
+        no later call reads what this write replaces."""
+        with self.metrics.stage("store", rpc, platform):
+            future = asyncio.get_running_loop().run_in_executor(self._writer, write, *args)
+            try:
+                return await asyncio.shield(future)
+            except asyncio.CancelledError:
+                await asyncio.wait([future])
+                raise
 
     def set_index(self, platform: str, index: CatalogueIndex) -> None:
         """Serve `index` for `platform`, precomputing its collaborative blend (start-up)."""
@@ -252,22 +291,24 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
 
     async def _apply(self, platform: str, events: list[UnifiedEvent], vectors: np.ndarray,
                      timeout: float) -> set[str]:
-        """Fold event embeddings into each user's profile; one transaction for the batch."""
+        """Fold event embeddings into each user's profile; one transaction for the batch, under
+        the users' locks from load to commit."""
         by_user: dict[str, list[int]] = defaultdict(list)
         for i, event in enumerate(events):
             by_user[event.user_key].append(i)
-        updated: list[tuple[str, Profile]] = []
-        for user_key, rows in by_user.items():
-            profile = self.store.load(user_key).get(platform)
-            if profile is not None:  # brought to the served model in place; saved with the batch
-                await self._current(user_key, {platform: profile}, "IngestEvents", timeout, save=False)
-            else:
-                profile = Profile(platform=platform, vec_sum=np.zeros(vectors.shape[1], dtype=np.float32),
-                                  events=0, model_version=self.model_version)
-            for i in sorted(rows, key=lambda r: events[r].order):
-                profile.add(vectors[i], events[i].item_id)
-            updated.append((user_key, profile))
-        self.store.save_many(updated)
+        async with self._locked(by_user):
+            updated: list[tuple[str, Profile]] = []
+            for user_key, rows in by_user.items():
+                profile = self.store.load(user_key).get(platform)
+                if profile is not None:  # brought to the served model in place; saved with the batch
+                    await self._current(user_key, {platform: profile}, "IngestEvents", timeout, save=False)
+                else:
+                    profile = Profile(platform=platform, vec_sum=np.zeros(vectors.shape[1], dtype=np.float32),
+                                      events=0, model_version=self.model_version)
+                for i in sorted(rows, key=lambda r: events[r].order):
+                    profile.add(vectors[i], events[i].item_id)
+                updated.append((user_key, profile))
+            await self._write("IngestEvents", platform, self.store.save_many, updated)
         return set(by_user)
 
     def _load(self, user_key: str) -> dict[str, Profile]:
@@ -286,7 +327,8 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
         Events without a catalogue item cannot be replayed (raw events are never stored): a
         profile with none is emptied. Rows from before versions were stored ('') are taken
         to be the served model's. Nothing happens until a model is being served. With
-        `save=False` the caller saves the profiles itself."""
+        `save=False` the caller saves the profiles itself. The caller holds the user's lock
+        from loading `profiles` until they are saved."""
         if not self.model_version:
             return profiles
         stale: list[tuple[Profile, str]] = []
@@ -310,7 +352,8 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
             log.info("a %s profile from model %s re-embedded for model %s from %d of its %d items",
                      profile.platform, old, self.model_version, len(texts), len(profile.items))
         if stale and save:
-            self.store.save_many([(user_key, profile) for profile, _ in stale])
+            await self._write(rpc, stale[0][0].platform, self.store.save_many,
+                              [(user_key, profile) for profile, _ in stale])
         return profiles
 
     async def Recommend(
@@ -325,12 +368,13 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
         if len(request.exclude_item_ids) > self.settings.max_exclude_ids:
             raise InvalidInput(f"more than {self.settings.max_exclude_ids} exclude_item_ids")
         with self.metrics.stage("total", rpc, target):
-            with self.metrics.stage("preprocess", rpc, target):
-                user_key = self._user(request.user_id)
-                profiles = self._load(user_key)
-            if not profiles:
-                raise NotFound("no interest profile for this user: ingest their events first")
-            profiles = await self._current(user_key, profiles, rpc, self._timeout(context))
+            user_key = self._user(request.user_id)
+            async with self._locked([user_key]):
+                with self.metrics.stage("preprocess", rpc, target):
+                    profiles = self._load(user_key)
+                if not profiles:
+                    raise NotFound("no interest profile for this user: ingest their events first")
+                profiles = await self._current(user_key, profiles, rpc, self._timeout(context))
             index = self.indexes.get(target)
             if index is None:
                 raise Unavailable(f"the {target} catalogue is still loading; retry shortly")
@@ -390,7 +434,8 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
         self, request: pb.SetConsentRequest, context: grpc.aio.ServicerContext
     ) -> pb.SetConsentResponse:
         self.auth.caller(context)
-        self.store.set_consent(self._user(request.user_id), request.migrate)
+        await self._write("SetConsent", "", self.store.set_consent, self._user(request.user_id),
+                          request.migrate)
         return pb.SetConsentResponse(migrate=request.migrate)
 
     async def EncodeInterest(
@@ -422,12 +467,13 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
     ) -> pb.GetProfileResponse:
         caller = self.auth.caller(context)
         user_key = self._user(request.user_id)
-        profiles = self._load(user_key)
-        if caller != ANY_PLATFORM:  # a platform sees only its own part of the profile
-            profiles = {p: prof for p, prof in profiles.items() if p == caller}
-        if not profiles:
-            raise NotFound("no interest profile for this user")
-        profiles = await self._current(user_key, profiles, "GetProfile", self._timeout(context))
+        async with self._locked([user_key]):
+            profiles = self._load(user_key)
+            if caller != ANY_PLATFORM:  # a platform sees only its own part of the profile
+                profiles = {p: prof for p, prof in profiles.items() if p == caller}
+            if not profiles:
+                raise NotFound("no interest profile for this user")
+            profiles = await self._current(user_key, profiles, "GetProfile", self._timeout(context))
         return pb.GetProfileResponse(
             migrate_consent=self.store.consent(user_key),
             platforms=[pb.PlatformProfile(platform=p.platform, event_count=p.events,
@@ -441,7 +487,9 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
         self, request: pb.DeleteUserRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteUserResponse:
         self.auth.caller(context)  # any authenticated platform may erase a user entirely
-        removed = self.store.delete(self._user(request.user_id))
+        user_key = self._user(request.user_id)
+        async with self._locked([user_key]):  # after any update in flight, never before it
+            removed = await self._write("DeleteUser", "", self.store.delete, user_key)
         log.info("deleted %d platform profile(s) of one user", removed)
         return pb.DeleteUserResponse(platforms_removed=removed)
 

@@ -83,7 +83,13 @@ class ProfileCipher:
 
 class ProfileStore:
     """SQLite-backed profiles; every `save_many` is one transaction (all or nothing).
-    With a cipher, the vector and item list of every row are stored encrypted."""
+    With a cipher, the vector and item list of every row are stored encrypted.
+
+    Writes (`save_many`, `delete`, `set_consent`) commit durably (WAL, synchronous=FULL: an
+    fsync per commit) on one connection; reads (`load`, `consent`, `count`) use a second one.
+    In WAL mode a reader neither waits for a writer nor sees its transaction half done, so
+    a thread that only reads never stalls behind another thread's fsync (the gateway reads
+    on its event loop and writes from one writer thread)."""
 
     def __init__(self, path: Path, cipher: ProfileCipher | None = None) -> None:
         self._cipher = cipher
@@ -97,12 +103,14 @@ class ProfileStore:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(profiles)")}
         if "model_version" not in columns:  # a store written before model versions were kept
             self._db.execute("ALTER TABLE profiles ADD COLUMN model_version TEXT NOT NULL DEFAULT ''")
+        self._read = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
 
     def close(self) -> None:
+        self._read.close()
         self._db.close()
 
     def load(self, user_key: str) -> dict[str, Profile]:
-        rows = self._db.execute(
+        rows = self._read.execute(
             "SELECT platform, dim, vec_sum, events, items, updated_ms, model_version FROM profiles "
             "WHERE user_key=?",
             (user_key,),
@@ -158,11 +166,11 @@ class ProfileStore:
 
     def consent(self, user_key: str) -> bool:
         """Cross-platform migration consent; off unless the user turned it on."""
-        row = self._db.execute("SELECT migrate FROM consent WHERE user_key=?", (user_key,)).fetchone()
+        row = self._read.execute("SELECT migrate FROM consent WHERE user_key=?", (user_key,)).fetchone()
         return bool(row and row[0])
 
     def count(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM profiles").fetchone()[0])
+        return int(self._read.execute("SELECT COUNT(*) FROM profiles").fetchone()[0])
 
     def _transaction(self) -> _Tx:
         return _Tx(self._db)
