@@ -151,6 +151,22 @@ def _table(runs: list[dict[str, Any]], procs: tuple[str, ...], target: bool = Fa
     return lines
 
 
+def _mixed(runs: list[dict[str, Any]] | None) -> list[str]:
+    """Recommend and IngestEvents run at once (absent in reports from before this run existed)."""
+    if not runs:
+        return []
+    return [
+        "## Recommend while IngestEvents runs (both open loop, at once)",
+        "",
+        "Every IngestEvents commits its profiles durably (an fsync) before it answers; the "
+        "Recommends ask for other users (stored beforehand). The CPU columns are the same window "
+        "for both rows.",
+        "",
+        *_table(runs, ("gateway", "triton", "load_generator"), target=True),
+        "",
+    ]
+
+
 def _limit_cell(lim: dict[str, Any]) -> str:
     unpaired = (f"{lim['fraction']:.0%} ({lim['stack_rps']} vs {lim['limit_rps']} req/s, best "
                 f"stack run vs best limit measurement)")
@@ -240,6 +256,7 @@ def write_markdown(summary: dict[str, Any], path: Path) -> None:
         "",
         f"Cache: {ing['cache_hits']:.0f} hits, {ing['cache_misses']:.0f} misses.",
         "",
+        *_mixed(d.get("mixed_runs")),
         "## perf_analyzer (Triton alone, real tokenized titles, batch 1 per request)",
         "",
     ]

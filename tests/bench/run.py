@@ -166,6 +166,16 @@ def ingest_request(u: UserSequence, i: int, food: Catalogue, kitchen: Catalogue)
     return pb.IngestEventsRequest(platform=side, events=events)
 
 
+def recommend_call(stub: pb_grpc.InterestGatewayStub, users: list[UserSequence], target: str) -> Any:
+    """Recommend `target` items for users[i % len(users)] (profiles stored, consent given)."""
+    async def call(i: int) -> object:
+        u = users[i % len(users)]
+        return await stub.Recommend(
+            pb.RecommendRequest(user_id=f"bench-{u.uid}", target_platform=target, k=10), timeout=10)
+
+    return call
+
+
 async def recommend_runs(
     stub: pb_grpc.InterestGatewayStub, meter: CpuMeter, users: list[UserSequence], food: Catalogue,
     kitchen: Catalogue, rates: list[float], duration: float,
@@ -183,23 +193,93 @@ async def recommend_runs(
         await stub.SetConsent(pb.SetConsentRequest(user_id=f"bench-{u.uid}", migrate=True), timeout=30)
     log("recommend: open loop, kitchen recommendations migrated from food (no BERT on the path)")
 
-    def recommend_call(target: str) -> Any:
-        async def call(i: int) -> object:
-            u = users[i % len(users)]
-            return await stub.Recommend(
-                pb.RecommendRequest(user_id=f"bench-{u.uid}", target_platform=target, k=10), timeout=10)
-
-        return call
-
     async def run(target: str, loop: Any, level: float) -> dict[str, Any]:
         log(f"  target {target}:")
-        summary = (await measured(meter, loop(recommend_call(target), level, duration))).summary()
+        summary = (await measured(meter, loop(recommend_call(stub, users, target), level,
+                                               duration))).summary()
         return {"target": target, **summary}
 
     runs = [await run("kitchen", open_loop, rate) for rate in rates]
     runs.append(await run("kitchen", closed_loop, 8))
     runs.append(await run("food", open_loop, RECOMMEND_TARGET_RATE))
     return runs
+
+
+INGEST_RATE = 500.0  # open-loop IngestEvents/s, alone and beside Recommend
+
+
+async def ingest_runs(
+    stub: pb_grpc.InterestGatewayStub, meter: CpuMeter, metrics_port: int, users: list[UserSequence],
+    food: Catalogue, kitchen: Catalogue, duration: float,
+) -> list[dict[str, Any]]:
+    """IngestEvents of real users' food and kitchen histories (item cache on): closed loop at
+    concurrency 4 (with the cache's hits and misses), then open loop at INGEST_RATE."""
+    log("ingest: real users' food and kitchen histories (item cache on)")
+    before = cache_counts(metrics_port)
+
+    async def ingest_call(i: int) -> object:
+        return await stub.IngestEvents(ingest_request(users[i % len(users)], i, food, kitchen), timeout=30)
+
+    ingest = await measured(meter, closed_loop(ingest_call, 4, duration))
+    after = cache_counts(metrics_port)
+    hits, misses = after["hit"] - before["hit"], after["miss"] - before["miss"]
+    return [
+        {**ingest.summary(), "cache_hits": hits, "cache_misses": misses,
+         "cache_hit_rate": round(hits / max(hits + misses, 1), 4)},
+        (await measured(meter, open_loop(ingest_call, INGEST_RATE, duration))).summary(),
+    ]
+
+
+async def mixed_runs(
+    stub: pb_grpc.InterestGatewayStub, meter: CpuMeter, users: list[UserSequence], food: Catalogue,
+    kitchen: Catalogue, duration: float,
+) -> list[dict[str, Any]]:
+    """Recommend (kitchen, from food) at RECOMMEND_TARGET_RATE while IngestEvents runs at
+    INGEST_RATE, both open loop, at once: every ingest commits its profiles (an fsync), so this
+    shows whether a slow commit holds up the Recommends of other users. Recommend asks for the
+    first RECOMMEND_USERS users (stored by `recommend_runs`), ingest writes the others."""
+    readers, writers = users[:RECOMMEND_USERS], users[RECOMMEND_USERS:]
+    log(f"mixed: Recommend at {RECOMMEND_TARGET_RATE:g}/s while IngestEvents runs at {INGEST_RATE:g}/s")
+
+    async def ingest_call(i: int) -> object:
+        return await stub.IngestEvents(ingest_request(writers[i % len(writers)], i, food, kitchen),
+                                       timeout=30)
+
+    ingest: list[RunResult] = []
+
+    async def both() -> RunResult:
+        recommend, writes = await asyncio.gather(
+            open_loop(recommend_call(stub, readers, "kitchen"), RECOMMEND_TARGET_RATE, duration),
+            open_loop(ingest_call, INGEST_RATE, duration))
+        ingest.append(writes)
+        return recommend
+
+    recommend = await measured(meter, both())
+    ingest[0].cpu = recommend.cpu  # one window: the processes' CPU serves both loads
+    return [{"target": "kitchen (Recommend)", **recommend.summary()},
+            {"target": "IngestEvents", **ingest[0].summary()}]
+
+
+async def ingest_only(
+    args: argparse.Namespace, gateway: Proc, triton: TritonServer, port: int, metrics_port: int,
+    users: list[UserSequence], food: Catalogue, kitchen: Catalogue,
+) -> dict[str, Any]:
+    meter = CpuMeter([Watched("gateway", gateway.popen.pid),
+                      Watched("triton", triton.process.pid, group=True),
+                      Watched("load_generator", os.getpid())])
+    both = [u for u in users if u.items_a and u.items_b]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.InterestGatewayStub(channel)
+        ingest = await ingest_runs(stub, meter, metrics_port, both, food, kitchen, args.duration)
+        readers = both[:RECOMMEND_USERS]
+        log(f"storing food and kitchen profiles of {len(readers)} users, with migration consent")
+        for u in readers:
+            for side in (0, 1):
+                await stub.IngestEvents(ingest_request(u, side, food, kitchen), timeout=30)
+            await stub.SetConsent(pb.SetConsentRequest(user_id=f"bench-{u.uid}", migrate=True), timeout=30)
+        mixed = await mixed_runs(stub, meter, both, food, kitchen, args.duration)
+    return {"revision": revision(), "machine": machine(), "duration_s": args.duration,
+            "ingest_runs": ingest, "mixed_runs": mixed, "gc_pauses": gc_pauses(metrics_port)}
 
 
 async def recommend_only(
@@ -242,7 +322,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         return {**result, "requests_per_s": round(result["texts_per_s"] / mean_events, 1)}
 
     limit: dict[str, Any] = {}
-    if not args.recommend_only:
+    if not (args.recommend_only or args.ingest_only):
         log("(b) limit: ONNX Runtime INT8 in-process, length-sorted batches; measured first, alone "
             "on the machine")
         limit = max((measure_limit(b, spin) for b in (16, 32, 64) for spin in (True, False)),
@@ -270,6 +350,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await wait_serving(ports["cached"][0], cached.popen, f"{cached.name} (log {cached.log})")
         if args.recommend_only:
             return await recommend_only(args, cached, triton, *ports["cached"], users, food, kitchen)
+        if args.ingest_only:
+            return await ingest_only(args, cached, triton, *ports["cached"], users, food, kitchen)
         uncached = Proc(
             "gateway-uncached",
             [sys.executable, "-m", "gateway.server"],
@@ -349,31 +431,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 args.paired_rounds, results["encode_runs"]["stack"], limit, measure_limit,
                 lambda level: measured(meter, closed_loop(encode_call(stubs["uncached"]), level, d)))
 
-        log("ingest: real users' food and kitchen histories (item cache on)")
         ingest_users = [u for u in users if u.items_a and u.items_b]
-        before = cache_counts(ports["cached"][1])
-
-        async def ingest_call(i: int) -> object:
-            return await stubs["cached"].IngestEvents(
-                ingest_request(ingest_users[i % len(ingest_users)], i, food, kitchen), timeout=30)
-
-        ingest = await measured(meter, closed_loop(ingest_call, 4, d))
-        after = cache_counts(ports["cached"][1])
-        hits, misses = after["hit"] - before["hit"], after["miss"] - before["miss"]
-        results["ingest_runs"].append(
-            {
-                **ingest.summary(),
-                "cache_hits": hits,
-                "cache_misses": misses,
-                "cache_hit_rate": round(hits / max(hits + misses, 1), 4),
-            }
-        )
-        results["ingest_runs"].append((await measured(meter, open_loop(ingest_call, 500, d))).summary())
+        results["ingest_runs"] = await ingest_runs(stubs["cached"], meter, ports["cached"][1],
+                                                   ingest_users, food, kitchen, d)
         gc_before = gc_pauses(ports["cached"][1])
         results["recommend_runs"] = await recommend_runs(
             stubs["cached"], meter, ingest_users, food, kitchen, args.rates, d)
         results["rank_paths"] = rank_paths(ports["cached"][1])
         results["recommend_gc_pauses"] = gc_pauses_since(ports["cached"][1], gc_before)
+        results["mixed_runs"] = await mixed_runs(stubs["cached"], meter, ingest_users, food, kitchen, d)
 
         for ch in channels.values():
             await ch.close(None)
@@ -501,10 +567,18 @@ def main(argv: list[str] | None = None) -> int:
         help="only the Recommend runs (for tuning them): printed and written to "
         "var/bench/recommend.json; results/ is left alone",
     )
+    parser.add_argument(
+        "--ingest-only",
+        action="store_true",
+        help="only the IngestEvents runs and Recommend beside open-loop ingest: printed and "
+        "written to var/bench/ingest.json; results/ is left alone",
+    )
     args = parser.parse_args(argv)
+    if args.recommend_only and args.ingest_only:
+        parser.error("--recommend-only and --ingest-only exclude each other")
     data = asyncio.run(run(args))
-    if args.recommend_only:
-        path = ROOT / "var" / "bench" / "recommend.json"
+    if args.recommend_only or args.ingest_only:
+        path = ROOT / "var" / "bench" / ("recommend.json" if args.recommend_only else "ingest.json")
         path.write_text(json.dumps(data, indent=2))
         log(f"wrote {path}")
         return 0
