@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import zlib
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +51,11 @@ INTEREST_TOP = 3  # named interest categories reported per profile / recommendat
 # hash), so two calls for one user never interleave and lose each other's events.
 USER_LOCKS = 1024
 T = TypeVar("T")
+
+
+def lock_stripe(user_key: str) -> int:
+    """The user lock of a pseudonymous key: the same in every process (unlike hash())."""
+    return zlib.crc32(user_key.encode()) % USER_LOCKS
 
 
 class ServedBlend:
@@ -192,7 +198,7 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
     async def _locked(self, user_keys: Iterable[str]) -> AsyncIterator[None]:
         """Hold the locks of these users (in one order everywhere, so no two calls deadlock)."""
         async with contextlib.AsyncExitStack() as stack:
-            for n in sorted({hash(k) % USER_LOCKS for k in user_keys}):
+            for n in sorted({lock_stripe(k) for k in user_keys}):
                 await stack.enter_async_context(self._user_locks[n])
             yield
 
@@ -203,11 +209,21 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
         no later call reads what this write replaces."""
         with self.metrics.stage("store", rpc, platform):
             future = asyncio.get_running_loop().run_in_executor(self._writer, write, *args)
-            try:
-                return await asyncio.shield(future)
-            except asyncio.CancelledError:
-                await asyncio.wait([future])
-                raise
+            cancelled = False
+            while True:  # however often the call is cancelled meanwhile
+                try:
+                    result = await asyncio.shield(future)
+                    break
+                except asyncio.CancelledError:
+                    if future.done():
+                        if not future.cancelled() and future.exception() is not None:
+                            log.error("a %s store write of a cancelled call failed: %s", rpc,
+                                      future.exception())
+                        raise
+                    cancelled = True
+            if cancelled:  # committed; the call itself is still cancelled
+                raise asyncio.CancelledError
+            return result
 
     def set_index(self, platform: str, index: CatalogueIndex) -> None:
         """Serve `index` for `platform`, precomputing its collaborative blend (start-up)."""

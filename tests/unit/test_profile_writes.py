@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from gateway.proto.interest.v1 import gateway_pb2 as pb
-from gateway.service import InterestGatewayService
+from gateway.service import InterestGatewayService, lock_stripe
 from interest_core.profiles import Profile
 from tests.unit.test_profile_versions import TITLES, make_service, store_profile
 from tests.unit.test_served_ranking import CTX
@@ -54,6 +54,8 @@ def stored_events(svc: InterestGatewayService, user: str) -> int:
 
 def test_a_stalled_commit_holds_up_its_own_user_only(tmp_path: Path) -> None:
     svc, _ = make_service(tmp_path)
+    # (users sharing a lock stripe would wait for each other, as one user does)
+    assert lock_stripe(svc.pseudonymise("alice")) != lock_stripe(svc.pseudonymise("bob"))
 
     async def run() -> None:
         await ingest(svc, "bob", "k0")
@@ -90,17 +92,22 @@ def test_concurrent_ingests_for_one_user_lose_no_event(tmp_path: Path) -> None:
     svc.close()
 
 
-def test_a_cancelled_ingest_still_commits_before_the_next_update_reads(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cancels", [1, 2])
+def test_a_cancelled_ingest_still_commits_before_the_next_update_reads(tmp_path: Path,
+                                                                       cancels: int) -> None:
     """A deadline or a client gone cancels the call, not its commit, which is already under
     way in the writer thread: the next update of that user must read the committed profile,
-    or it would write its own over it and lose the first event."""
+    or it would write its own over it and lose the first event. Cancelled again while it
+    waits, it still waits."""
     svc, _ = make_service(tmp_path)
 
     async def run() -> None:
         held = HeldCommits(svc)
         first = ingest(svc, "dave", "k0")
         await held.wait_entered()
-        first.cancel()
+        for _ in range(cancels):
+            first.cancel()
+            await asyncio.sleep(0.01)
         second = ingest(svc, "dave", "k1")
         for _ in range(20):
             await asyncio.sleep(0.01)
