@@ -176,6 +176,24 @@ def recommend_call(stub: pb_grpc.InterestGatewayStub, users: list[UserSequence],
     return call
 
 
+async def store_consented_profiles(stub: pb_grpc.InterestGatewayStub, users: list[UserSequence],
+                                   food: Catalogue, kitchen: Catalogue) -> None:
+    """Store each user's food and kitchen profiles and give their migration consent: what the
+    Recommend runs ask for."""
+    log(f"storing food and kitchen profiles of {len(users)} users, with migration consent")
+    for u in users:
+        for side in (0, 1):
+            await stub.IngestEvents(ingest_request(u, side, food, kitchen), timeout=30)
+        await stub.SetConsent(pb.SetConsentRequest(user_id=f"bench-{u.uid}", migrate=True), timeout=30)
+
+
+def single_gateway_meter(gateway: Proc, triton: TritonServer) -> CpuMeter:
+    """CPU of the one gateway, Triton and this load generator (the --*-only modes)."""
+    return CpuMeter([Watched("gateway", gateway.popen.pid),
+                     Watched("triton", triton.process.pid, group=True),
+                     Watched("load_generator", os.getpid())])
+
+
 async def recommend_runs(
     stub: pb_grpc.InterestGatewayStub, meter: CpuMeter, users: list[UserSequence], food: Catalogue,
     kitchen: Catalogue, rates: list[float], duration: float,
@@ -186,11 +204,7 @@ async def recommend_runs(
     (which path each ranking takes, bounded or full scan, depends on the trained blend and is
     counted from the gateway's metrics)."""
     users = users[:RECOMMEND_USERS]
-    log(f"recommend: storing food and kitchen profiles of {len(users)} users, with migration consent")
-    for u in users:
-        for side in (0, 1):
-            await stub.IngestEvents(ingest_request(u, side, food, kitchen), timeout=30)
-        await stub.SetConsent(pb.SetConsentRequest(user_id=f"bench-{u.uid}", migrate=True), timeout=30)
+    await store_consented_profiles(stub, users, food, kitchen)
     log("recommend: open loop, kitchen recommendations migrated from food (no BERT on the path)")
 
     async def run(target: str, loop: Any, level: float) -> dict[str, Any]:
@@ -237,7 +251,7 @@ async def mixed_runs(
     """Recommend (kitchen, from food) at RECOMMEND_TARGET_RATE while IngestEvents runs at
     INGEST_RATE, both open loop, at once: every ingest commits its profiles (an fsync), so this
     shows whether a slow commit holds up the Recommends of other users. Recommend asks for the
-    first RECOMMEND_USERS users (stored by `recommend_runs`), ingest writes the others."""
+    first RECOMMEND_USERS users (stored by `store_consented_profiles`), ingest writes the others."""
     readers, writers = users[:RECOMMEND_USERS], users[RECOMMEND_USERS:]
     log(f"mixed: Recommend at {RECOMMEND_TARGET_RATE:g}/s while IngestEvents runs at {INGEST_RATE:g}/s")
 
@@ -264,19 +278,12 @@ async def ingest_only(
     args: argparse.Namespace, gateway: Proc, triton: TritonServer, port: int, metrics_port: int,
     users: list[UserSequence], food: Catalogue, kitchen: Catalogue,
 ) -> dict[str, Any]:
-    meter = CpuMeter([Watched("gateway", gateway.popen.pid),
-                      Watched("triton", triton.process.pid, group=True),
-                      Watched("load_generator", os.getpid())])
+    meter = single_gateway_meter(gateway, triton)
     both = [u for u in users if u.items_a and u.items_b]
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.InterestGatewayStub(channel)
         ingest = await ingest_runs(stub, meter, metrics_port, both, food, kitchen, args.duration)
-        readers = both[:RECOMMEND_USERS]
-        log(f"storing food and kitchen profiles of {len(readers)} users, with migration consent")
-        for u in readers:
-            for side in (0, 1):
-                await stub.IngestEvents(ingest_request(u, side, food, kitchen), timeout=30)
-            await stub.SetConsent(pb.SetConsentRequest(user_id=f"bench-{u.uid}", migrate=True), timeout=30)
+        await store_consented_profiles(stub, both[:RECOMMEND_USERS], food, kitchen)
         mixed = await mixed_runs(stub, meter, both, food, kitchen, args.duration)
     return {"revision": revision(), "machine": machine(), "duration_s": args.duration,
             "ingest_runs": ingest, "mixed_runs": mixed, "gc_pauses": gc_pauses(metrics_port)}
@@ -286,9 +293,7 @@ async def recommend_only(
     args: argparse.Namespace, gateway: Proc, triton: TritonServer, port: int, metrics_port: int,
     users: list[UserSequence], food: Catalogue, kitchen: Catalogue,
 ) -> dict[str, Any]:
-    meter = CpuMeter([Watched("gateway", gateway.popen.pid),
-                      Watched("triton", triton.process.pid, group=True),
-                      Watched("load_generator", os.getpid())])
+    meter = single_gateway_meter(gateway, triton)
     before = gc_pauses(metrics_port)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         runs = await recommend_runs(pb_grpc.InterestGatewayStub(channel), meter,
