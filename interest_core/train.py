@@ -229,11 +229,11 @@ def train(data: InteractionData, out: Path, features: dict[str, np.ndarray], epo
     directions = [Direction(s, t) for s in platforms for t in platforms if s != t]
     train_rows = user_rows(data.split("train"), platforms, removed)
     valid_rows = user_rows(data.split("valid"), platforms, {p: np.array([], np.int64) for p in platforms})
-    examples = [(d, h, t) for d in directions for h, t in zip(*pairs_of(train_rows, d))]
-    if not examples:
+    counts = {d: len(pairs_of(train_rows, d)[0]) for d in directions}  # the members build the examples
+    if not sum(counts.values()):
         raise ValueError(f"dataset {data.name!r} has no training user on two platforms: nothing to learn")
-    log.info("%d training examples (%s)", len(examples),
-             ", ".join(f"{d}: {sum(e[0] == d for e in examples)}" for d in directions))
+    log.info("%d training examples (%s)", sum(counts.values()),
+             ", ".join(f"{d}: {n}" for d, n in counts.items()))
     within = min(within, len(within_pool(train_rows)))  # a small dataset has fewer to draw
     workers = min(members, jobs or members)
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
