@@ -107,7 +107,7 @@ async def serve_tasks(stub: pb_grpc.InterestGatewayStub, data: InteractionData, 
         started = time.monotonic()
         ranked = await serve_users(stub, data, source, target, hist, ingest_as[source])
         scores = ranking_scores(ranked, len(data.catalogues[target]))
-        body["methods"]["served"] = measure(scores.__getitem__, hist, rel)
+        body["methods"]["served"] = measure(scores.__getitem__, hist, rel)[0]
         reference = body["methods"].get("model_int8") or body["methods"]["model_fp32"]
         body["served_offline_reference"] = reference
         rate = len(hist) / (time.monotonic() - started)

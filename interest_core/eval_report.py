@@ -24,9 +24,16 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         value = methods[ours]["ndcg@10"]
         need = 1.5 if new_items else (1.1 if task == results.get("primary_task") else 1.0)
-        out.append({"task": task, "target": f"{ours} NDCG@10 >= {need}x best baseline",
-                    "ours": value, "best_baseline": best_name, "best_baseline_ndcg@10": best,
-                    "ratio": round(value / best, 3) if best else None, "met": value >= need * best})
+        row = {"task": task, "target": f"{ours} NDCG@10 >= {need}x best baseline",
+               "ours": value, "best_baseline": best_name, "best_baseline_ndcg@10": best,
+               "ratio": round(value / best, 3) if best else None}
+        paired = body.get("ratio_ci95")
+        if paired and paired["baseline"] == best_name:
+            # Offline, over all the task's users: the served ranking's own per-user values are
+            # equal to its offline reference's (checked below), the baselines' exist only there.
+            row["ratio_ci95"] = paired["ci95"]
+            row["ratio_ci95_of"] = f"{paired['method']} offline, paired bootstrap over users"
+        out.append({**row, "met": value >= need * best})
         if "model_int8" in methods and "model_fp32" in methods:
             fp, q = methods["model_fp32"]["ndcg@10"], methods["model_int8"]["ndcg@10"]
             gap = (fp - q) / fp if fp else 0.0
@@ -49,7 +56,9 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
              "NDCG@10 with its 95% bootstrap interval over users. `model_fp32`/`model_int8` are the "
              "served ranking (model cosine + trained collaborative blend) computed offline; "
              "`model_only_fp32` is the model's cosine alone; `served` went through the running "
-             "gateway and Triton (INT8).", ""]
+             "gateway and Triton (INT8). A target's `ratio_ci95` is the paired 95% bootstrap "
+             "interval of that ratio (both methods averaged over the same resampled users), "
+             "computed offline on the served ranking's INT8 (else fp32) scores.", ""]
     for task, body in results["tasks"].items():
         new = f", {body['new_items']} new items" if "new_items" in body else ""
         lines += [f"## {task} ({body['users']} test users{new})", "",

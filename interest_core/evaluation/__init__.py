@@ -7,7 +7,13 @@ from interest_core.evaluation.baselines import (
     make_baseline,
     tune,
 )
-from interest_core.evaluation.metrics import METRICS, bootstrap_ci, evaluate, rank_metrics
+from interest_core.evaluation.metrics import (
+    METRICS,
+    bootstrap_ci,
+    evaluate,
+    paired_ratio_ci,
+    rank_metrics,
+)
 
 __all__ = [
     "BASELINES",
@@ -17,6 +23,7 @@ __all__ = [
     "bootstrap_ci",
     "evaluate",
     "make_baseline",
+    "paired_ratio_ci",
     "rank_metrics",
     "tune",
 ]

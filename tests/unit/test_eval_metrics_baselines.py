@@ -9,6 +9,7 @@ from interest_core.evaluation import (
     bootstrap_ci,
     evaluate,
     make_baseline,
+    paired_ratio_ci,
     rank_metrics,
     tune,
 )
@@ -137,6 +138,22 @@ def test_bootstrap_ci() -> None:
     lo, hi = bootstrap_ci(values, n=500)
     assert lo < values.mean() < hi and hi - lo < 0.1
     assert bootstrap_ci([0.25] * 10) == (0.25, 0.25)
+
+
+def test_paired_ratio_ci_resamples_both_methods_over_the_same_users() -> None:
+    rng = np.random.default_rng(4)
+    base = rng.random(600)
+    assert paired_ratio_ci(2 * base, base) == (2.0, 2.0)
+    ours = 1.05 * base + rng.normal(0.0, 0.01, base.size)  # 5% better for every user
+    lo, hi = paired_ratio_ci(ours, base)
+    assert lo < ours.mean() / base.mean() < hi and hi - lo < 0.02
+    # The same values with the users' pairing broken: the interval is that of two independent
+    # means, several times wider (as two separate confidence intervals would suggest).
+    lo_u, hi_u = paired_ratio_ci(rng.permutation(ours), base)
+    assert hi_u - lo_u > 5 * (hi - lo)
+    assert paired_ratio_ci([0.1, 0.2], [0.0, 0.0]) == (np.inf, np.inf)
+    with pytest.raises(ValueError, match="one length"):
+        paired_ratio_ci([0.1, 0.2], [0.1])
 
 
 # ---- baselines on planted synthetic data -------------------------------------------------------

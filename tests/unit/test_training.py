@@ -145,7 +145,12 @@ def test_eval_runs_on_the_other_platform_pair(config: Path, checkpoint: Path, tm
     assert (tmp_path / "results" / "eval.png").stat().st_size > 10_000
     table = (tmp_path / "results" / "eval.md").read_text()
     assert "## Targets" in table and "social->video/new-items" in table
-    assert any(v["task"] == "social->video" and "1.1x" in v["target"] for v in verdicts(result))
+    primary = next(v for v in verdicts(result) if v["task"] == "social->video" and "1.1x" in v["target"])
+    paired = result["tasks"]["social->video"]["ratio_ci95"]
+    assert paired["method"] == "model_fp32" and paired["baseline"] == primary["best_baseline"]
+    assert primary["ratio_ci95"] == paired["ci95"]
+    assert paired["ci95"][0] <= primary["ratio"] <= paired["ci95"][1]
+    assert "ratio_ci95" in table
 
 
 def test_within_examples_split_each_history_into_visible_and_held_out() -> None:
