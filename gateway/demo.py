@@ -82,6 +82,8 @@ async def run_demo(target: str, users: int, source: str | None, dest: str | None
                 mark = "  <- really taken" if item.item_id in truth else ""
                 print(f"    {item.rank:2d}. [{item.score:.3f}] "
                       f"{textwrap.shorten(item.title, 80)}{mark}")
+                if item.HasField("category"):
+                    print(f"        {why(item, rec)}")
             profile = await stub.GetProfile(pb.GetProfileRequest(user_id=user_id), timeout=10)
             print("  " + interests_line(profile, rec, source, dest))
             hits = sum(item.item_id in truth for item in rec.items)
@@ -89,6 +91,14 @@ async def run_demo(target: str, users: int, source: str | None, dest: str | None
             print(f"  latency seen by this client: Recommend {rec_ms:.1f} ms over {len(dst_cat)} items; "
                   f"EncodeInterest of one new text {enc_ms:.1f} ms")
     return 0
+
+
+def why(item: pb.RecommendedItem, rec: pb.RecommendResponse) -> str:
+    """The item's interest category, and whether it is one of the user's migrated interests."""
+    line = f"category: {item.category.name}"
+    if any(c.name == item.category.name for c in rec.interests):
+        line += " (one of this user's migrated interests)"
+    return line
 
 
 def interests_line(profile: pb.GetProfileResponse, rec: pb.RecommendResponse, source: str,

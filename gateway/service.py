@@ -42,7 +42,7 @@ from interest_core.errors import InterestError, InvalidInput, NotFound, Unavaila
 from interest_core.migration import MigrationMap
 from interest_core.privacy import Pseudonymiser
 from interest_core.profiles import Profile, ProfileStore
-from interest_core.ranking import CatalogueIndex
+from interest_core.ranking import CatalogueIndex, Ranked
 from interest_core.schemas import UnifiedEvent
 
 log = logging.getLogger("interest.gateway")
@@ -148,6 +148,8 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
         self._asset_pos = ({p: {item: i for i, item in enumerate(ids)}
                             for p, ids in assets.item_ids.items()} if assets is not None else {})
         self._served: dict[str, tuple[CatalogueIndex, ServedBlend]] = {}
+        # per platform: each catalogue item's own top interest category (index, probability)
+        self._item_categories: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         # Every store write commits (an fsync) on this one thread, off the event loop: a slow
         # disk then holds up only the calls that write, not every call in flight. Reads run
         # on the loop, on the store's own read connection (WAL: they never wait for a commit).
@@ -236,6 +238,11 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
             old.close()
         for path in ("bounded", "full"):  # both series exist from the start (dashboard ratios)
             self.metrics.rank_path.labels(platform=platform, path=path)
+        categories = self.assets.item_categories(index.embeddings) if self.assets is not None else None
+        if categories is None:
+            self._item_categories.pop(platform, None)
+        else:
+            self._item_categories[platform] = categories
         if self.assets is not None:
             blend = self._served_blend(platform, index)
             log.info("ranking assets know %d of the %d %s catalogue items%s", blend.known, len(index),
@@ -270,6 +277,21 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
             return []
         return [pb.InterestCategory(name=name, weight=weight)
                 for name, weight in self.assets.categories(vector, INTEREST_TOP)]
+
+    def _items(self, target: str, index: CatalogueIndex, ranked: list[Ranked]) -> list[pb.RecommendedItem]:
+        """The reply's items, each with its own top interest category when assets name them."""
+        categories = self._item_categories.get(target)
+        names = self.assets.category_names if self.assets is not None else []
+        out = []
+        for n, r in enumerate(ranked):
+            item = pb.RecommendedItem(item_id=r.item_id, title=r.title, score=r.score, rank=n + 1)
+            if categories is not None:
+                pos = index.position(r.item_id)
+                if pos is not None:
+                    item.category.name = names[int(categories[0][pos])]
+                    item.category.weight = float(categories[1][pos])
+            out.append(item)
+        return out
 
     # --- RPCs ---
     async def IngestEvents(
@@ -440,8 +462,7 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
                                f"(no consent) and there is no {target} activity; most popular items")
         return pb.RecommendResponse(
             target_platform=target,
-            items=[pb.RecommendedItem(item_id=r.item_id, title=r.title, score=r.score, rank=n + 1)
-                   for n, r in enumerate(ranked)],
+            items=self._items(target, index, ranked),
             source_platforms=sources, model_version=self.model_version,
             personalised=bool(used), explanation=explanation, interests=interests,
         )

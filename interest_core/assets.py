@@ -73,6 +73,21 @@ class RankingAssets:
         best = np.argsort(-probs)[:top]
         return [(self.category_names[k], float(probs[k])) for k in best]
 
+    def item_categories(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Each item's most probable named interest category, from its unit embedding (rows of
+        float32 [N, D]): (category index int64 [N], its probability float32 [N]); None without a
+        classifier for D-dimensional vectors."""
+        weights = self.category_weights
+        if weights is None or not self.category_names or weights.shape[1] != embeddings.shape[1]:
+            return None
+        bias = self.category_bias if self.category_bias is not None else 0.0
+        logits = embeddings.astype(np.float32) @ weights.T + bias
+        logits -= logits.max(axis=1, keepdims=True)
+        probs = np.exp(logits)
+        best = probs.argmax(axis=1)
+        share = probs[np.arange(len(best)), best] / probs.sum(axis=1)
+        return best.astype(np.int64), share.astype(np.float32)
+
     # --- persistence ---
     def save(self, path: Path) -> None:
         arrays: dict[str, np.ndarray] = {}

@@ -69,6 +69,14 @@ async def test_real_user_food_history_gets_valid_kitchen_recommendations(stack: 
     # The trained ranking: collaborative blend on top of the model, and named interests.
     assert "blend" in first.explanation and "interests:" in first.explanation
     assert len(first.interests) == 3 and all(c.name and 0 < c.weight <= 1 for c in first.interests)
+    # ... and each item's own category: the trained classifier's choice for the item's embedding
+    assets = stack.gateway.service.assets
+    assert assets is not None
+    for item in first.items[:5]:
+        alone = await stack.stub.EncodeInterest(pb.EncodeInterestRequest(platform="kitchen", events=[
+            pb.BehaviorEvent(item_id=item.item_id, event_type="purchase")]), timeout=30)
+        (name, weight), = assets.categories(np.array(alone.embedding, dtype=np.float32), 1)
+        assert (item.category.name, item.category.weight) == (name, pytest.approx(weight, abs=1e-4))
     profile = await stack.stub.GetProfile(pb.GetProfileRequest(user_id=user_id), timeout=5)
     food = next(p for p in profile.platforms if p.platform == "food")
     assert len(food.interests) == 3 and food.interests[0].weight >= food.interests[-1].weight

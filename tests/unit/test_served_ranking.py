@@ -222,6 +222,24 @@ def test_interest_categories_in_profile_and_recommend(tmp_path: Path) -> None:
     assert f"; interests: {want[0][0]} ({want[0][1]:.0%})" in rec.explanation
 
 
+def test_each_recommended_item_names_its_own_category(tmp_path: Path) -> None:
+    """The item's category comes from its own embedding (not the user's query), so a platform
+    can say which of the user's interests it serves; the popular fallback names them too."""
+    assets = make_assets()
+    svc = make_service(tmp_path, assets)
+    add_user(svc, "kate", food=["f0"])
+    rec = recommend(svc, "kate", k=4)
+    assert {r.item_id: r.category.name for r in rec.items} == {
+        "k0": "tea / coffee", "k1": "tea / coffee", "k2": "pans / pots", "k3": "knives"}
+    for r in rec.items:
+        (_, weight), = assets.categories(KITCHEN_EMB[r.item_id], 1)
+        assert r.category.weight == pytest.approx(weight, abs=1e-6)
+    add_user(svc, "liam", consent=False, food=["f0"])
+    popular = recommend(svc, "liam", k=2)
+    assert not popular.personalised
+    assert [(r.item_id, r.category.name) for r in popular.items] == [("k2", "pans / pots"), ("k3", "knives")]
+
+
 def test_without_assets_the_behaviour_is_unchanged(tmp_path: Path) -> None:
     svc = make_service(tmp_path, None)
     add_user(svc, "jack", food=["f0"], kitchen=["k3"])
@@ -230,6 +248,7 @@ def test_without_assets_the_behaviour_is_unchanged(tmp_path: Path) -> None:
     assert [r.item_id for r in rec.items] == ["k0", "k1", "k2"]
     assert [r.score for r in rec.items] == pytest.approx([cosine[r.item_id] for r in rec.items], abs=1e-6)
     assert rec.explanation == "interests migrated from food" and list(rec.interests) == []
+    assert not any(r.HasField("category") for r in rec.items)
     profile = asyncio.run(svc.GetProfile(pb.GetProfileRequest(user_id="jack"), CTX))
     assert all(list(p.interests) == [] for p in profile.platforms)
 
