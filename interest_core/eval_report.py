@@ -26,7 +26,7 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
         need = 1.5 if new_items else (1.1 if task == results.get("primary_task") else 1.0)
         row = {"task": task, "target": f"{ours} NDCG@10 >= {need}x best baseline",
                "ours": value, "best_baseline": best_name, "best_baseline_ndcg@10": best,
-               "ratio": round(value / best, 3) if best else None}
+               "ratio": round(value / best, 3) if best else None, "need": need}
         paired = body.get("ratio_ci95")
         if paired and paired["baseline"] == best_name:
             # Offline, over all the task's users: the served ranking's own per-user values are
@@ -89,7 +89,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     tasks = list(results["tasks"])
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 4.2), squeeze=False)
+    targets = [v for v in results.get("targets", []) if "ratio_ci95" in v and "need" in v]
+    panels = len(tasks) + (1 if targets else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.2), squeeze=False)
+    if targets:
+        ratio_panel(axes[0][-1], targets)
     for ax, task in zip(axes[0], tasks):
         methods = results["tasks"][task]["methods"]
         names = [n for n in METHOD_ORDER if n in methods]
@@ -105,6 +109,23 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def ratio_panel(ax: Any, targets: list[dict[str, Any]]) -> None:
+    """Each "k x the best baseline" target: the ratio with its paired 95% interval, and the
+    ratio it needs (red); met where the dot is right of the red mark."""
+    rows = range(len(targets))
+    ratios = [v["ratio"] for v in targets]
+    lo = [r - v["ratio_ci95"][0] for r, v in zip(ratios, targets)]
+    hi = [min(v["ratio_ci95"][1], 10.0) - r for r, v in zip(ratios, targets)]
+    ax.errorbar(ratios, rows, xerr=[lo, hi], fmt="o", color="#1f77b4", capsize=4)
+    ax.scatter([v["need"] for v in targets], rows, marker="|", s=400, color="#d62728", label="target")
+    ax.axvline(1.0, color="#9e9e9e", lw=0.8, ls="--")
+    ax.set_yticks(list(rows), [f"{v['task']}\nvs {v['best_baseline']}" for v in targets], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("NDCG@10 ratio to the best baseline (paired 95% CI)")
+    ax.set_title("targets", fontsize=10)
+    ax.legend(fontsize=8, loc="upper right")
 
 
 def write_all(results: dict[str, Any], out_dir: Path) -> None:
