@@ -116,8 +116,9 @@ def ratio_panel(ax: Any, targets: list[dict[str, Any]]) -> None:
     ratio it needs (red); met where the dot is right of the red mark."""
     rows = range(len(targets))
     ratios = [v["ratio"] for v in targets]
-    lo = [r - v["ratio_ci95"][0] for r, v in zip(ratios, targets)]
-    hi = [min(v["ratio_ci95"][1], 10.0) - r for r, v in zip(ratios, targets)]
+    # the interval is the offline ranking's, over all users: a served ratio may sit at its edge
+    lo = [max(r - v["ratio_ci95"][0], 0.0) for r, v in zip(ratios, targets)]
+    hi = [max(min(v["ratio_ci95"][1], 10.0) - r, 0.0) for r, v in zip(ratios, targets)]
     ax.errorbar(ratios, rows, xerr=[lo, hi], fmt="o", color="#1f77b4", capsize=4)
     ax.scatter([v["need"] for v in targets], rows, marker="|", s=400, color="#d62728", label="target")
     ax.axvline(1.0, color="#9e9e9e", lw=0.8, ls="--")
