@@ -156,6 +156,22 @@ def summarize(values: dict[str, np.ndarray]) -> dict[str, float]:
     return {m: float(np.mean(v)) for m, v in values.items()}
 
 
+def _resampled_means(columns: Sequence[np.ndarray], n: int, seed: int) -> list[np.ndarray]:
+    """For each of `columns` (per-user values float64 [U], the same users in the same order),
+    its mean over each of `n` bootstrap resamples of the users, float64 [n]; every column is
+    averaged over the same draws (in chunks that keep a draw's gather within the budget)."""
+    size = columns[0].size
+    rng = np.random.default_rng(seed)
+    out = [np.empty(n) for _ in columns]
+    step = max(1, _COMPARE_BUDGET // size)
+    for s in range(0, n, step):
+        m = min(step, n - s)
+        draw = rng.integers(0, size, (m, size))
+        for means, values in zip(out, columns):
+            means[s : s + m] = values[draw].mean(axis=1)
+    return out
+
+
 def bootstrap_ci(
     per_user_values: Sequence[float] | np.ndarray, n: int = 1000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float]:
@@ -163,12 +179,7 @@ def bootstrap_ci(
     values = np.asarray(per_user_values, dtype=np.float64)
     if values.size == 0:
         raise ValueError("no values")
-    rng = np.random.default_rng(seed)
-    means = np.empty(n)
-    step = max(1, _COMPARE_BUDGET // values.size)
-    for s in range(0, n, step):
-        m = min(step, n - s)
-        means[s : s + m] = values[rng.integers(0, values.size, (m, values.size))].mean(axis=1)
+    (means,) = _resampled_means([values], n, seed)
     tail = (1.0 - level) / 2.0 * 100.0
     lo, hi = np.percentile(means, [tail, 100.0 - tail])
     return float(lo), float(hi)
@@ -188,15 +199,9 @@ def paired_ratio_ci(
         raise ValueError(f"need two per-user arrays of one length, got {a.shape} and {b.shape}")
     if a.size == 0:
         raise ValueError("no values")
-    rng = np.random.default_rng(seed)
-    ratios = np.empty(n)
-    step = max(1, _COMPARE_BUDGET // a.size)
-    for s in range(0, n, step):
-        m = min(step, n - s)
-        draw = rng.integers(0, a.size, (m, a.size))
-        num, den = a[draw].mean(axis=1), b[draw].mean(axis=1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratios[s : s + m] = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.inf)
+    num, den = _resampled_means([a, b], n, seed)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.inf)
     tail = (1.0 - level) / 2.0 * 100.0  # no interpolation: a bound may be +inf
     lo = np.percentile(ratios, tail, method="lower")
     hi = np.percentile(ratios, 100.0 - tail, method="higher")
