@@ -470,8 +470,9 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
     async def SetConsent(
         self, request: pb.SetConsentRequest, context: grpc.aio.ServicerContext
     ) -> pb.SetConsentResponse:
-        self.auth.caller(context)
-        await self._write("SetConsent", "", self.store.set_consent, self._user(request.user_id),
+        caller = self.auth.caller(context)
+        # A user-wide write: its store metrics carry the platform that asked ('*': an operator).
+        await self._write("SetConsent", caller, self.store.set_consent, self._user(request.user_id),
                           request.migrate)
         return pb.SetConsentResponse(migrate=request.migrate)
 
@@ -523,10 +524,10 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
     async def DeleteUser(
         self, request: pb.DeleteUserRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteUserResponse:
-        self.auth.caller(context)  # any authenticated platform may erase a user entirely
+        caller = self.auth.caller(context)  # any authenticated platform may erase a user entirely
         user_key = self._user(request.user_id)
         async with self._locked([user_key]):  # after any update in flight, never before it
-            removed = await self._write("DeleteUser", "", self.store.delete, user_key)
+            removed = await self._write("DeleteUser", caller, self.store.delete, user_key)
         log.info("deleted %d platform profile(s) of one user", removed)
         return pb.DeleteUserResponse(platforms_removed=removed)
 

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from gateway.auth import API_KEY_HEADER, key_digest
 from gateway.encoder import TritonEncoder
 from gateway.metrics import GatewayMetrics
 from gateway.proto.interest.v1 import gateway_pb2 as pb
@@ -66,3 +67,34 @@ def test_expired_deadline_never_reaches_triton() -> None:
     encoder = TritonEncoder.__new__(TritonEncoder)
     with pytest.raises(DeadlineExceeded, match="before the interest model was called"):
         asyncio.run(encoder.embed_uncached(["tea"], "EncodeInterest", "food", timeout=0.0))
+
+
+class KeyContext(FakeContext):
+    def __init__(self, key: str) -> None:
+        super().__init__(None)
+        self.key = key
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:  # type: ignore[override]
+        return ((API_KEY_HEADER, self.key),)
+
+
+def test_user_wide_writes_are_timed_under_the_platform_that_asked(tmp_path: Path) -> None:
+    """SetConsent and DeleteUser belong to no one platform: their store metrics name the
+    caller's (an on-call engineer can see which platform erases users), '*' for operators."""
+    settings = load_settings(var_dir=tmp_path, api_keys={key_digest("k-shop"): "kitchen",
+                                                          key_digest("k-ops"): "*"})
+    encoder: Any = RecordingEncoder()
+    svc = InterestGatewayService(settings, ProfileStore(tmp_path / "p.sqlite3"), encoder,
+                                 GatewayMetrics(), MigrationMap(4), {"food": {}, "kitchen": {}})
+    shop: Any = KeyContext("k-shop")
+    ops: Any = KeyContext("k-ops")
+    asyncio.run(svc.SetConsent(pb.SetConsentRequest(user_id="u1", migrate=True), shop))
+    asyncio.run(svc.DeleteUser(pb.DeleteUserRequest(user_id="u1"), ops))
+
+    def writes(rpc: str, platform: str) -> float | None:
+        return svc.metrics.registry.get_sample_value(
+            "interest_store_seconds_count", {"rpc": rpc, "platform": platform})
+
+    assert writes("SetConsent", "kitchen") == 1.0
+    assert writes("DeleteUser", "*") == 1.0
+    assert writes("SetConsent", "") is None and writes("DeleteUser", "") is None
