@@ -6,6 +6,7 @@ id, and the details go to the log under that id. The same interceptor records RP
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -123,6 +124,15 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
                 await context.abort(code, str(exc) or code.name)
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
+                raise
+            except asyncio.CancelledError:
+                # gRPC cancelled the handler: the client's deadline passed, or the client went
+                # away. Counted as what the client saw, never as OK.
+                remaining = context.time_remaining()
+                code = (grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0
+                        else grpc.StatusCode.CANCELLED)
+                log.info("%s -> %s: cancelled by gRPC after %.3f s", method, code.name,
+                         time.perf_counter() - start)
                 raise
             except Exception:
                 request_id = uuid.uuid4().hex[:12]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import re
+from typing import Any
 
 import grpc
 import pytest
@@ -13,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from tritonclient.utils import InferenceServerException
 
 from gateway.adapters import AdapterContext, adapter_for
-from gateway.errors import from_triton, status_of
+from gateway.errors import ErrorAndMetricsInterceptor, from_triton, status_of
 from gateway.metrics import STAGES, GatewayMetrics
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from interest_core import errors
@@ -172,3 +174,47 @@ def test_settle_heap_freezes_what_start_up_built() -> None:
         assert gc.get_freeze_count() >= len(kept)
     finally:
         gc.unfreeze()
+
+
+class _Details:
+    method = "/interest.v1.InterestGateway/EncodeInterest"
+
+
+class _Ending:
+    """A servicer context whose deadline has `remaining` seconds left (None: no deadline)."""
+
+    def __init__(self, remaining: float | None) -> None:
+        self.remaining = remaining
+
+    def time_remaining(self) -> float | None:
+        return self.remaining
+
+
+@pytest.mark.parametrize(("remaining", "code"), [(-0.002, "DEADLINE_EXCEEDED"), (0.0, "DEADLINE_EXCEEDED"),
+                                                 (4.0, "CANCELLED"), (None, "CANCELLED")])
+def test_a_call_grpc_cancels_is_counted_under_its_real_code(remaining: float | None, code: str) -> None:
+    """gRPC cancels the handler when the client's deadline passes or the client goes away: such a
+    call must not count as OK in grpc_server_handled_total (the dashboard's error panels and
+    the server-error alerts read it); the cancellation itself still goes up."""
+    metrics = GatewayMetrics(CollectorRegistry())
+    interceptor = ErrorAndMetricsInterceptor(metrics)
+
+    async def handler(request: object, context: object) -> None:
+        raise asyncio.CancelledError
+
+    async def continuation(details: object) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(handler)
+
+    async def call() -> None:
+        details: Any = _Details()
+        wrapped = (await interceptor.intercept_service(continuation, details)).unary_unary
+        context: Any = _Ending(remaining)
+        await wrapped(object(), context)
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(call())
+    labels = {"grpc_type": "unary", "grpc_service": "interest.v1.InterestGateway",
+              "grpc_method": "EncodeInterest"}
+    assert metrics.registry.get_sample_value("grpc_server_handled_total", {**labels, "grpc_code": code}) == 1.0
+    assert metrics.registry.get_sample_value("grpc_server_handled_total", {**labels, "grpc_code": "OK"}) is None
+    assert interceptor.in_flight == 0
