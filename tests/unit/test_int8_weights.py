@@ -32,8 +32,8 @@ def test_seven_bit_weights_only_for_uint8_without_vnni() -> None:
     assert weight_bits_for("uint8", vnni=False) == 7
     assert weight_bits_for("uint8", vnni=True) == 8
     assert weight_bits_for("int8", vnni=False) == 8, "TensorRT's int8 path has no int16 pairs"
-    # The reason: with |w| <= 64 the largest u8 x s8 pair still fits int16; with 127 it does not.
-    assert 255 * 64 * 2 <= 32767 < 255 * 127 * 2
+    # The reason: with |w| <= 64 the largest u8 x s8 pair (255 * 64 * 2) still fits int16; with
+    # 127 it does not (below: which engines `saturating_weights` flags).
 
 
 def qdq_model(path: Path, weight_max: int, activation: int) -> Path:

@@ -78,8 +78,14 @@ def test_assets_hold_migration_blend_and_categories(checkpoint: Path) -> None:
     assert set(assets.migration) == {("social", "video"), ("video", "social")}
     assert assets.cooccurrence[("social", "video")].shape == (48, 48)
     assert set(assets.blend) == set(assets.migration)
-    cats = assets.categories(np.eye(384, dtype=np.float32)[0], top=3)
-    assert len(cats) == 3 and abs(sum(p for _, p in cats)) <= 1.0
+    names = json.loads((checkpoint / "train_report.json").read_text())["categories"]
+    top3 = assets.categories(np.eye(384, dtype=np.float32)[0], top=3)
+    every = assets.categories(np.eye(384, dtype=np.float32)[0], top=len(names))
+    assert top3 == every[:3], "the top 3 are the first 3 of the full ranking"
+    assert sorted(n for n, _ in every) == sorted(names), "every trained category, each once"
+    probs = [p for _, p in every]
+    assert probs == sorted(probs, reverse=True) and min(probs) > 0.0
+    assert abs(sum(probs) - 1.0) < 1e-5, "a distribution over the K categories"
 
 
 def test_assets_round_trip_and_blend_formula(tmp_path: Path) -> None:
