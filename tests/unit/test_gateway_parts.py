@@ -169,9 +169,11 @@ def test_settle_heap_freezes_what_start_up_built() -> None:
     from gateway.server import settle_heap
 
     kept = [{"item": i} for i in range(1000)]  # start-up state that lives on
+    assert any(o is kept for o in gc.get_objects()), "tracked: a collection would walk it"
     try:
         assert settle_heap() >= len(kept)
         assert gc.get_freeze_count() >= len(kept)
+        assert not any(o is kept for o in gc.get_objects()), "frozen: no collection walks it now"
     finally:
         gc.unfreeze()
 
