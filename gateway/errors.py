@@ -86,6 +86,7 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
                  service_prefix: str = "/interest.v1.") -> None:
         self._metrics = metrics
         self._max_in_flight = max_in_flight
+        metrics.in_flight_limit.set(max_in_flight)
         self._prefix = service_prefix
         self.in_flight = 0
 
@@ -116,6 +117,7 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
                             f"{self._max_in_flight}); retry with backoff"
                         )
                     self.in_flight += 1
+                    metrics.in_flight.inc()
                     counted = True
                 return await inner(request, context)
             except InterestError as exc:
@@ -142,6 +144,7 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 if counted:
                     self.in_flight -= 1
+                    metrics.in_flight.dec()
                 metrics.handled.labels(**labels, grpc_code=code.name).inc()
                 metrics.handling.labels(**labels).observe(time.perf_counter() - start)
 

@@ -46,6 +46,12 @@ class GatewayMetrics:
                                   registry=self.registry)
         self.triton_ready = Gauge("interest_triton_ready", "1 when Triton answers ready.",
                                   registry=self.registry)
+        self.in_flight = Gauge("interest_requests_in_flight",
+                               "Calls of the gateway's service being handled now.", registry=self.registry)
+        self.in_flight_limit = Gauge(
+            "interest_requests_in_flight_limit",
+            "max_in_flight: past it, new calls are refused at once with RESOURCE_EXHAUSTED.",
+            registry=self.registry)
         self.rank_batch = Histogram("interest_rank_batch_size",
                                     "Recommend queries scored together per catalogue pass.",
                                     ("platform",), buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64),

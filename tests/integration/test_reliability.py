@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -37,9 +38,10 @@ class GatewayProcess:
     def __init__(self, stack: Stack, log: Path, grace_s: float = 10.0,
                  extra_env: dict[str, str] | None = None) -> None:
         self.port = free_port()
+        self.metrics_port = free_port()
         env = dict(os.environ)
         env.update({
-            "INTEREST_GRPC_PORT": str(self.port), "INTEREST_METRICS_PORT": str(free_port()),
+            "INTEREST_GRPC_PORT": str(self.port), "INTEREST_METRICS_PORT": str(self.metrics_port),
             "INTEREST_TRITON_GRPC_PORT": str(stack.triton.grpc_port),
             "INTEREST_VAR_DIR": str(stack.settings.var_dir), "INTEREST_SHUTDOWN_GRACE_S": str(grace_s),
             **(extra_env or {}),
@@ -66,6 +68,13 @@ class GatewayProcess:
                     pass
                 time.sleep(0.25)
         raise AssertionError(f"gateway not SERVING:\n{self.log.read_text()[-2000:]}")
+
+    def in_flight(self) -> float:
+        """The gateway's interest_requests_in_flight gauge, from its /metrics."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        body = urllib.request.urlopen(url, timeout=5).read().decode()
+        return sum(float(line.rpartition(" ")[2]) for line in body.splitlines()
+                   if line.startswith("interest_requests_in_flight "))
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -173,8 +182,12 @@ async def test_sigterm_drains_in_flight_and_refuses_new(gateway_process: Gateway
         stub = pb_grpc.InterestGatewayStub(channel)
         slow = asyncio.ensure_future(stub.EncodeInterest(pb.EncodeInterestRequest(
             platform="kitchen", events=unseen_events("drain", 500, long=True)), timeout=60))
-        await asyncio.sleep(0.3)
+        for _ in range(200):  # until the gateway is handling it (not merely sent)
+            if await asyncio.to_thread(gateway_process.in_flight) >= 1 or slow.done():
+                break
+            await asyncio.sleep(0.05)
         assert not slow.done(), "the request must still be in flight when SIGTERM arrives"
+        assert await asyncio.to_thread(gateway_process.in_flight) == 1
         gateway_process.proc.send_signal(signal.SIGTERM)
         reply = await slow
         assert reply.events_used == 500, "the in-flight request completed"

@@ -224,3 +224,39 @@ def test_a_call_grpc_cancels_is_counted_under_its_real_code(remaining: float | N
 
     assert count(code) == 1.0 and count("OK") is None
     assert interceptor.in_flight == 0
+
+
+def test_in_flight_gauge_counts_the_calls_being_handled() -> None:
+    """interest_requests_in_flight is 1 while a call runs and 0 after, also after a failure;
+    the limit gauge shows max_in_flight (the dashboard draws the two together)."""
+    metrics = GatewayMetrics(CollectorRegistry())
+    interceptor = ErrorAndMetricsInterceptor(metrics, max_in_flight=7)
+    seen: list[float | None] = []
+
+    async def handler(request: object, context: object) -> None:
+        seen.append(metrics.registry.get_sample_value("interest_requests_in_flight"))
+        if request == "fail":
+            raise errors.NotFound("no such user")
+
+    class Aborting(_Ending):
+        async def abort(self, code: grpc.StatusCode, details: str) -> None:
+            raise grpc.aio.AbortError(details)
+
+        def code(self) -> grpc.StatusCode:
+            return grpc.StatusCode.NOT_FOUND
+
+    async def continuation(details: object) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(handler)
+
+    async def call(request: str) -> None:
+        details: Any = _Details()
+        wrapped: Any = (await interceptor.intercept_service(continuation, details)).unary_unary
+        context: Any = Aborting(None)
+        await wrapped(request, context)
+
+    asyncio.run(call("ok"))
+    with pytest.raises(grpc.aio.AbortError):
+        asyncio.run(call("fail"))
+    assert seen == [1.0, 1.0]
+    assert metrics.registry.get_sample_value("interest_requests_in_flight") == 0.0
+    assert metrics.registry.get_sample_value("interest_requests_in_flight_limit") == 7.0
