@@ -104,6 +104,25 @@ CASES: list[dict[str, Any]] = [
         "alert_rule_test": [alert("InterestServerErrorsHigh", "25m"),
                             alert("InterestServerErrorsElevated", "25m")],
     },
+    {  # 3 in 100 calls refused as overloaded: a warning after 10 minutes; 1 in 200 is not one
+        "input_series": [
+            series("grpc_server_handled_total", {**SERVICE, "grpc_code": "OK"}, "0+97x30"),
+            series("grpc_server_handled_total", {**SERVICE, "grpc_code": "RESOURCE_EXHAUSTED"}, "0+3x30"),
+        ],
+        "alert_rule_test": [
+            alert("InterestShedding", "5m"),
+            alert("InterestShedding", "15m", {
+                "severity": "warning", "summary": "The gateway refuses 3% of calls as overloaded"}),
+            alert("InterestServerErrorsElevated", "25m"),  # shedding is not a server error
+        ],
+    },
+    {
+        "input_series": [
+            series("grpc_server_handled_total", {**SERVICE, "grpc_code": "OK"}, "0+199x30"),
+            series("grpc_server_handled_total", {**SERVICE, "grpc_code": "RESOURCE_EXHAUSTED"}, "0+1x30"),
+        ],
+        "alert_rule_test": [alert("InterestShedding", "25m")],
+    },
     {  # Recommend: every call between 1 and 2.5 s (p99 2.485 s); EncodeInterest between 0.25 and
         # 0.5 s (p99 0.4975 s); IngestEvents within 5 ms
         "input_series": [
@@ -161,7 +180,7 @@ def test_rules_are_valid_and_documented() -> None:
     assert len(alerts) == 2, "README.md has no '## Alerts' section"
     section = alerts[1].split("\n## ", 1)[0]
     names = [r["alert"] for r in rules()]
-    assert len(names) == len(set(names)) >= 8
+    assert len(names) == len(set(names)) >= 9
     for rule in rules():
         assert rule["labels"]["severity"] in SEVERITIES, rule["alert"]
         assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]
