@@ -17,6 +17,7 @@ import logging
 import sys
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,36 @@ from quantize.calibration import write_record
 from quantize.smooth import DEFAULT_ALPHA, smooth
 
 log = logging.getLogger("quantize.int8")
+
+# ONNX Runtime's quantizer warns on the root logger, twice per model, that the graph was not run
+# through its `quant_pre_process`. Measured on the trained model (same calibration texts and
+# gate): with shape inference only, or with its optimizations too, the held-out cosine was 0.9954
+# against 0.9955 without, at 258-260 against 270-278 texts/s; and its symbolic shape inference
+# fails on this graph unless told to merge dimensions. So it is skipped, and said once, in words.
+PRE_PROCESS_ADVICE = ("Please consider to run pre-processing before quantization",
+                      "Please consider pre-processing before quantization")
+
+
+class _DropPreProcessAdvice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(PRE_PROCESS_ADVICE)
+
+
+@contextmanager
+def without_pre_process_advice() -> Iterator[None]:
+    """While quantizing: ONNX Runtime's pre-processing advice is dropped from the root logger."""
+    handlers = logging.getLogger().handlers
+    drop = _DropPreProcessAdvice()
+    root = logging.getLogger()
+    root.addFilter(drop)
+    for handler in handlers:
+        handler.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+        for handler in handlers:
+            handler.removeFilter(drop)
 
 
 class TextCalibrationReader(CalibrationDataReader):
@@ -135,22 +166,24 @@ def quantize_int8(
         if smooth_alpha > 0:
             source = smoothed_copy(fp32, texts, tokenizer, smooth_alpha, Path(scratch))
         excluded = fp32_matmuls(source)
-        log.info("calibrating on %d texts; %s activations, %d-bit weights; keeping %d MatMuls in fp32",
+        log.info("calibrating on %d texts; %s activations, %d-bit weights; keeping %d MatMuls in fp32 "
+                 "(not pre-processed by ONNX Runtime's quant_pre_process: it measured no gain here)",
                  len(texts), activations, weight_bits, len(excluded))
-        quantize_static(
-            str(source),
-            str(out),
-            TextCalibrationReader(texts, tokenizer),
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=["MatMul"],
-            nodes_to_exclude=excluded,
-            per_channel=True,
-            reduce_range=weight_bits == 7,
-            activation_type=ACTIVATIONS[activations],
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
-        )
+        with without_pre_process_advice():
+            quantize_static(
+                str(source),
+                str(out),
+                TextCalibrationReader(texts, tokenizer),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=["MatMul"],
+                nodes_to_exclude=excluded,
+                per_channel=True,
+                reduce_range=weight_bits == 7,
+                activation_type=ACTIVATIONS[activations],
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+            )
     return out
 
 

@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from interest_core.runtime import cpu_has_vnni, saturating_weights, warn_if_saturating
-from quantize.int8 import weight_bits_for
+from quantize.int8 import weight_bits_for, without_pre_process_advice
 
 
 def cpuinfo(tmp_path: Path, flags: str) -> Path:
@@ -73,3 +73,17 @@ def test_an_engine_that_could_saturate_here_is_named_in_the_log(
         assert not caplog.records
         assert warn_if_saturating(eight, vnni=False)
     assert "rebuild the engine here" in caplog.text and "eight.onnx" in caplog.text
+
+
+def test_onnx_runtime_pre_process_advice_is_dropped_only_while_quantizing(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """ONNX Runtime's advice to pre-process (measured: no gain here) is kept out of `make
+    engine`'s log; every other warning, and the advice outside quantizing, still shows."""
+    with caplog.at_level(logging.WARNING):
+        with without_pre_process_advice():
+            logging.warning("Please consider to run pre-processing before quantization. Refer to ...")
+            logging.warning("Please consider pre-processing before quantization. See ...")
+            logging.getLogger("onnxruntime").warning("another warning while quantizing")
+        logging.warning("Please consider pre-processing before quantization. See ...")
+    assert [r.getMessage() for r in caplog.records] == [
+        "another warning while quantizing", "Please consider pre-processing before quantization. See ..."]
