@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,33 @@ from interest_core.tritonserver import TritonServer, free_port, start_triton
 
 CATALOGUE_SLICE = 1500  # items per platform in tests; `make up` uses all of them
 TRAINED = ROOT / "models" / "amazon-food-kitchen"  # what `make train` wrote, committed
+
+
+def prometheus_tool(name: str) -> str:
+    """`prometheus` or `promtool` (PATH, then the Debian package's /usr/bin); fails the test if
+    absent: build/install-prometheus.sh installs both, and `make test` runs it."""
+    found = shutil.which(name) or (f"/usr/bin/{name}" if os.access(f"/usr/bin/{name}", os.X_OK) else None)
+    if found is None:
+        pytest.fail(f"`{name}` is not installed: run build/install-prometheus.sh (installs the Debian "
+                    "package `prometheus`, which ships it)")
+    return found
+
+
+def scrape_metrics(port: int) -> dict[str, float]:
+    """A gateway's /metrics: each sample line's name-with-labels and value."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    samples = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def metric_total(samples: dict[str, float], metric: str, **labels: str) -> float:
+    """The sum of `metric`'s samples carrying these label values (0 when none)."""
+    return sum(v for k, v in samples.items() if (k == metric or k.startswith(metric + "{"))
+               and all(f'{lk}="{lv}"' in k for lk, lv in labels.items()))
 
 
 @dataclass

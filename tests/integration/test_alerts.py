@@ -6,8 +6,6 @@ test_monitoring.py loads the same rules into the real Prometheus scraping the re
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,21 +14,13 @@ import pytest
 import yaml
 
 from interest_core.config import ROOT
+from tests.integration.conftest import prometheus_tool
 
 pytestmark = pytest.mark.integration
 
 ALERTS = ROOT / "build" / "alerts.yml"
 SEVERITIES = {"page", "warning"}
 SERVICE = {"grpc_service": "interest.v1.InterestGateway", "grpc_method": "Recommend", "grpc_type": "unary"}
-
-
-def promtool() -> str:
-    found = shutil.which("promtool") or ("/usr/bin/promtool" if os.access("/usr/bin/promtool", os.X_OK)
-                                         else None)
-    if found is None:
-        pytest.fail("`promtool` is not installed: run build/install-prometheus.sh (Debian package "
-                    "`prometheus`, which ships it)")
-    return found
 
 
 def rules() -> list[dict[str, Any]]:
@@ -173,7 +163,8 @@ CASES: list[dict[str, Any]] = [
 def test_rules_are_valid_and_documented() -> None:
     """promtool accepts the file; each alert has a severity, a summary and a description, and
     the README's "Alerts" section names it (what it means, what to look at first)."""
-    check = subprocess.run([promtool(), "check", "rules", str(ALERTS)], capture_output=True, text=True)
+    check = subprocess.run([prometheus_tool("promtool"), "check", "rules", str(ALERTS)],
+                           capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     readme = (ROOT / "README.md").read_text()
     alerts = readme.split("\n## Alerts\n", 1)
@@ -204,7 +195,7 @@ def test_every_alert_fires_when_it_should_and_only_then(tmp_path: Path) -> None:
     spec = {"rule_files": ["alerts.yml"], "evaluation_interval": "1m",
             "tests": [{"interval": "1m", **case} for case in CASES]}
     (tmp_path / "alerts.test.yml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    run = subprocess.run([promtool(), "test", "rules", "alerts.test.yml"], cwd=tmp_path,
+    run = subprocess.run([prometheus_tool("promtool"), "test", "rules", "alerts.test.yml"], cwd=tmp_path,
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "SUCCESS" in run.stdout

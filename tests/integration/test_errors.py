@@ -4,7 +4,6 @@ and the server stays up."""
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 import uuid
 
 import grpc
@@ -15,7 +14,7 @@ from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.server import create_server
 from interest_core.tritonserver import free_port, start_triton
-from tests.integration.conftest import Stack, wait_serving
+from tests.integration.conftest import Stack, metric_total, scrape_metrics, wait_serving
 
 pytestmark = pytest.mark.integration
 
@@ -71,11 +70,8 @@ async def test_bad_requests_get_clear_statuses(stack: Stack) -> None:
 
 def handled(stack: Stack, method: str, code: str) -> float:
     """grpc_server_handled_total of one method and code, read from the gateway's /metrics."""
-    url = f"http://127.0.0.1:{stack.metrics_port}/metrics"
-    body = urllib.request.urlopen(url, timeout=5).read().decode()
-    want = (f'grpc_method="{method}"', f'grpc_code="{code}"')
-    return sum(float(line.rpartition(" ")[2]) for line in body.splitlines()
-               if line.startswith("grpc_server_handled_total{") and all(w in line for w in want))
+    return metric_total(scrape_metrics(stack.metrics_port), "grpc_server_handled_total",
+                        grpc_method=method, grpc_code=code)
 
 
 async def test_short_deadline_answers_deadline_exceeded(stack: Stack) -> None:

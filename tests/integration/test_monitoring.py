@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import re
-import shutil
 import signal
 import subprocess
 import urllib.error
@@ -31,7 +29,7 @@ import yaml
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from interest_core.config import ROOT
 from interest_core.tritonserver import free_port
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Stack, prometheus_tool
 
 pytestmark = pytest.mark.integration
 
@@ -73,16 +71,6 @@ class Prometheus:
     def log_tail(self, lines: int = 15) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else "(no log)"
         return "\n".join(text.splitlines()[-lines:])
-
-
-def prometheus_binary() -> str:
-    """The Prometheus server binary (PATH, then the Debian package's path); fails the test if absent."""
-    found = shutil.which("prometheus") or ("/usr/bin/prometheus" if os.access("/usr/bin/prometheus", os.X_OK)
-                                           else None)
-    if found is None:
-        pytest.fail("the Prometheus server binary `prometheus` is not installed: "
-                    "run build/install-prometheus.sh (installs the Debian package `prometheus`)")
-    return found
 
 
 def substitute(expr: str) -> str:
@@ -184,7 +172,7 @@ async def wait_for(what: str, probe: Callable[[], Awaitable[bool]], prom: Promet
 @pytest_asyncio.fixture
 async def prometheus(stack: Stack, tmp_path: Path) -> AsyncIterator[Prometheus]:
     """The real Prometheus server scraping this test's gateway and Triton; SIGTERM on teardown."""
-    binary = prometheus_binary()
+    binary = prometheus_tool("prometheus")
     config = tmp_path / "prometheus.yml"
     config.write_text(render_config(stack.metrics_port, stack.triton.metrics_port))
     port = free_port()

@@ -11,7 +11,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from gateway.server import create_server
 from interest_core.config import ROOT
 from interest_core.data import load_catalogue
 from interest_core.tritonserver import free_port
-from tests.integration.conftest import Stack, wait_serving
+from tests.integration.conftest import Stack, metric_total, scrape_metrics, wait_serving
 
 pytestmark = pytest.mark.integration
 
@@ -71,10 +70,7 @@ class GatewayProcess:
 
     def in_flight(self) -> float:
         """The gateway's interest_requests_in_flight gauge, from its /metrics."""
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        body = urllib.request.urlopen(url, timeout=5).read().decode()
-        return sum(float(line.rpartition(" ")[2]) for line in body.splitlines()
-                   if line.startswith("interest_requests_in_flight "))
+        return metric_total(scrape_metrics(self.metrics_port), "interest_requests_in_flight")
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import urllib.request
 import uuid
 
 import grpc
@@ -12,7 +11,7 @@ import pytest
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from interest_core.data import Catalogue, UserSequence, load_catalogue, load_sequences
 from interest_core.profiles import ProfileStore
-from tests.integration.conftest import CATALOGUE_SLICE, Stack
+from tests.integration.conftest import CATALOGUE_SLICE, Stack, metric_total, scrape_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -157,21 +156,7 @@ async def test_metrics_endpoint_shows_stage_histograms(stack: Stack) -> None:
     """These three calls each move their own stage histograms and RPC counters (read before and
     after: other tests on the same stack have made such calls too)."""
 
-    def scrape() -> dict[str, float]:
-        url = f"http://127.0.0.1:{stack.metrics_port}/metrics"
-        body = urllib.request.urlopen(url, timeout=5).read().decode()
-        samples = {}
-        for line in body.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                samples[name] = float(value)
-        return samples
-
-    def count(samples: dict[str, float], metric: str, **labels: str) -> float:
-        return sum(v for k, v in samples.items() if k.startswith(metric + "{")
-                   and all(f'{lk}="{lv}"' in k for lk, lv in labels.items()))
-
-    before = scrape()
+    before = scrape_metrics(stack.metrics_port)
     await stack.stub.IngestEvents(pb.IngestEventsRequest(platform="kitchen", events=[
         pb.BehaviorEvent(user_id="it-metrics", item_text="chef knife", event_type="view")]), timeout=30)
     await stack.stub.Recommend(pb.RecommendRequest(user_id="it-metrics", target_platform="kitchen", k=5),
@@ -179,10 +164,10 @@ async def test_metrics_endpoint_shows_stage_histograms(stack: Stack) -> None:
     await stack.stub.EncodeInterest(pb.EncodeInterestRequest(platform="kitchen", events=[
         pb.BehaviorEvent(item_text=f"cast iron skillet {uuid.uuid4().hex[:8]}", event_type="view")]),
         timeout=30)  # an unseen text, so the call reaches Triton (infer) rather than the cache
-    after = scrape()
+    after = scrape_metrics(stack.metrics_port)
 
     def added(metric: str, **labels: str) -> float:
-        return count(after, metric, **labels) - count(before, metric, **labels)
+        return metric_total(after, metric, **labels) - metric_total(before, metric, **labels)
 
     for stage in ("preprocess", "tokenize", "infer", "total"):
         assert added(f"interest_{stage}_seconds_count", rpc="EncodeInterest", platform="kitchen") == 1, stage
@@ -192,7 +177,7 @@ async def test_metrics_endpoint_shows_stage_histograms(stack: Stack) -> None:
         assert added(f"interest_{stage}_seconds_count", rpc="Recommend", platform="kitchen") == 1, stage
     assert added("grpc_server_handled_total", grpc_method="Recommend", grpc_code="OK") == 1
     assert added("grpc_server_handling_seconds_count", grpc_method="EncodeInterest") == 1
-    assert count(after, "interest_catalogue_items", platform="kitchen") == CATALOGUE_SLICE
+    assert metric_total(after, "interest_catalogue_items", platform="kitchen") == CATALOGUE_SLICE
 
 
 async def test_without_consent_nothing_migrates(stack: Stack) -> None:
