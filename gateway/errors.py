@@ -86,9 +86,10 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
                  service_prefix: str = "/interest.v1.") -> None:
         self._metrics = metrics
         self._max_in_flight = max_in_flight
-        metrics.in_flight_limit.set(max_in_flight)
         self._prefix = service_prefix
         self.in_flight = 0
+        metrics.in_flight.set_function(lambda: self.in_flight)  # read at each scrape
+        metrics.in_flight_limit.set(max_in_flight)
 
     async def intercept_service(
         self,
@@ -117,7 +118,6 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
                             f"{self._max_in_flight}); retry with backoff"
                         )
                     self.in_flight += 1
-                    metrics.in_flight.inc()
                     counted = True
                 return await inner(request, context)
             except InterestError as exc:
@@ -144,7 +144,6 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 if counted:
                     self.in_flight -= 1
-                    metrics.in_flight.dec()
                 metrics.handled.labels(**labels, grpc_code=code.name).inc()
                 metrics.handling.labels(**labels).observe(time.perf_counter() - start)
 

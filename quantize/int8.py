@@ -48,26 +48,19 @@ PRE_PROCESS_ADVICE = ("Please consider to run pre-processing before quantization
                       "Please consider pre-processing before quantization")
 
 
-class _DropPreProcessAdvice(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.getMessage()).startswith(PRE_PROCESS_ADVICE)
-
-
 @contextmanager
 def without_pre_process_advice() -> Iterator[None]:
-    """While quantizing: ONNX Runtime's pre-processing advice is dropped from the root logger."""
-    handlers = logging.getLogger().handlers
-    drop = _DropPreProcessAdvice()
+    """While quantizing: ONNX Runtime's pre-processing advice, which it logs on the root logger,
+    is dropped there."""
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(PRE_PROCESS_ADVICE)
+
     root = logging.getLogger()
-    root.addFilter(drop)
-    for handler in handlers:
-        handler.addFilter(drop)
+    root.addFilter(keep)
     try:
         yield
     finally:
-        root.removeFilter(drop)
-        for handler in handlers:
-            handler.removeFilter(drop)
+        root.removeFilter(keep)
 
 
 class TextCalibrationReader(CalibrationDataReader):
