@@ -12,7 +12,7 @@ MODELS  ?= models
 CONFIG  ?=
 EPOCHS  ?= 30
 # Models per trained checkpoint: K seeds trained at once, merged into one model that ranks as
-# their ensemble (interest_core/train.py); 1 trains a single model.
+# their ensemble (interest_model/trainer.py); 1 trains a single model.
 MEMBERS ?= 3
 RESULTS ?= results
 # `make engine` serves the trained checkpoint of DATASET when there is one (models/ is committed).
@@ -30,7 +30,7 @@ help:  ## list the targets
 
 up: setup data  ## first command: set up, build the engine (CPU), serve and run the demo (Ctrl-C stops)
 	$(MAKE) --no-print-directory engine TARGET=cpu
-	$(PY) -m gateway.serve --demo $(CONFIG_ARG)
+	$(PY) -m devtools.stack --demo $(CONFIG_ARG)
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
@@ -47,7 +47,7 @@ $(PROTO_OUT) &: $(PROTO_SRC) $(STAMP)
 proto: $(PROTO_OUT)  ## generate gRPC code from gateway/proto
 
 data: setup  ## check the dataset the project carries (datasets/, copied from shared/data) and summarise it
-	$(PY) -m interest_core.datacheck $(CONFIG_ARG)
+	$(PY) -m interest_model.datacheck $(CONFIG_ARG)
 
 # Re-export when the checkpoint or config named changes (the config's platforms calibrate and
 # gate the INT8 model) or any of the checkpoint's files does.
@@ -82,9 +82,9 @@ else
 endif
 
 train: setup  ## train DATASET's model (+ the new-items hold-out model for eval) into models/, each a merged 3-seed ensemble (~41 min on 2 cores; resumes)
-	$(PY) -m interest_core.train $(CONFIG_ARG) --dataset $(DATASET) --out $(MODELS)/$(DATASET) \
+	$(PY) -m interest_model.trainer $(CONFIG_ARG) --dataset $(DATASET) --out $(MODELS)/$(DATASET) \
 	  --epochs $(EPOCHS) --members $(MEMBERS) $(TRAIN_ARGS)
-	$(PY) -m interest_core.train $(CONFIG_ARG) --dataset $(DATASET) --out $(MODELS)/$(DATASET)-new-items \
+	$(PY) -m interest_model.trainer $(CONFIG_ARG) --dataset $(DATASET) --out $(MODELS)/$(DATASET)-new-items \
 	  --epochs $(EPOCHS) --members $(MEMBERS) --new-items-fraction 0.2 $(TRAIN_ARGS)
 
 # `make eval` builds, installs and serves its own copy of the engine under var/eval/DATASET/,
@@ -94,16 +94,16 @@ EVAL_REPO = INTEREST_MODEL_REPOSITORY=$(abspath $(EVAL_DIR))/model_repository
 
 eval: setup  ## evaluate models/DATASET vs the baselines offline, INT8, and through the running stack: results/eval.* (RESULTS=dir: elsewhere)
 	$(EVAL_REPO) $(MAKE) --no-print-directory engine TARGET=cpu CHECKPOINT=$(MODELS)/$(DATASET) ART=$(EVAL_DIR)/artifacts
-	$(PY) -m interest_core.evaluate $(CONFIG_ARG) --dataset $(DATASET) --checkpoint $(MODELS)/$(DATASET) \
+	$(PY) -m interest_model.evaluation.offline $(CONFIG_ARG) --dataset $(DATASET) --checkpoint $(MODELS)/$(DATASET) \
 	  --new-items-checkpoint $(MODELS)/$(DATASET)-new-items --int8 $(EVAL_DIR)/artifacts/model.int8-uint8.onnx \
 	  --out $(EVAL_DIR)/offline.json
-	$(EVAL_REPO) $(PY) -m gateway.served_eval $(CONFIG_ARG) --offline $(EVAL_DIR)/offline.json --out $(RESULTS)
+	$(EVAL_REPO) $(PY) -m devtools.served_eval $(CONFIG_ARG) --offline $(EVAL_DIR)/offline.json --out $(RESULTS)
 
 serve: setup  ## Triton + gateway in the foreground (needs `make engine`); Ctrl-C stops both
-	$(PY) -m gateway.serve $(CONFIG_ARG)
+	$(PY) -m devtools.stack $(CONFIG_ARG)
 
 demo: setup  ## demo client against a running gateway
-	$(PY) -m gateway.demo $(CONFIG_ARG)
+	$(PY) -m devtools.demo $(CONFIG_ARG)
 
 test: setup tools  ## second command: unit + integration tests (real Triton, gateway and Prometheus)
 	$(PY) -m pytest -q tests
@@ -119,7 +119,7 @@ tools:  ## Debian's prometheus server (the monitoring test scrapes the real stac
 
 bench: engine  ## benchmark: seed vs in-process limit vs this stack, perf_analyzer; writes results/bench.*
 	bash build/install-perf-analyzer.sh
-	$(PY) -m tests.bench.run
+	$(PY) -m bench.run
 	$(MAKE) --no-print-directory fuzz
 
 fuzz: setup  ## 2,500 fuzzed examples x 4 RPCs = 10,000 bad-input cases against the real stack

@@ -6,7 +6,6 @@ Texts already embedded (catalogue titles, items seen before) skip BERT entirely.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -19,20 +18,16 @@ from tritonclient.utils import InferenceServerException
 from gateway.errors import from_triton
 from gateway.metrics import GatewayMetrics
 from interest_core.config import Settings
+from interest_core.contract import ATTENTION_MASK, INPUT_IDS, OUTPUT, read_version
 from interest_core.errors import DeadlineExceeded, Unavailable
-from interest_core.runtime import ATTENTION_MASK, INPUT_IDS, OUTPUT
-from interest_core.tokenize import BehaviourTokenizer
+from interest_core.tokenizer import BehaviourTokenizer
 
 log = logging.getLogger("interest.encoder")
 
 
 def installed_model_version(settings: Settings) -> dict[str, object]:
     """VERSION.json written by `quantize.install`; raises Unavailable when no model is there."""
-    path = settings.model_repository / settings.model_name / "VERSION.json"
-    if not path.exists():
-        raise Unavailable(f"no model installed in {path.parent}: run `make engine`")
-    info: dict[str, object] = json.loads(path.read_text())
-    return info
+    return read_version(settings.model_repository / settings.model_name)
 
 
 class EmbeddingCache:

@@ -9,7 +9,7 @@ read at creation from settings.ranking_assets, by default the `interest_assets.n
 `quantize.install` puts beside the model; without that file the pretrained model is served
 as is. An unreadable or mismatched assets file stops the gateway from starting.
 
-    python -m gateway.server [--config FILE]      # needs a running Triton (see gateway.serve)
+    python -m gateway.server [--config FILE]      # needs a running Triton (see devtools.stack)
 """
 
 from __future__ import annotations
@@ -38,12 +38,13 @@ from gateway.errors import ErrorAndMetricsInterceptor
 from gateway.metrics import GatewayMetrics
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
-from gateway.service import InterestGatewayService
-from interest_core.assets import ASSETS_FILE, RankingAssets
+from gateway.servicer import InterestGatewayService
 from interest_core.config import DEFAULT_HMAC_KEY, Settings, load_settings
-from interest_core.data import Catalogue, item_popularity, load_catalogue
+from interest_core.contract import ASSETS_FILE
 from interest_core.migration import MigrationMap
 from interest_core.profiles import ProfileCipher, ProfileStore
+from interest_core.ranking.assets import RankingAssets
+from interest_model.corpus import Catalogue, item_popularity, load_catalogue
 
 log = logging.getLogger("interest.gateway")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InterestGateway"].full_name

@@ -1,2 +1,3 @@
-"""Shared core of the interest-migration stack: config, events, model, data, profiles,
-migration and ranking. Imported by gateway/ and quantize/; imports nothing from Triton."""
+"""The serving core: config, errors, events, privacy, tokenizer, profiles and their store,
+migration, ranking, and the model contract. Imported by the gateway, the offline side and the
+tools; imports none of them, nor torch, ONNX Runtime or matplotlib."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from interest_core.linalg import small_matvec
+from interest_core.ranking.linalg import small_matvec
 
 
 class MigrationMap:

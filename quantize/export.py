@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from interest_core.model import InterestEncoder, is_checkpoint
+from interest_model.backbone import InterestEncoder, is_checkpoint
 
 log = logging.getLogger("quantize.export")
 

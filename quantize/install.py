@@ -11,14 +11,13 @@ TARGET=gpu: Triton's TensorRT backend running model.plan.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
 from pathlib import Path
 
-from interest_core.assets import ASSETS_FILE
 from interest_core.config import ROOT, load_settings
+from interest_core.contract import ASSETS_FILE, file_digest
 
 # The committed python-backend adapter; copied when installing into another repository.
 MODEL_PY = ROOT / "model_repository" / "interest_encoder" / "1" / "model.py"
@@ -77,13 +76,6 @@ def output_dim(onnx_path: Path) -> int:
         raise ValueError(f"{onnx_path}: output has no static embedding size; pass --dim")
     return int(dims[-1].dim_value)
 
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,9 +31,9 @@ from onnxruntime.quantization import (
 )
 
 from interest_core.config import load_settings
-from interest_core.data import CALIBRATION_POOL, HELD_OUT_TEXTS, behaviour_texts, calibration_pool_size
-from interest_core.runtime import cpu_has_vnni
-from interest_core.tokenize import BehaviourTokenizer
+from interest_core.tokenizer import BehaviourTokenizer
+from interest_model.corpus import CALIBRATION_POOL, HELD_OUT_TEXTS, behaviour_texts, calibration_pool_size
+from interest_model.onnx_runtime import cpu_has_vnni
 from quantize.calibration import write_record
 from quantize.smooth import DEFAULT_ALPHA, smooth
 

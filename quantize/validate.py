@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from interest_core.config import Settings, load_settings
-from interest_core.data import HELD_OUT_TEXTS, behaviour_texts, calibration_pool_size
-from interest_core.runtime import OnnxInterestRuntime
-from interest_core.tokenize import BehaviourTokenizer
+from interest_core.tokenizer import BehaviourTokenizer
+from interest_model.corpus import HELD_OUT_TEXTS, behaviour_texts, calibration_pool_size
+from interest_model.onnx_runtime import OnnxInterestRuntime
 from quantize.calibration import read_record, record_path
 
 log = logging.getLogger("quantize.validate")

@@ -10,7 +10,7 @@ from typing import ClassVar
 
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from interest_core.errors import InvalidInput
-from interest_core.schemas import UnifiedEvent
+from interest_core.events import UnifiedEvent
 from interest_core.text import clean_text, scrub_pii
 
 MAX_USER_ID = 128

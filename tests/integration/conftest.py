@@ -20,12 +20,12 @@ import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
+from devtools.triton_launcher import TritonServer, free_port, start_triton
 from gateway.metrics import GatewayMetrics
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.server import Gateway, create_server
 from interest_core.config import ROOT, Settings, load_settings
-from interest_core.model import is_checkpoint
-from interest_core.tritonserver import TritonServer, free_port, start_triton
+from interest_model.backbone import is_checkpoint
 
 CATALOGUE_SLICE = 1500  # items per platform in tests; `make up` uses all of them
 TRAINED = ROOT / "models" / "amazon-food-kitchen"  # what `make train` wrote, committed

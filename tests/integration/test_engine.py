@@ -11,7 +11,7 @@ import pytest
 from onnx import numpy_helper
 
 from interest_core.config import Settings
-from interest_core.runtime import cpu_has_vnni, saturating_weights
+from interest_model.onnx_runtime import cpu_has_vnni, saturating_weights
 
 pytestmark = pytest.mark.integration
 

@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
+from devtools.triton_launcher import free_port
 from gateway.encoder import installed_model_version
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
 from interest_core.config import load_settings
-from interest_core.data import load_catalogue
 from interest_core.profiles import ProfileStore
-from interest_core.tritonserver import free_port
+from interest_model.corpus import load_catalogue
 from tests.integration.conftest import Served, Stack, run_steps, serve_stack
 
 pytestmark = pytest.mark.integration

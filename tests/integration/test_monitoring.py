@@ -26,9 +26,9 @@ import pytest
 import pytest_asyncio
 import yaml
 
+from devtools.triton_launcher import free_port
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from interest_core.config import ROOT
-from interest_core.tritonserver import free_port
 from tests.integration.conftest import Stack, prometheus_tool
 
 pytestmark = pytest.mark.integration

@@ -20,12 +20,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from devtools.triton_launcher import free_port
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.server import create_server
 from interest_core.config import ROOT
-from interest_core.data import load_catalogue
-from interest_core.tritonserver import free_port
+from interest_model.corpus import load_catalogue
 from tests.integration.conftest import Stack, metric_total, scrape_metrics, wait_serving
 
 pytestmark = pytest.mark.integration

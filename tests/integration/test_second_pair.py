@@ -16,13 +16,14 @@ import pytest
 import pytest_asyncio
 import yaml
 
+from devtools.served_eval import event_types, serve_tasks
+from devtools.triton_launcher import free_port
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
-from gateway.served_eval import event_types, serve_tasks
-from interest_core import evaluate, train
 from interest_core.config import ROOT, Settings, load_settings
-from interest_core.datasets import InteractionData, load_dataset
-from interest_core.tritonserver import free_port
+from interest_model import trainer as train
+from interest_model.datasets import InteractionData, load_dataset
+from interest_model.evaluation import offline as evaluate
 from quantize import export, install, int8, validate
 from tests.integration.conftest import serve_stack
 
@@ -137,8 +138,8 @@ async def test_event_types_come_from_each_platforms_config_entry(pair: PairStack
 
 
 async def test_served_ranking_equals_offline_evaluate(pair: PairStack) -> None:
-    """Every test user of the fixture through the gateway (gateway.served_eval's loop), both
-    directions: the same NDCG@10, HR@10, Recall@50 and MRR as interest_core.evaluate's INT8
+    """Every test user of the fixture through the gateway (devtools.served_eval's loop), both
+    directions: the same NDCG@10, HR@10, Recall@50 and MRR as interest_model.evaluation.offline's INT8
     ranking (model + trained blend) on the same users."""
     built = pair.built
     tasks = built.offline["tasks"]

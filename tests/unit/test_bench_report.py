@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.bench.report import _limit_target, _paired_table
+from bench.report import _limit_target, _paired_table
 
 STACK = {"throughput_rps": 80.0}
 LIMIT = {"requests_per_s": 100.0}

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools.triton_launcher import TritonStartError, start_triton
 from interest_core.config import load_settings
-from interest_core.tritonserver import TritonStartError, start_triton
 from quantize import trt_build
 
 

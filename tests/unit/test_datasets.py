@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 from gateway.server import fallback_popularity
-from interest_core import datacheck
-from interest_core.assets import RankingAssets
 from interest_core.config import DEFAULT_CONFIG_FILE, ROOT, DatasetConfig, Settings, load_settings
-from interest_core.data import Catalogue, calibration_pool_size, item_popularity
-from interest_core.datasets import (
+from interest_core.privacy import Pseudonymiser
+from interest_core.ranking.assets import RankingAssets
+from interest_model import datacheck
+from interest_model.corpus import Catalogue, calibration_pool_size, item_popularity
+from interest_model.datasets import (
     DATASET_ADAPTERS,
     UNASSIGNED,
     DatasetAdapter,
@@ -27,8 +28,7 @@ from interest_core.datasets import (
     dataset_adapter,
     load_dataset,
 )
-from interest_core.datasets.social_video import SocialVideoOptions, split_of
-from interest_core.privacy import Pseudonymiser
+from interest_model.datasets.social_video import SocialVideoOptions, split_of
 
 FIXTURES = ROOT / "tests" / "fixtures"
 SV = FIXTURES / "social-video"
@@ -272,7 +272,7 @@ def test_the_int8_gate_leaves_out_exactly_the_texts_that_calibrated_the_candidat
     """quantize.int8 records its calibration texts beside the model; quantize.validate compares
     on texts outside that record, whatever seed calibrated (before the record, a --seed 3 model
     was gated on texts it had been calibrated on)."""
-    from interest_core.data import behaviour_texts
+    from interest_model.corpus import behaviour_texts
     from quantize.calibration import record_path, write_record
     from quantize.validate import held_out_texts
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from interest_core.evaluation import (
+from interest_model.evaluation import (
     BASELINES,
     PairTrainData,
     bootstrap_ci,
@@ -13,7 +13,7 @@ from interest_core.evaluation import (
     rank_metrics,
     tune,
 )
-from interest_core.evaluation.metrics import tie_keys
+from interest_model.evaluation.metrics import tie_keys
 
 
 def ranked(order: list[int], n: int) -> np.ndarray:

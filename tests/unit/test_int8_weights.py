@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from interest_core.runtime import cpu_has_vnni, saturating_weights, warn_if_saturating
+from interest_model.onnx_runtime import cpu_has_vnni, saturating_weights, warn_if_saturating
 from quantize.int8 import weight_bits_for, without_pre_process_advice
 
 

@@ -14,13 +14,13 @@ import pytest
 
 from gateway.metrics import GatewayMetrics
 from gateway.proto.interest.v1 import gateway_pb2 as pb
-from gateway.service import InterestGatewayService
+from gateway.servicer import InterestGatewayService
 from interest_core.config import load_settings
-from interest_core.data import Catalogue
 from interest_core.errors import NotFound
 from interest_core.migration import MigrationMap
 from interest_core.profiles import Profile, ProfileStore
-from interest_core.ranking import CatalogueIndex
+from interest_core.ranking.index import CatalogueIndex
+from interest_model.corpus import Catalogue
 from tests.unit.test_served_ranking import CTX
 
 DIM = 4

@@ -1,4 +1,4 @@
-"""Recommend's catalogue scoring: batching of concurrent calls (gateway.scoring), exact
+"""Recommend's catalogue scoring: batching of concurrent calls (interest_core.ranking.scoring), exact
 scores, and the bounded top k that scores only the largest-blend items (CatalogueIndex)."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import asyncio
 import numpy as np
 import pytest
 
-from gateway.scoring import BatchScorer, BoundGate, catalogue_scores
-from interest_core.data import Catalogue
-from interest_core.ranking import CatalogueIndex
+from interest_core.ranking.index import CatalogueIndex
+from interest_core.ranking.scoring import BatchScorer, BoundGate, catalogue_scores
+from interest_model.corpus import Catalogue
 
 
 def catalogue(n: int = 5000, d: int = 16, seed: int = 0) -> np.ndarray:

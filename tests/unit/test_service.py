@@ -14,7 +14,7 @@ from gateway.auth import API_KEY_HEADER, key_digest
 from gateway.encoder import TritonEncoder
 from gateway.metrics import GatewayMetrics
 from gateway.proto.interest.v1 import gateway_pb2 as pb
-from gateway.service import InterestGatewayService
+from gateway.servicer import InterestGatewayService
 from interest_core.config import load_settings
 from interest_core.errors import DeadlineExceeded
 from interest_core.migration import MigrationMap

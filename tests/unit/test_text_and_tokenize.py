@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 
 from interest_core.text import clean_text, scrub_pii
-from interest_core.tokenize import BehaviourTokenizer
+from interest_core.tokenizer import BehaviourTokenizer
 
 
 def test_clean_text_unescapes_html_and_squashes_whitespace() -> None:
@@ -32,7 +32,7 @@ def test_tokenizer_pads_only_to_longest_and_truncates() -> None:
 
 def test_run_many_sorts_rows_into_chunks_and_restores_order() -> None:
     """Rows from ragged requests are regrouped by length; each request gets its own rows back."""
-    from interest_core.runtime import OnnxInterestRuntime
+    from interest_model.onnx_runtime import OnnxInterestRuntime
 
     calls: list[tuple[int, ...]] = []
 

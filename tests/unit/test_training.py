@@ -14,12 +14,14 @@ import pytest
 import torch
 import yaml
 
-from interest_core import evaluate, train
-from interest_core.assets import ASSETS_FILE, Blend, RankingAssets
 from interest_core.config import ROOT
-from interest_core.eval_report import verdicts, write_all
-from interest_core.model import InterestEncoder
-from interest_core.tokenize import BehaviourTokenizer
+from interest_core.contract import ASSETS_FILE
+from interest_core.ranking.assets import Blend, RankingAssets
+from interest_core.tokenizer import BehaviourTokenizer
+from interest_model import trainer as train
+from interest_model.backbone import InterestEncoder
+from interest_model.evaluation import offline as evaluate
+from interest_model.evaluation.report import verdicts, write_all
 
 FIXTURES = ROOT / "tests" / "fixtures"
 
@@ -162,7 +164,7 @@ def test_eval_runs_on_the_other_platform_pair(config: Path, checkpoint: Path, tm
 def test_within_examples_split_each_history_into_visible_and_held_out() -> None:
     import random
 
-    from interest_core.training import within_examples
+    from interest_model.migration_model import within_examples
 
     rows = {"a": [[1, 2, 3, 4, 5], [7], []], "b": [[10, 11], [12, 13, 14, 15, 16, 17, 18, 19, 20, 21]]}
     got = within_examples(rows, 10, random.Random(3))
@@ -178,7 +180,7 @@ def test_within_examples_split_each_history_into_visible_and_held_out() -> None:
 
 
 def test_cosine_lr_decays_from_base_to_floor() -> None:
-    from interest_core.training import cosine_lr
+    from interest_model.migration_model import cosine_lr
 
     values = [cosine_lr(1e-3, s, 100) for s in range(101)]
     assert values[0] == pytest.approx(1e-3) and values[-1] == pytest.approx(5e-5)
@@ -187,7 +189,7 @@ def test_cosine_lr_decays_from_base_to_floor() -> None:
 
 
 def test_within_loss_masks_the_users_visible_items() -> None:
-    from interest_core.training import Direction, MigrationModel
+    from interest_model.migration_model import Direction, MigrationModel
 
     feats = np.eye(3, 4, dtype=np.float32)
     d = Direction("a", "a")
@@ -263,7 +265,7 @@ def concatenated_scores(heads: list[np.ndarray], maps: list[np.ndarray], source:
     """The ensemble written out: items embedded by the stacked heads, block-diagonal mapping."""
     from scipy.linalg import block_diag
 
-    from interest_core.training import Direction, model_scores
+    from interest_model.migration_model import Direction, model_scores
 
     def unit(x: np.ndarray) -> np.ndarray:
         return x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -274,7 +276,7 @@ def concatenated_scores(heads: list[np.ndarray], maps: list[np.ndarray], source:
 
 
 def test_merge_members_ranks_exactly_as_the_ensemble() -> None:
-    from interest_core.training import Direction, merge_members, model_scores
+    from interest_model.migration_model import Direction, merge_members, model_scores
 
     rng = np.random.default_rng(0)
     dim, k = 8, 3
@@ -303,10 +305,10 @@ def test_merge_members_ranks_exactly_as_the_ensemble() -> None:
 
 def test_members_train_in_workers_and_merge_into_one_model(config: Path, tmp_path: Path) -> None:
     from interest_core.config import load_settings
-    from interest_core.datasets import load_dataset
-    from interest_core.evaluation import evaluate as ndcg_of
-    from interest_core.features import catalogue_features
-    from interest_core.training import Direction, mask_to, pairs_of, restrict, user_rows
+    from interest_model.datasets import load_dataset
+    from interest_model.evaluation import evaluate as ndcg_of
+    from interest_model.features import catalogue_features
+    from interest_model.migration_model import Direction, mask_to, pairs_of, restrict, user_rows
 
     extra = ("--epochs", "2", "--new-items-fraction", "0.25")
     report = run_train(config, tmp_path / "ens", *extra, "--members", "2", "--seed", "3")
@@ -330,7 +332,8 @@ def test_members_train_in_workers_and_merge_into_one_model(config: Path, tmp_pat
     losses = lambda r: [h["loss"] for m in r["member_runs"] for h in m["history"]]  # noqa: E731
     assert losses(seq) == pytest.approx(losses(report), rel=1e-4)
     assert seq["valid_ndcg@10"] == pytest.approx(report["valid_ndcg@10"], abs=1e-6)
-    assert head_gap(tmp_path / "seq", tmp_path / "ens") < 1e-3
+    # Bit for bit: a member trains with the same torch threads in a worker or in this process.
+    assert head_gap(tmp_path / "seq", tmp_path / "ens") < 1e-6
 
     # The merged model's valid NDCG@10 is the ensemble's: the members' best weights, stacked.
     settings = load_settings(config)
@@ -345,3 +348,4 @@ def test_members_train_in_workers_and_merge_into_one_model(config: Path, tmp_pat
                                  feats["social"], feats["video"], hist)
     want = ndcg_of(mask_to(scores, new).__getitem__, len(hist), rel)["ndcg@10"]
     assert report["valid_ndcg@10"]["social->video/new-items"] == pytest.approx(want, abs=1e-6)
+

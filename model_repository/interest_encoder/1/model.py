@@ -1,6 +1,6 @@
 """Triton python-backend adapter for the interest encoder: ONNX Runtime on CPU.
 
-Thin by design: the padding/batching logic lives in interest_core.runtime.
+Thin by design: the padding/batching logic lives in interest_model.onnx_runtime.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from interest_core.runtime import ATTENTION_MASK, INPUT_IDS, OUTPUT, OnnxInterestRuntime
-from interest_core.triton_compat import pb_utils
+from interest_core.contract import ATTENTION_MASK, INPUT_IDS, OUTPUT
+from interest_model.onnx_runtime import OnnxInterestRuntime
+from quantize.triton_compat import pb_utils
 
 
 class TritonPythonModel:

@@ -1,0 +1,137 @@
+"""results/eval.{json,md,png}: the evaluation table, the targets' verdicts and a bar plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from interest_model.evaluation import BASELINES
+
+METHOD_ORDER = (*BASELINES, "model_only_fp32", "model_fp32", "model_int8", "served")
+
+
+def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each with the figures it was judged on and met / missed."""
+    out: list[dict[str, Any]] = []
+    for task, body in results["tasks"].items():
+        methods = body["methods"]
+        best_name = max((m for m in BASELINES if m in methods), key=lambda m: methods[m]["ndcg@10"])
+        best = methods[best_name]["ndcg@10"]
+        new_items = task.endswith("/new-items")
+        ours = "model_fp32" if new_items else ("served" if "served" in methods else "model_fp32")
+        if ours not in methods:
+            continue
+        value = methods[ours]["ndcg@10"]
+        need = 1.5 if new_items else (1.1 if task == results.get("primary_task") else 1.0)
+        row = {"task": task, "target": f"{ours} NDCG@10 >= {need}x best baseline",
+               "ours": value, "best_baseline": best_name, "best_baseline_ndcg@10": best,
+               "ratio": round(value / best, 3) if best else None, "need": need}
+        paired = body.get("ratio_ci95")
+        if paired and paired["baseline"] == best_name:
+            # Offline, over all the task's users: the served ranking's own per-user values are
+            # equal to its offline reference's (checked below), the baselines' exist only there.
+            row["ratio_ci95"] = paired["ci95"]
+            row["ratio_ci95_of"] = f"{paired['method']} offline, paired bootstrap over users"
+        out.append({**row, "met": value >= need * best})
+        if "model_int8" in methods and "model_fp32" in methods:
+            fp, q = methods["model_fp32"]["ndcg@10"], methods["model_int8"]["ndcg@10"]
+            gap = (fp - q) / fp if fp else 0.0
+            out.append({"task": task, "target": "INT8 within 2% (relative) of fp32 NDCG@10",
+                        "fp32": fp, "int8": q, "relative_gap": round(gap, 4), "met": gap <= 0.02})
+        if "served" in methods and "model_int8" in methods:
+            s, o = methods["served"], body.get("served_offline_reference", {})
+            if o:
+                out.append({"task": task, "target": "served matches offline (same users) within noise",
+                            "served_ndcg@10": s["ndcg@10"], "offline_ndcg@10": o["ndcg@10"],
+                            "offline_ci95": o["ndcg@10_ci95"],
+                            "met": o["ndcg@10_ci95"][0] <= s["ndcg@10"] <= o["ndcg@10_ci95"][1]})
+    return out
+
+
+def write_markdown(results: dict[str, Any], path: Path) -> None:
+    lines = [f"# Evaluation: {results['dataset']}", "",
+             f"Revision `{results['revision']}`, machine: {results['machine']}.", "",
+             "Full-catalogue ranking, binary relevance = all of the user's target-platform items; "
+             "NDCG@10 with its 95% bootstrap interval over users. `model_fp32`/`model_int8` are the "
+             "served ranking (model cosine + trained collaborative blend) computed offline; "
+             "`model_only_fp32` is the model's cosine alone; `served` went through the running "
+             "gateway and Triton (INT8). A target's `ratio_ci95` is the paired 95% bootstrap "
+             "interval of that ratio (both methods averaged over the same resampled users), "
+             "computed offline on the served ranking's INT8 (else fp32) scores.", ""]
+    for task, body in results["tasks"].items():
+        new = f", {body['new_items']} new items" if "new_items" in body else ""
+        lines += [f"## {task} ({body['users']} test users{new})", "",
+                  "| method | NDCG@10 | 95% CI | HR@10 | Recall@50 | MRR |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for name in METHOD_ORDER:
+            m = body["methods"].get(name)
+            if m is None:
+                continue
+            ci = m.get("ndcg@10_ci95")
+            lines.append(f"| {name} | {m['ndcg@10']:.4f} | "
+                         + (f"{ci[0]:.4f}–{ci[1]:.4f}" if ci else "–")
+                         + f" | {m['hr@10']:.3f} | {m['recall@50']:.3f} | {m['mrr']:.4f} |")
+        if "served_note" in body:
+            lines += ["", body["served_note"]]
+        lines.append("")
+    lines += ["## Targets", "", "| task | target | figures | verdict |", "| --- | --- | --- | --- |"]
+    for v in results["targets"]:
+        figures = ", ".join(f"{k} {v[k]}" for k in v if k not in ("task", "target", "met"))
+        lines.append(f"| {v['task']} | {v['target']} | {figures} | {'met' if v['met'] else 'MISSED'} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(results["tasks"])
+    targets = [v for v in results.get("targets", []) if "ratio_ci95" in v and "need" in v]
+    panels = len(tasks) + (1 if targets else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.2), squeeze=False)
+    if targets:
+        ratio_panel(axes[0][-1], targets)
+    for ax, task in zip(axes[0], tasks):
+        methods = results["tasks"][task]["methods"]
+        names = [n for n in METHOD_ORDER if n in methods]
+        values = [methods[n]["ndcg@10"] for n in names]
+        errs = [[v - methods[n]["ndcg@10_ci95"][0] for n, v in zip(names, values)],
+                [methods[n]["ndcg@10_ci95"][1] - v for n, v in zip(names, values)]]
+        colours = ["#9e9e9e" if n in BASELINES else "#1f77b4" for n in names]
+        ax.bar(range(len(names)), values, yerr=errs, color=colours, capsize=3)
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+        ax.set_title(f"{task} ({results['tasks'][task]['users']} users)", fontsize=10)
+        ax.set_ylabel("NDCG@10 (95% CI)")
+    fig.suptitle(f"{results['dataset']} @ {results['revision']}: baselines grey, ours blue", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def ratio_panel(ax: Any, targets: list[dict[str, Any]]) -> None:
+    """Each "k x the best baseline" target: the ratio with its paired 95% interval, and the
+    ratio it needs (red); met where the dot is right of the red mark."""
+    rows = range(len(targets))
+    ratios = [v["ratio"] for v in targets]
+    # the interval is the offline ranking's, over all users: a served ratio may sit at its edge
+    lo = [max(r - v["ratio_ci95"][0], 0.0) for r, v in zip(ratios, targets)]
+    hi = [max(min(v["ratio_ci95"][1], 10.0) - r, 0.0) for r, v in zip(ratios, targets)]
+    ax.errorbar(ratios, rows, xerr=[lo, hi], fmt="o", color="#1f77b4", capsize=4)
+    ax.scatter([v["need"] for v in targets], rows, marker="|", s=400, color="#d62728", label="target")
+    ax.axvline(1.0, color="#9e9e9e", lw=0.8, ls="--")
+    ax.set_yticks(list(rows), [f"{v['task']}\nvs {v['best_baseline']}" for v in targets], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("NDCG@10 ratio to the best baseline (paired 95% CI)")
+    ax.set_title("targets", fontsize=10)
+    ax.legend(fontsize=8, loc="upper right")
+
+
+def write_all(results: dict[str, Any], out_dir: Path) -> None:
+    results["targets"] = verdicts(results)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "eval.json").write_text(json.dumps(results, indent=1))
+    write_markdown(results, out_dir / "eval.md")
+    plot(results, out_dir / "eval.png")
