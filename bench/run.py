@@ -39,8 +39,9 @@ from devtools.readiness import wait_serving
 from devtools.triton_launcher import TritonServer, free_port, start_triton
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
+from interest_core.catalogue import Catalogue
 from interest_core.config import ROOT, Settings, load_settings
-from interest_model.corpus import Catalogue, UserSequence, load_catalogue, load_sequences
+from interest_model.corpus import UserSequence, load_catalogue, load_sequences
 
 MAX_EVENTS = 8  # events per EncodeInterest request: the last 8 of a real user's history
 RECOMMEND_USERS = 200  # distinct users whose recommendations the Recommend runs ask for

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from gateway.encoder import TritonEncoder, cache_file
+from interest_core.catalogue import Catalogue
 from interest_core.ranking.index import CatalogueIndex
-from interest_model.corpus import Catalogue
 
 log = logging.getLogger("interest.catalogue")
 

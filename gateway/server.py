@@ -39,12 +39,13 @@ from gateway.metrics import GatewayMetrics
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.servicer import InterestGatewayService
+from interest_core.catalogue import Catalogue
 from interest_core.config import DEFAULT_HMAC_KEY, Settings, load_settings
 from interest_core.contract import ASSETS_FILE
 from interest_core.migration import MigrationMap
 from interest_core.profiles import ProfileCipher, ProfileStore
 from interest_core.ranking.assets import RankingAssets
-from interest_model.corpus import Catalogue, item_popularity, load_catalogue
+from interest_model.corpus import item_popularity, load_catalogue
 
 log = logging.getLogger("interest.gateway")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InterestGateway"].full_name

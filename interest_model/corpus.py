@@ -14,23 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from interest_core.catalogue import Catalogue
 from interest_core.config import PlatformConfig, Settings
 from interest_core.text import clean_text
-
-
-@dataclass(frozen=True)
-class Catalogue:
-    """One platform's items: item_ids[i] and titles[i] describe local item i."""
-
-    platform: str
-    item_ids: tuple[str, ...]
-    titles: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return len(self.item_ids)
-
-    def index(self) -> dict[str, int]:
-        return {item: i for i, item in enumerate(self.item_ids)}
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from interest_core.catalogue import Catalogue
 from interest_core.contract import backbone_dir
 from interest_core.tokenizer import BehaviourTokenizer
 from interest_model.backbone import InterestEncoder
-from interest_model.corpus import Catalogue
 
 log = logging.getLogger("interest.features")
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from interest_core.catalogue import Catalogue
 from interest_core.ranking.linalg import small_matvec
-from interest_model.corpus import Catalogue
 
 
 @dataclass(frozen=True)

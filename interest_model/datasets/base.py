@@ -15,10 +15,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from interest_core.catalogue import Catalogue
 from interest_core.config import DEFAULT_HMAC_KEY
 from interest_core.privacy import Pseudonymiser
 from interest_core.text import clean_text
-from interest_model.corpus import Catalogue
 
 Split = Literal["train", "valid", "test"]
 SPLITS: tuple[Split, ...] = ("train", "valid", "test")

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from interest_model.corpus import Catalogue
+from interest_core.catalogue import Catalogue
 from interest_model.datasets.base import (
     UNASSIGNED,
     DatasetAdapter,

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from interest_model.corpus import Catalogue
+from interest_core.catalogue import Catalogue
 from interest_model.datasets.base import (
     DatasetAdapter,
     DatasetEvent,

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from gateway.proto.interest.v1 import gateway_pb2 as pb
+from interest_core.catalogue import Catalogue
 from interest_core.profiles import ProfileStore
-from interest_model.corpus import Catalogue, UserSequence, load_catalogue, load_sequences
+from interest_model.corpus import UserSequence, load_catalogue, load_sequences
 from tests.integration.conftest import CATALOGUE_SLICE, Stack, metric_total, scrape_metrics
 
 pytestmark = pytest.mark.integration

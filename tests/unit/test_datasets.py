@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 from gateway.server import fallback_popularity
+from interest_core.catalogue import Catalogue
 from interest_core.config import DEFAULT_CONFIG_FILE, ROOT, DatasetConfig, Settings, load_settings
 from interest_core.privacy import Pseudonymiser
 from interest_core.ranking.assets import RankingAssets
 from interest_model import datacheck
-from interest_model.corpus import Catalogue, calibration_pool_size, item_popularity
+from interest_model.corpus import calibration_pool_size, item_popularity
 from interest_model.datasets import (
     DATASET_ADAPTERS,
     UNASSIGNED,

@@ -15,12 +15,12 @@ import pytest
 from gateway.metrics import GatewayMetrics
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.servicer import InterestGatewayService
+from interest_core.catalogue import Catalogue
 from interest_core.config import load_settings
 from interest_core.errors import NotFound
 from interest_core.migration import MigrationMap
 from interest_core.profiles import Profile, ProfileStore
 from interest_core.ranking.index import CatalogueIndex
-from interest_model.corpus import Catalogue
 from tests.unit.test_served_ranking import CTX
 
 DIM = 4

@@ -5,11 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from interest_core.catalogue import Catalogue
 from interest_core.migration import MigrationMap
 from interest_core.privacy import Pseudonymiser
 from interest_core.profiles import Profile, ProfileStore
 from interest_core.ranking.index import CatalogueIndex
-from interest_model.corpus import Catalogue
 
 
 def unit(v: list[float]) -> np.ndarray:

@@ -8,9 +8,9 @@ import asyncio
 import numpy as np
 import pytest
 
+from interest_core.catalogue import Catalogue
 from interest_core.ranking.index import CatalogueIndex
 from interest_core.ranking.scoring import BatchScorer, BoundGate, catalogue_scores
-from interest_model.corpus import Catalogue
 
 
 def catalogue(n: int = 5000, d: int = 16, seed: int = 0) -> np.ndarray:

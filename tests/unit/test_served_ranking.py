@@ -17,13 +17,13 @@ from gateway.metrics import GatewayMetrics
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.server import StartupError, check_ranking_assets, load_ranking_assets
 from gateway.servicer import InterestGatewayService, ServedBlend
+from interest_core.catalogue import Catalogue
 from interest_core.config import Settings, load_settings
 from interest_core.contract import ASSETS_FILE
 from interest_core.migration import MigrationMap
 from interest_core.profiles import Profile, ProfileStore
 from interest_core.ranking.assets import Blend, RankingAssets
 from interest_core.ranking.index import CatalogueIndex
-from interest_model.corpus import Catalogue
 
 DIM = 4
 FOOD = ["f0", "f1", "f2"]
