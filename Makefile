@@ -126,10 +126,14 @@ fuzz: setup  ## 2,500 fuzzed examples x 4 RPCs = 10,000 bad-input cases against 
 	FUZZ_EXAMPLES=2500 $(PY) -m pytest -q -p no:cacheprovider tests/integration/test_reliability.py \
 	  -k fuzzed --hypothesis-show-statistics
 
-lint: setup  ## ruff + mypy
-	$(VENV)/bin/ruff check interest_core gateway quantize tests model_repository
-	$(VENV)/bin/mypy interest_core gateway quantize tests
+PACKAGES := interest_core interest_model gateway quantize devtools bench
+
+lint: setup  ## ruff + mypy + import-linter (the layer contracts in pyproject.toml; make test checks them too)
+	$(VENV)/bin/ruff check $(PACKAGES) tests model_repository
+	$(VENV)/bin/mypy $(PACKAGES) tests
+	$(VENV)/bin/lint-imports
 
 clean:  ## remove generated artifacts and state (keeps the virtual environment)
 	rm -rf $(ART) var model_repository/interest_encoder/1/model.onnx model_repository/interest_encoder/1/model.plan \
-	  model_repository/interest_encoder/config.pbtxt $(MODEL) $(PROTO_OUT) gateway/proto/interest/v1/gateway_pb2.pyi
+	  model_repository/interest_encoder/config.pbtxt model_repository/interest_encoder/catalogue-* \
+	  $(MODEL) $(PROTO_OUT) gateway/proto/interest/v1/gateway_pb2.pyi

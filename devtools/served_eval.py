@@ -37,7 +37,7 @@ from interest_core.config import ROOT, Settings, load_settings
 from interest_model.datasets import InteractionData, load_dataset
 from interest_model.evaluation.offline import measure
 from interest_model.evaluation.report import write_all
-from interest_model.migration_model import Direction, pairs_of, user_rows
+from interest_model.tasks import Direction, pairs_of, user_rows
 
 log = logging.getLogger("interest.served_eval")
 K = 200  # the gateway's max_k: MRR counts a first hit within the top 200 (0 beyond)

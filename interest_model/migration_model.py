@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 from types import ModuleType
 
 import numpy as np
@@ -18,50 +17,14 @@ from torch.nn import functional as F  # noqa: N812
 
 from interest_core.ranking.assets import Blend, RankingAssets
 from interest_core.ranking.sparse import binary_matrix
-from interest_model.datasets import InteractionData, UserHistory
+from interest_model.datasets import InteractionData
 from interest_model.evaluation import evaluate
+from interest_model.tasks import Direction, mask_to, model_scores, pairs_of, restrict
 
 # Blend weights searched on valid. Model cosines lie in [-1, 1] and log1p(co-occurrence) reaches
 # 3-5, so large cooc weights make co-occurrence lead with the model breaking its many ties.
 BLEND_COOC = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 BLEND_POP = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
-
-
-@dataclass(frozen=True)
-class Direction:
-    source: str
-    target: str
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.source, self.target)
-
-    @property
-    def param(self) -> str:
-        """Its mapping's name in `MigrationModel.maps` (and, after "maps.", in a state dict)."""
-        return f"{self.source}__{self.target}"
-
-    @property
-    def within(self) -> bool:
-        """A same-platform direction: an auxiliary training task (held-out items of a user's
-        history), never migrated or served."""
-        return self.source == self.target
-
-    def __str__(self) -> str:
-        return f"{self.source}->{self.target}"
-
-
-def holdout_items(n_items: int, fraction: float, seed: int) -> np.ndarray:
-    """A seeded `fraction` of item indices 0..n_items-1 (sorted int64): the 'new' items."""
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(n_items, round(fraction * n_items), replace=False)).astype(np.int64)
-
-
-def user_rows(users: Sequence[UserHistory], platforms: Sequence[str],
-              removed: dict[str, np.ndarray]) -> dict[str, list[list[int]]]:
-    """Per platform, each user's items (same user order on every platform), minus `removed`."""
-    drop = {p: set(removed.get(p, np.array([], np.int64)).tolist()) for p in platforms}
-    return {p: [[i for i in u.on(p) if i not in drop[p]] for u in users] for p in platforms}
 
 
 class MigrationModel(nn.Module):
@@ -196,23 +159,6 @@ def cosine_lr(base: float, step: int, total: int, floor: float = 0.05) -> float:
     return base * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def model_scores(items: dict[str, np.ndarray], migration: np.ndarray, d: Direction,
-                 histories: Sequence[Sequence[int]]) -> np.ndarray:
-    """Cosine of each user's migrated profile with every target item, float32 [U, n_target]."""
-    source = items[d.source]
-    profiles = np.stack([source[list(h)].sum(axis=0) for h in histories])
-    profiles /= np.maximum(np.linalg.norm(profiles, axis=1, keepdims=True), 1e-12)
-    mapped = profiles @ migration.T
-    mapped /= np.maximum(np.linalg.norm(mapped, axis=1, keepdims=True), 1e-12)
-    return (mapped @ items[d.target].T).astype(np.float32)
-
-
-def pairs_of(rows: dict[str, list[list[int]]], d: Direction) -> tuple[list[list[int]], list[list[int]]]:
-    """(source histories, target items) of the users with items on both platforms of `d`."""
-    keep = [n for n, (h, t) in enumerate(zip(rows[d.source], rows[d.target])) if h and t]
-    return [rows[d.source][n] for n in keep], [rows[d.target][n] for n in keep]
-
-
 def valid_ndcg(model: MigrationModel, items: dict[str, np.ndarray], d: Direction,
                rows: dict[str, list[list[int]]], only: np.ndarray | None = None) -> float:
     """Mean NDCG@10 of the model alone (item embeddings `items`, from `model.item_embeddings()`)
@@ -228,22 +174,6 @@ def valid_ndcg(model: MigrationModel, items: dict[str, np.ndarray], d: Direction
         return s if only is None else mask_to(s, only)
 
     return float(evaluate(score, len(hist), rel)["ndcg@10"])
-
-
-def restrict(hist: list[list[int]], rel: list[list[int]], only: np.ndarray
-             ) -> tuple[list[list[int]], list[list[int]]]:
-    """Users with at least one relevant item in `only`, relevance cut down to those items."""
-    keep = set(only.tolist())
-    pairs = [(h, [i for i in r if i in keep]) for h, r in zip(hist, rel)]
-    pairs = [(h, r) for h, r in pairs if r]
-    return [h for h, _ in pairs], [r for _, r in pairs]
-
-
-def mask_to(scores: np.ndarray, only: np.ndarray) -> np.ndarray:
-    """Scores [U, n] with every item outside `only` set to -inf (never ranked)."""
-    out = np.full_like(scores, -np.inf)
-    out[:, only] = scores[:, only]
-    return out
 
 
 def collaborative_signals(rows: dict[str, list[list[int]]], directions: Sequence[Direction],

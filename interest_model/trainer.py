@@ -46,19 +46,16 @@ from interest_model.categories import derive_categories
 from interest_model.datasets import InteractionData, load_dataset
 from interest_model.features import catalogue_features
 from interest_model.migration_model import (
-    Direction,
     MigrationModel,
     collaborative_signals,
     cosine_lr,
-    holdout_items,
     merge_members,
-    pairs_of,
     tune_blend,
-    user_rows,
     valid_ndcg,
     within_examples,
     within_pool,
 )
+from interest_model.tasks import Direction, holdout_items, pairs_of, user_rows
 
 log = logging.getLogger("interest.train")
 STATE_FILE = "train_state.pt"

@@ -5,13 +5,13 @@ A new platform format is a new adapter class registered here plus a config entry
 
 from __future__ import annotations
 
+from gateway.adapters.amazon_review import AmazonReviewAdapter
 from gateway.adapters.base import AdapterContext, PlatformAdapter
-from gateway.adapters.shop import ShopReviewAdapter
-from gateway.adapters.social import SocialPostAdapter
-from gateway.adapters.video import VideoWatchAdapter
+from gateway.adapters.social_post import SocialPostAdapter
+from gateway.adapters.video_watch import VideoWatchAdapter
 
 ADAPTERS: dict[str, type[PlatformAdapter]] = {
-    cls.name: cls for cls in (ShopReviewAdapter, SocialPostAdapter, VideoWatchAdapter)
+    cls.name: cls for cls in (AmazonReviewAdapter, SocialPostAdapter, VideoWatchAdapter)
 }
 
 

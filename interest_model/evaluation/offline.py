@@ -40,7 +40,7 @@ from interest_model.evaluation import (
     paired_ratio_ci,
 )
 from interest_model.features import catalogue_features
-from interest_model.migration_model import Direction, mask_to, model_scores, pairs_of, restrict, user_rows
+from interest_model.tasks import Direction, mask_to, model_scores, pairs_of, restrict, user_rows
 
 log = logging.getLogger("interest.eval")
 

@@ -189,7 +189,8 @@ def test_cosine_lr_decays_from_base_to_floor() -> None:
 
 
 def test_within_loss_masks_the_users_visible_items() -> None:
-    from interest_model.migration_model import Direction, MigrationModel
+    from interest_model.migration_model import MigrationModel
+    from interest_model.tasks import Direction
 
     feats = np.eye(3, 4, dtype=np.float32)
     d = Direction("a", "a")
@@ -265,7 +266,7 @@ def concatenated_scores(heads: list[np.ndarray], maps: list[np.ndarray], source:
     """The ensemble written out: items embedded by the stacked heads, block-diagonal mapping."""
     from scipy.linalg import block_diag
 
-    from interest_model.migration_model import Direction, model_scores
+    from interest_model.tasks import Direction, model_scores
 
     def unit(x: np.ndarray) -> np.ndarray:
         return x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -276,7 +277,8 @@ def concatenated_scores(heads: list[np.ndarray], maps: list[np.ndarray], source:
 
 
 def test_merge_members_ranks_exactly_as_the_ensemble() -> None:
-    from interest_model.migration_model import Direction, merge_members, model_scores
+    from interest_model.migration_model import merge_members
+    from interest_model.tasks import Direction, model_scores
 
     rng = np.random.default_rng(0)
     dim, k = 8, 3
@@ -308,7 +310,7 @@ def test_members_train_in_workers_and_merge_into_one_model(config: Path, tmp_pat
     from interest_model.datasets import load_dataset
     from interest_model.evaluation import evaluate as ndcg_of
     from interest_model.features import catalogue_features
-    from interest_model.migration_model import Direction, mask_to, pairs_of, restrict, user_rows
+    from interest_model.tasks import Direction, mask_to, pairs_of, restrict, user_rows
 
     extra = ("--epochs", "2", "--new-items-fraction", "0.25")
     report = run_train(config, tmp_path / "ens", *extra, "--members", "2", "--seed", "3")

@@ -8,7 +8,7 @@ import re
 from gateway.adapters.base import PlatformAdapter
 
 
-class ShopReviewAdapter(PlatformAdapter):
+class AmazonReviewAdapter(PlatformAdapter):
     name = "amazon_review"
     id_kind = "product"
     id_pattern = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
