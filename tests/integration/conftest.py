@@ -3,7 +3,6 @@ the REAL Triton server on free ports, and the real gateway in-process on port 0.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
@@ -17,9 +16,10 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
 from prometheus_client import start_http_server
 
+from devtools.readiness import wait_serving
 from devtools.triton_launcher import TritonServer, free_port, start_triton
 from gateway.metrics import GatewayMetrics
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
@@ -167,19 +167,6 @@ def triton(settings: Settings) -> Iterator[TritonServer]:
     yield server
     server.stop()
 
-
-async def wait_serving(health: health_pb2_grpc.HealthStub, timeout_s: float = 300.0,
-                       want: int = health_pb2.HealthCheckResponse.SERVING) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    status = None
-    while loop.time() < deadline:
-        reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
-        status = reply.status
-        if status == want:
-            return
-        await asyncio.sleep(0.25)
-    raise AssertionError(f"health stayed {status}, wanted {want} within {timeout_s}s")
 
 
 @pytest_asyncio.fixture(scope="session")

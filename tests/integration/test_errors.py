@@ -10,11 +10,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from devtools.readiness import wait_serving
 from devtools.triton_launcher import free_port, start_triton
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.server import create_server
-from tests.integration.conftest import Stack, metric_total, scrape_metrics, wait_serving
+from tests.integration.conftest import Stack, metric_total, scrape_metrics
 
 pytestmark = pytest.mark.integration
 

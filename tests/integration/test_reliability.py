@@ -10,23 +10,23 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from devtools.readiness import wait_serving
 from devtools.triton_launcher import free_port
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.server import create_server
 from interest_core.config import ROOT
 from interest_model.corpus import load_catalogue
-from tests.integration.conftest import Stack, metric_total, scrape_metrics, wait_serving
+from tests.integration.conftest import Stack, metric_total, scrape_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -54,19 +54,10 @@ class GatewayProcess:
         return f"127.0.0.1:{self.port}"
 
     def wait_serving(self, timeout_s: float = 120.0) -> None:
-        with grpc.insecure_channel(self.target) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline:
-                assert self.proc.poll() is None, f"gateway exited:\n{self.log.read_text()[-2000:]}"
-                try:
-                    if health.Check(health_pb2.HealthCheckRequest(), timeout=2).status == \
-                            health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.25)
-        raise AssertionError(f"gateway not SERVING:\n{self.log.read_text()[-2000:]}")
+        try:
+            asyncio.run(wait_serving(self.target, self.proc, "the gateway process", timeout_s))
+        except RuntimeError as exc:
+            raise AssertionError(f"{exc}:\n{self.log.read_text()[-2000:]}") from None
 
     def in_flight(self) -> float:
         """The gateway's interest_requests_in_flight gauge, from its /metrics."""
