@@ -46,7 +46,7 @@ $(PROTO_OUT) &: $(PROTO_SRC) $(STAMP)
 
 proto: $(PROTO_OUT)  ## generate gRPC code from gateway/proto
 
-data: setup  ## check the dataset the project carries (datasets/, copied from shared/data) and summarise it
+data: setup  ## check the dataset the project carries (data/, copied from shared/data) and summarise it
 	$(PY) -m interest_model.datacheck $(CONFIG_ARG)
 
 # Re-export when the checkpoint or config named changes (the config's platforms calibrate and
@@ -75,7 +75,7 @@ engine: setup $(ART)/validation-$(ACT).json  ## export -> INT8 Q/DQ -> accuracy 
 ifeq ($(TARGET),gpu)
 	$(PY) -m quantize.trt_build --onnx $(INT8) --out $(ART)/model.plan
 	$(PY) -m quantize.install --onnx $(INT8) --report $(ART)/validation-$(ACT).json --target gpu --plan $(ART)/model.plan $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(CONFIG_ARG)
-	@echo "installed a TensorRT plan: serve model_repository/ with the NGC tritonserver container (see README)"
+	@echo "installed a TensorRT plan: serve model_repository/ with the NGC tritonserver container (see docs/operations.md)"
 else
 	$(PY) -m quantize.trt_build --onnx $(INT8) --out $(ART)/model.plan || test $$? -eq 3
 	$(PY) -m quantize.install --onnx $(INT8) --report $(ART)/validation-$(ACT).json --target cpu $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(CONFIG_ARG)

@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     )
 
     # data and state
-    data_dir: Path = ROOT / "datasets"
+    data_dir: Path = ROOT / "data"
     var_dir: Path = ROOT / "var"
     platforms: dict[str, PlatformConfig] = Field(default_factory=_default_platforms)
     datasets: dict[str, DatasetConfig] = Field(

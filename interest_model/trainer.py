@@ -11,7 +11,7 @@ migrates to platform t as normalise(W_st profile), scored against every t item b
 H, every W_st and a temperature are trained with a full-catalogue softmax: for a training
 user on both platforms, their s history must rank each of their t items above the whole t
 catalogue. The backbone stays frozen: fine-tuning it is out of reach on 2 CPU cores within
-the hour this step has (see README).
+the hour this step has (see docs/model.md).
 
 With --members K (`make train` uses 3), K such models are trained from different seeds, in
 parallel worker processes, each kept at its own best valid epoch; their ensemble (summed
