@@ -2,8 +2,8 @@
 the collaborative signals and their blend weights, and the named interest categories.
 
 One file, `interest_assets.npz`, written by training next to the weights and installed by
-`make engine` beside the model. The blend is defined here once, so offline evaluation and
-the served ranking compute the same scores.
+`make engine` beside the model. The blend's formula is written once, in `ranking/blend.py`,
+so offline evaluation and the served ranking compute the same scores.
 """
 
 from __future__ import annotations
@@ -16,16 +16,11 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from interest_core.ranking.blend import Blend, blend_terms
 from interest_core.ranking.linalg import small_matvec
 from interest_core.ranking.sparse import binary_matrix
 
-
-@dataclass(frozen=True)
-class Blend:
-    """score = model + cooc * log1p(co-occurrence sum) + pop * log1p(popularity)."""
-
-    cooc: float = 0.0
-    pop: float = 0.0
+__all__ = ["Blend", "RankingAssets"]  # Blend lives in ranking/blend.py, with the formula
 
 
 @dataclass
@@ -46,19 +41,14 @@ class RankingAssets:
         """Blend terms for users [U] whose items per source platform are `histories`:
         float32 [U, n_target], added to the model's cosine scores."""
         n_users = len(next(iter(histories.values()))) if histories else 0
-        out = np.zeros((n_users, len(self.item_ids[target])), dtype=np.float32)
-        pop_weight = 0.0
+        weights = {s: b for (s, t), b in self.blend.items() if t == target}
+        sums: dict[str, np.ndarray | None] = {}
         for source, rows in histories.items():
-            weights = self.blend.get((source, target), Blend())
-            pop_weight = max(pop_weight, weights.pop)
             matrix = self.cooccurrence.get((source, target))
-            if matrix is None or weights.cooc == 0.0:
-                continue
-            picks = binary_matrix(rows, matrix.shape[0])
-            out += weights.cooc * np.log1p((picks @ matrix).toarray()).astype(np.float32)
-        if pop_weight and target in self.popularity:
-            out += pop_weight * np.log1p(self.popularity[target])[None, :]
-        return out
+            sums[source] = (None if matrix is None or weights.get(source, Blend()).cooc == 0.0
+                            else (binary_matrix(rows, matrix.shape[0]) @ matrix).toarray())
+        log_popularity = np.log1p(self.popularity[target]) if target in self.popularity else None
+        return blend_terms(weights, sums, log_popularity, (n_users, len(self.item_ids[target])))
 
     def categories(self, profile: np.ndarray, top: int = 3) -> list[tuple[str, float]]:
         """The `top` named interest categories of a unit profile float32 [D], with probabilities."""

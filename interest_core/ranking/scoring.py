@@ -1,22 +1,19 @@
 """Catalogue scoring for Recommend: a small catalogue on the event loop, a large one in a worker
 thread, batched across concurrent requests.
 
-Scoring one query against a whole catalogue (27,637 x 384 float32, 42 MB) is a mat-vec bound
-by memory bandwidth. The catalogue is kept transposed, [D, N] C-contiguous, and each query is
-scored as `query @ columns`: OpenBLAS's sgemv then walks the matrix in its plain ("N") layout,
-which on this machine's build (0.3.23, Haswell kernels) runs the 27,637-item kitchen catalogue
-in 1.1 ms against 4.4 ms for `rows @ query` on the [N, D] rows ("T" layout) with two threads,
-and in 3.7 against 6.0 ms with one (8,661 food items: 0.43 against 1.7 ms with one thread, the
-same 0.2 ms with two). Under the bench's 200 Recommend/s to food, the layout alone took the p99
-from 51 to 21 ms and the gateway from 1.26 to 0.96 cores. Several queries are scored one
-mat-vec each: a small sgemm (4 queries) cost 3.3 ms on the food catalogue here, and cache
-blocking over column slices is worse still (NumPy copies a strided slice before calling BLAS).
+Scoring one query against a whole catalogue is a mat-vec bound by memory bandwidth. The
+catalogue is kept transposed, [D, N] C-contiguous, and each query is scored as
+`query @ columns`: OpenBLAS's sgemv then walks the matrix in its plain ("N") layout, which is
+several times faster than `rows @ query` on the [N, D] rows ("T" layout) and lowers the
+tail latency and CPU use of Recommend under load. Several queries are scored one mat-vec
+each: a small sgemm costs more, and cache blocking over column slices more still (NumPy
+copies a strided slice before calling BLAS). The timings: docs/ranking.md.
 
 In the worker, batching adds no delay: a request arriving while the worker is idle is scored
 at once; requests arriving while a batch is being scored wait for it and go together in the
 next one, so a burst costs one thread hand-off instead of one each. The work runs in one
 worker thread (NumPy releases the GIL in BLAS), so the event loop keeps reading and answering
-other RPCs meanwhile. Scores equal `rows @ query` up to float32 summation order (about 1e-5).
+other RPCs meanwhile. Scores equal `rows @ query` up to float32 summation order.
 """
 
 from __future__ import annotations
@@ -30,13 +27,10 @@ import numpy as np
 
 log = logging.getLogger("interest.scoring")
 
-# Catalogues up to this many embedding values (16 MB of float32; the 8,661 x 384 food catalogue
-# is 3.3M) are scored on the event loop: 0.17 ms there (OpenBLAS's two threads; 0.35 ms with one)
-# against 0.38 ms (0.8) through the worker thread, whose hand-off (submit, wake, call back
-# through the loop's self-pipe) costs more than the mat-vec. Larger ones (kitchen, 10.6M values:
-# 1.1-3.7 ms) go to the worker so that the loop keeps answering meanwhile. Under the bench's
-# 200 Recommend/s to food this took the p99 from 20.5 to 10.9 ms and the rank stage's mean from
-# 2.8 to 1.4 ms.
+# Catalogues up to this many embedding values (float32) are scored on the event loop: for them
+# the worker thread's hand-off (submit, wake, call back through the loop's self-pipe) costs
+# more than the mat-vec itself. Larger ones go to the worker so that the loop keeps answering
+# meanwhile. The timings behind the limit: docs/ranking.md.
 INLINE_MAX_VALUES = 4_000_000
 
 
@@ -51,7 +45,7 @@ def catalogue_scores(columns: np.ndarray, queries: np.ndarray) -> np.ndarray:
 
 class BatchScorer:
     """Scores queries against one catalogue's embeddings [N, D] (unit rows), batching
-    concurrent calls; it keeps its own transposed copy [D, N] (13 MB for 8,661 items).
+    concurrent calls; it keeps its own transposed copy [D, N] (float32, 4 * N * D bytes).
 
     `await scorer.scores(query)` returns a new float32 [N] array (the caller may change it).
     `on_batch(size)` is called for every batch scored (metrics).
@@ -121,10 +115,10 @@ class BatchScorer:
 class BoundGate:
     """Whether Recommend should try the bounded top k (CatalogueIndex.top_k_bounded) first.
 
-    A failed try costs about as much as it saves when it succeeds (kitchen -> food, whose
-    blend is weak, fails for ~95% of users: 0.9 ms spent, then the 1.3 ms full scan anyway).
-    So while the recent success rate (exponential average over tries) is below `min_rate`,
-    only every `probe`-th request tries, enough to notice when it starts working again.
+    A failed try costs about as much as it saves when it succeeds, and with a weak blend
+    nearly every try fails (docs/ranking.md). So while the recent success rate (exponential
+    average over tries) is below `min_rate`, only every `probe`-th request tries, enough to
+    notice when it starts working again.
     """
 
     def __init__(self, min_rate: float = 0.2, probe: int = 16, decay: float = 0.05) -> None:

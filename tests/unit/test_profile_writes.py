@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from gateway.proto.interest.v1 import gateway_pb2 as pb
-from gateway.servicer import InterestGatewayService, lock_stripe
+from gateway.servicer import InterestGatewayService
+from interest_core.profile_book import lock_stripe
 from interest_core.profiles import Profile
 from tests.unit.test_profile_versions import TITLES, make_service, store_profile
 from tests.unit.test_served_ranking import CTX

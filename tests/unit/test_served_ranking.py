@@ -16,13 +16,14 @@ import scipy.sparse as sp
 from gateway.metrics import GatewayMetrics
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.server import StartupError, check_ranking_assets, load_ranking_assets
-from gateway.servicer import InterestGatewayService, ServedBlend
+from gateway.servicer import InterestGatewayService
 from interest_core.catalogue import Catalogue
 from interest_core.config import Settings, load_settings
 from interest_core.contract import ASSETS_FILE
 from interest_core.migration import MigrationMap
 from interest_core.profiles import Profile, ProfileStore
 from interest_core.ranking.assets import Blend, RankingAssets
+from interest_core.ranking.blend import ServedBlend
 from interest_core.ranking.index import CatalogueIndex
 
 DIM = 4
@@ -261,7 +262,9 @@ def test_without_assets_the_behaviour_is_unchanged(tmp_path: Path) -> None:
 
 def test_served_blend_equals_collaborative_on_random_assets() -> None:
     """Three platforms (two sources: the popularity weight is the sources' max), random
-    counts, a shuffled served catalogue with items the assets do not know."""
+    counts, a shuffled served catalogue with items the assets do not know. Both sides call
+    `blend_terms`: this checks that the served precomputation (columns moved into the
+    catalogue's order, row sums of one user) keeps the offline formula's scores."""
     rng = np.random.default_rng(7)
     sizes = {"a": 40, "b": 30, "t": 60}
     ids = {p: [f"{p}{i}" for i in range(n)] for p, n in sizes.items()}
@@ -289,11 +292,11 @@ def test_served_blend_equals_collaborative_on_random_assets() -> None:
 def test_set_index_precomputes_once(tmp_path: Path) -> None:
     svc = make_service(tmp_path, make_assets())
     index = svc.indexes["kitchen"]
-    first = svc._served_blend("kitchen", index)
-    assert svc._served_blend("kitchen", index) is first
+    first = svc.recommender.served_blend("kitchen", index)
+    assert svc.recommender.served_blend("kitchen", index) is first
     add_user(svc, "kim", food=["f0"])
     recommend(svc, "kim")
-    assert svc._served_blend("kitchen", index) is first
+    assert svc.recommender.served_blend("kitchen", index) is first
 
 
 # --- start-up: where the assets come from, and what refuses to start ---

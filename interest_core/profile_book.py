@@ -1,0 +1,193 @@
+"""Users' stored profiles as the serving process reads and changes them: one user at a time
+(per-user lock stripes), every commit on one writer thread, and profiles of an older model
+re-embedded for the served one before anyone uses them.
+
+The embedding call and the stage timer come in as callables, so this stays free of gRPC,
+Triton and Prometheus: `embed(texts, rpc, platform, timeout)` returns float32 [n, D].
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import zlib
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol, TypeVar
+
+import numpy as np
+
+from interest_core.events import UnifiedEvent
+from interest_core.profiles import Profile, ProfileStore
+
+log = logging.getLogger("interest.gateway")
+# A user's profiles are read, changed and written back under one of these locks (by key
+# hash), so two calls for one user never interleave and lose each other's events.
+USER_LOCKS = 1024
+T = TypeVar("T")
+
+Embed = Callable[[Sequence[str], str, str, float], Awaitable[np.ndarray]]
+CatalogueText = Callable[[str], "str | None"]  # a catalogue item's text; None if not in it
+
+
+class StageTimer(Protocol):
+    """Times a block as one stage of an RPC for one platform (GatewayMetrics.stage)."""
+
+    def __call__(self, stage: str, rpc: str, platform: str) -> contextlib.AbstractContextManager[None]: ...
+
+
+def lock_stripe(user_key: str) -> int:
+    """The user lock of a pseudonymous key: the same in every process (unlike hash())."""
+    return zlib.crc32(user_key.encode()) % USER_LOCKS
+
+
+class ProfileBook:
+    """The profiles of the platforms served here (`catalogue_text` names them), in `store`.
+
+    `model_version` is the served model's (set once it is known; '' until then)."""
+
+    def __init__(self, store: ProfileStore, embed: Embed, catalogue_text: Mapping[str, CatalogueText],
+                 dim: int, timer: StageTimer,
+                 on_reembedded: Callable[[str, str], None] = lambda platform, outcome: None) -> None:
+        self.store = store
+        self.embed = embed
+        self.catalogue_text = catalogue_text
+        self.dim = dim
+        self.timer = timer
+        self.on_reembedded = on_reembedded  # (platform, 'rebuilt' | 'emptied') per profile
+        self.model_version = ""
+        # Every store write commits (an fsync) on this one thread, off the event loop: a slow
+        # disk then holds up only the calls that write, not every call in flight. Reads run
+        # on the loop, on the store's own read connection (WAL: they never wait for a commit).
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="profile-writer")
+        self._user_locks = [asyncio.Lock() for _ in range(USER_LOCKS)]
+
+    def close(self) -> None:
+        """Finish the queued store writes, then close the store."""
+        self._writer.shutdown(wait=True)
+        self.store.close()
+
+    # --- the operations of the RPCs ---
+    async def ingest(self, platform: str, events: Sequence[UnifiedEvent], rpc: str,
+                     time_left: Callable[[], float]) -> set[str]:
+        """Embed the events and fold them into each user's profile: one transaction for the
+        batch, under the users' locks from load to commit. Returns the users updated.
+        `time_left()`: seconds left for a model call, asked anew before each step."""
+        vectors = await self.embed([e.text for e in events], rpc, platform, time_left())
+        timeout = time_left()
+        by_user: dict[str, list[int]] = defaultdict(list)
+        for i, event in enumerate(events):
+            by_user[event.user_key].append(i)
+        async with self.locked(by_user):
+            updated: list[tuple[str, Profile]] = []
+            for user_key, rows in by_user.items():
+                profile = self.store.load(user_key).get(platform)
+                if profile is not None:  # brought to the served model in place; saved with the batch
+                    await self.current(user_key, {platform: profile}, rpc, timeout, save=False)
+                else:
+                    profile = Profile(platform=platform, vec_sum=np.zeros(vectors.shape[1], dtype=np.float32),
+                                      events=0, model_version=self.model_version)
+                for i in sorted(rows, key=lambda r: events[r].order):
+                    profile.add(vectors[i], events[i].item_id)
+                updated.append((user_key, profile))
+            await self.write(rpc, platform, self.store.save_many, updated)
+        return set(by_user)
+
+    async def read(self, user_key: str, rpc: str, time_left: Callable[[], float],
+                   only: str | None = None) -> dict[str, Profile]:
+        """The user's profiles in the served model's space (only the `only` platform's when
+        given), under the user's lock; {} when there are none."""
+        async with self.locked([user_key]):
+            profiles = self.load(user_key)
+            if only is not None:
+                profiles = {p: prof for p, prof in profiles.items() if p == only}
+            return await self.current(user_key, profiles, rpc, time_left()) if profiles else {}
+
+    async def set_consent(self, user_key: str, migrate: bool, caller: str) -> None:
+        """A user-wide write: its store metrics carry the platform that asked ('*': an operator)."""
+        await self.write("SetConsent", caller, self.store.set_consent, user_key, migrate)
+
+    async def delete(self, user_key: str, caller: str) -> int:
+        """Erase every profile of the user (other gateways' platforms too): how many there were."""
+        async with self.locked([user_key]):  # after any update in flight, never before it
+            return await self.write("DeleteUser", caller, self.store.delete, user_key)
+
+    def consent(self, user_key: str) -> bool:
+        return self.store.consent(user_key)
+
+    # --- the parts ---
+    def load(self, user_key: str) -> dict[str, Profile]:
+        """The user's stored profiles on the platforms this gateway serves. A store shared with
+        a gateway of other platforms (another config) may hold more: those rows are left as
+        they are, neither re-embedded, emptied, shown nor migrated from; DeleteUser erases them."""
+        return {p: prof for p, prof in self.store.load(user_key).items() if p in self.catalogue_text}
+
+    @contextlib.asynccontextmanager
+    async def locked(self, user_keys: Iterable[str]) -> AsyncIterator[None]:
+        """Hold the locks of these users (in one order everywhere, so no two calls deadlock)."""
+        async with contextlib.AsyncExitStack() as stack:
+            for n in sorted({lock_stripe(k) for k in user_keys}):
+                await stack.enter_async_context(self._user_locks[n])
+            yield
+
+    async def write(self, rpc: str, platform: str, write: Callable[..., T], *args: object) -> T:
+        """Run a store write on the writer thread, timed as the `store` stage. If the call is
+        cancelled meanwhile (deadline, client gone), the commit still goes on: it is waited
+        for before the cancellation goes up, so the caller's user lock is held until then and
+        no later call reads what this write replaces."""
+        with self.timer("store", rpc, platform):
+            future = asyncio.get_running_loop().run_in_executor(self._writer, write, *args)
+            cancelled = False
+            while True:  # however often the call is cancelled meanwhile
+                try:
+                    result = await asyncio.shield(future)
+                    break
+                except asyncio.CancelledError:
+                    if future.done():
+                        if not future.cancelled() and future.exception() is not None:
+                            log.error("a %s store write of a cancelled call failed: %s", rpc,
+                                      future.exception())
+                        raise
+                    cancelled = True
+            if cancelled:  # committed; the call itself is still cancelled
+                raise asyncio.CancelledError
+            return result
+
+    async def current(self, user_key: str, profiles: dict[str, Profile], rpc: str,
+                      timeout: float, save: bool = True) -> dict[str, Profile]:
+        """`profiles` (of served platforms: see load) in the served model's embedding space.
+
+        A profile summed by another model (before `make engine` installed this one) would mix
+        two embedding spaces, so it is re-embedded from the catalogue titles of its items
+        (cache hits: no BERT) and saved; its event count, its weight in migration, is kept.
+        Events without a catalogue item cannot be replayed (raw events are never stored): a
+        profile with none is emptied. Rows from before versions were stored ('') are taken
+        to be the served model's. Nothing happens until a model is being served. With
+        `save=False` the caller saves the profiles itself. The caller holds the user's lock
+        from loading `profiles` until they are saved."""
+        if not self.model_version:
+            return profiles
+        stale: list[tuple[Profile, str]] = []
+        for profile in profiles.values():
+            if not profile.model_version:
+                profile.model_version = self.model_version  # written with the next update
+            elif profile.model_version != self.model_version:
+                stale.append((profile, profile.model_version))
+        for profile, old in stale:
+            text_of = self.catalogue_text[profile.platform]  # a served platform's (see load)
+            texts = [text for text in map(text_of, profile.items) if text is not None]
+            if texts:
+                vectors = await self.embed(texts, rpc, profile.platform, timeout)
+                profile.vec_sum = vectors.mean(axis=0).astype(np.float32) * np.float32(profile.events)
+            else:
+                profile.vec_sum = np.zeros(self.dim, dtype=np.float32)
+            profile.model_version = self.model_version
+            self.on_reembedded(profile.platform, "rebuilt" if texts else "emptied")
+            log.info("a %s profile from model %s re-embedded for model %s from %d of its %d items",
+                     profile.platform, old, self.model_version, len(texts), len(profile.items))
+        if stale and save:
+            await self.write(rpc, stale[0][0].platform, self.store.save_many,
+                             [(user_key, profile) for profile, _ in stale])
+        return profiles

@@ -1,0 +1,120 @@
+"""The collaborative blend added to the model's cosine scores, written once: `blend_terms` is
+the formula, used by offline evaluation (`RankingAssets.collaborative`, many users) and by
+the served ranking (`ServedBlend`, one user, columns already in the served catalogue's order).
+
+    blend = sum over sources s of cooc_s * log1p(co-occurrence row sum of the user's s items)
+            + max over sources s of pop_s * log1p(popularity)
+
+The popularity term needs at least one source platform: a target-only user gets no blend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import scipy.sparse as sp
+
+
+@dataclass(frozen=True)
+class Blend:
+    """score = model + cooc * log1p(co-occurrence sum) + pop * log1p(popularity)."""
+
+    cooc: float = 0.0
+    pop: float = 0.0
+
+
+def blend_terms(weights: Mapping[str, Blend], cooc_sums: Mapping[str, np.ndarray | None],
+                 log_popularity: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    """The blend float32 `shape` ([U, N] or [N]) for one entry per source platform in
+    `cooc_sums`: the summed co-occurrence rows of the user's items there (shape `shape`;
+    None when that source adds no co-occurrence term). `log_popularity` is log1p of the
+    target items' popularity float32 [N] (None: no popularity term)."""
+    out = np.zeros(shape, np.float32)
+    flat = out.reshape(-1)  # a view: entries written through it land in `out`
+    pop_weight = 0.0
+    for source, sums in cooc_sums.items():
+        weight = weights.get(source, Blend())
+        pop_weight = max(pop_weight, weight.pop)
+        if sums is None or weight.cooc == 0.0:
+            continue
+        sums = np.asarray(sums).reshape(-1)
+        # Most items co-occur with none of the user's: log1p(0) adds nothing, so only the
+        # touched entries are computed (found on a bool mask, cheaper than on the floats).
+        touched = np.flatnonzero(sums != 0)
+        flat[touched] += weight.cooc * np.log1p(sums[touched]).astype(np.float32)
+    if pop_weight and log_popularity is not None:
+        out += np.float32(pop_weight) * log_popularity
+    return out
+
+
+class BlendAssets(Protocol):
+    """What ServedBlend reads of `RankingAssets` (named here, not imported: assets imports us)."""
+
+    item_ids: dict[str, list[str]]
+    cooccurrence: dict[tuple[str, str], sp.csr_matrix]
+    popularity: dict[str, np.ndarray]
+    blend: dict[tuple[str, str], Blend]
+
+    def reorder(self, platform: str, item_ids: Sequence[str]) -> np.ndarray: ...
+
+
+class ServedBlend:
+    """`blend_terms` for ONE user and one served target catalogue, with everything that
+    does not depend on the user precomputed at start-up.
+
+    The co-occurrence matrices get their columns moved into the served catalogue's order
+    (catalogue items the assets do not know get no blend) and log1p(popularity) is reordered
+    the same way, so a request only sums the co-occurrence rows of the user's own items.
+    """
+
+    def __init__(self, assets: BlendAssets, target: str, catalogue_ids: Sequence[str]) -> None:
+        self.target = target
+        self.size = len(catalogue_ids)
+        order = assets.reorder(target, catalogue_ids)  # asset position of each catalogue item
+        known = order >= 0
+        self.known = int(known.sum())
+        n_assets = len(assets.item_ids.get(target, []))
+        move = sp.csr_matrix(  # [n_assets, N]: column j picks asset item order[j]
+            (np.ones(self.known, np.float32), (order[known], np.flatnonzero(known))),
+            shape=(n_assets, self.size))
+        self.blends = {s: b for (s, t), b in assets.blend.items() if t == target}
+        self.cooc: dict[str, sp.csr_matrix] = {}
+        for (source, t), matrix in assets.cooccurrence.items():
+            if t != target or self.blends.get(source, Blend()).cooc == 0.0:
+                continue
+            moved = (matrix.tocsr() @ move).tocsr()
+            moved.sum_duplicates()
+            self.cooc[source] = moved
+        self.popularity: np.ndarray | None = None  # log1p(popularity) float32 [N]
+        if target in assets.popularity:
+            self.popularity = np.zeros(self.size, np.float32)
+            self.popularity[known] = np.log1p(assets.popularity[target])[order[known]]
+
+    def __call__(self, histories: Mapping[str, np.ndarray]) -> np.ndarray | None:
+        """The blend float32 [N] (catalogue order) of a user whose items per source platform
+        are `histories` (positions in the assets' order); None without any source platform."""
+        if not histories:
+            return None
+        sums: dict[str, np.ndarray | None] = {}
+        for source, rows in histories.items():
+            matrix = self.cooc.get(source)
+            sums[source] = None if matrix is None or len(rows) == 0 else _row_sum(matrix, rows)
+        return blend_terms(self.blends, sums, self.popularity, (self.size,))
+
+
+# Stored entries up to which gather + bincount beats scipy's row slicing (docs/ranking.md).
+_GATHER_MAX = 32_768
+
+
+def _row_sum(matrix: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
+    """Sum of the given rows of a CSR matrix, dense [n_cols], reading only those rows."""
+    starts = matrix.indptr[rows]
+    lengths = matrix.indptr[rows + 1] - starts
+    ends = np.cumsum(lengths)
+    if int(ends[-1]) > _GATHER_MAX:  # many entries (popular items): scipy's C++ row slice + sum
+        return np.asarray(matrix[rows].sum(axis=0)).ravel()
+    picks = np.arange(int(ends[-1])) + np.repeat(starts - (ends - lengths), lengths)
+    return np.bincount(matrix.indices[picks], weights=matrix.data[picks], minlength=matrix.shape[1])
