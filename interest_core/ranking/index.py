@@ -66,9 +66,9 @@ class CatalogueIndex:
         The model term of any item is at most R = max_norm * |query|, so an item outside the
         m items of largest blend scores at most R + (the largest blend outside them). When the
         k-th best of the m beats that strictly, their top k is the catalogue's top k. It tries
-        m = max(first, 4k), then 4x as many, up to `candidates`, scoring each item once. With a
-        blend led by co-occurrence (food -> kitchen: weight 10 on log1p counts) 256 items are
-        nearly always enough; with a weak blend it fails, at the cost of one partition of `blend`.
+        m = max(first, 4k), then 4x as many, up to `candidates`, scoring each item once. A blend
+        led by co-occurrence usually proves it within the first m; with a weak blend it fails, at
+        the cost of one partition of `blend` (how often, measured: docs/ranking.md).
         """
         limit = min(candidates, len(blend) - 1)
         if k <= 0 or limit < k:
