@@ -201,7 +201,7 @@ def run_perf_analyzer(
             rc, output = _run_level(cmd, env, out_dir / f"c{c}-s{pct}.log", timeout_s)
             if rc == 0 and csv_path.exists():
                 rows.append({**_parse_csv(csv_path), "stability_pct": pct})
-                commands.append(" ".join(cmd))
+                commands.append(" ".join(repo_relative(arg) for arg in cmd))
                 break
             last = (output.strip().splitlines() or ["(no output)"])[-1]
             unstable = "stable measurement" in output
@@ -225,6 +225,13 @@ def run_perf_analyzer(
         "wall_s": round(time.monotonic() - started, 1),
         "by_concurrency": rows,
     }
+
+
+def repo_relative(arg: str, root: Path = ROOT) -> str:
+    """A command-line argument with a path inside the repository made relative to its root, so
+    that recorded commands do not carry the checkout's location."""
+    path = Path(arg)
+    return str(path.relative_to(root)) if path.is_absolute() and path.is_relative_to(root) else arg
 
 
 def format_table(result: dict[str, Any]) -> str:

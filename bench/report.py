@@ -12,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from bench.startup import STARTUP_TARGET_S
+
 RECOMMEND_TARGET_RATE = 200.0
 RECOMMEND_TARGET_P99_MS = 15.0
 LIMIT_TARGET_FRACTION = 0.85  # the stack's throughput at saturation against the in-process limit
@@ -70,6 +72,10 @@ def summarise(data: dict[str, Any]) -> dict[str, Any]:
             and not rec["errors"],
         },
     }
+    startup = data.get("startup") or {}
+    if "serving_s" in startup:
+        targets["startup_serving_under_20s"] = {"serving_s": startup["serving_s"],
+                                                "met": startup["serving_s"] < STARTUP_TARGET_S}
     return {
         "revision": data["revision"],
         "machine": data["machine"],
@@ -95,6 +101,7 @@ def summarise(data: dict[str, Any]) -> dict[str, Any]:
             "p99_ms": ingest["p99_ms"],
             "cache_hit_rate": ingest["cache_hit_rate"],
         },
+        "startup": startup,
         "perf_analyzer": data.get("perf_analyzer", {}),
         "targets": targets,
         "details": data,
@@ -196,6 +203,14 @@ def _paired_table(paired: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _startup_row(target: dict[str, Any] | None) -> list[str]:
+    """The Targets row of the stack's start-up (none when it was not measured)."""
+    if target is None:
+        return []
+    return [f"| start-up: `make serve` (Triton + gateway) to gRPC SERVING < {STARTUP_TARGET_S:g} s | "
+            f"{target['serving_s']:.2f} s | {target['met']} |"]
+
+
 def write_markdown(summary: dict[str, Any], path: Path) -> None:
     d = summary["details"]
     t = summary["targets"]
@@ -221,6 +236,7 @@ def write_markdown(summary: dict[str, Any], path: Path) -> None:
         f"| Recommend p99 < 15 ms at 200 req/s | p99 {rec['p99_ms']} ms "
         f"at {rec['achieved_rps']} req/s | {rec['met']} |",
         f"| ingest skips BERT for items seen before | cache hit rate {ing['cache_hit_rate']:.1%} | |",
+        *_startup_row(t.get("startup_serving_under_20s")),
         "",
         "## EncodeInterest",
         "",

@@ -1,6 +1,7 @@
 """`make bench`: the stack against the seed approach and the in-process limit, same inputs.
 
-Starts the real Triton, two real gateways (item-embedding cache on, and off so that every
+First times the stack's start-up as `make serve` launches it, to gRPC SERVING (bench.startup).
+Then starts the real Triton, two real gateways (item-embedding cache on, and off so that every
 EncodeInterest text really goes through BERT) and the seed server, drives them over gRPC
 with real users' histories, runs perf_analyzer against Triton, and writes
 results/bench.json, results/bench.md and results/bench.png. The stack's share of the
@@ -34,6 +35,7 @@ from bench.limit import ort_limit
 from bench.loadgen import RunResult, closed_loop, open_loop
 from bench.procstat import CpuMeter, Watched
 from bench.report import RECOMMEND_TARGET_RATE, write_report
+from bench.startup import measure_startup
 from devtools.provenance import machine, revision
 from devtools.readiness import wait_serving
 from devtools.triton_launcher import TritonServer, free_port, start_triton
@@ -71,7 +73,6 @@ class Proc:
 
 
 def gateway_env(
-    settings: Settings,
     triton: TritonServer,
     grpc_port: int,
     metrics_port: int,
@@ -85,7 +86,6 @@ def gateway_env(
             "INTEREST_METRICS_PORT": str(metrics_port),
             "INTEREST_TRITON_GRPC_PORT": str(triton.grpc_port),
             "INTEREST_VAR_DIR": str(var),
-            "INTEREST_CATALOGUE_CACHE_DIR": str(settings.cache_dir),
             "INTEREST_LOG_LEVEL": "WARNING",
         }
     )
@@ -313,6 +313,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("no model installed: run `make engine` first")
     logs = ROOT / "var" / "bench" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    startup: dict[str, Any] = {}
+    if not (args.recommend_only or args.ingest_only):
+        log("start-up: `make serve`'s stack (Triton, then the gateway) launched, until gRPC SERVING")
+        startup = await asyncio.to_thread(measure_startup, logs, ROOT / "var" / "bench" / "startup")
+        log(f"  SERVING {startup['serving_s']} s after launch")
     folder = settings.data_dir / settings.platforms["food"].dataset
     users = load_sequences(folder, "test.txt")
     food = load_catalogue(settings.model_copy(update={"catalogue_limit": None}), "food")
@@ -348,11 +353,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         cached = Proc(
             "gateway-cached",
             [sys.executable, "-m", "gateway.server"],
-            gateway_env(settings, triton, *ports["cached"], ROOT / "var" / "bench" / "cached"),
+            gateway_env(triton, *ports["cached"], ROOT / "var" / "bench" / "cached"),
             logs,
         )
         procs.append(cached)
-        log("gateway (cache on) starting: the first run embeds the whole catalogue, later ones load it")
+        log("gateway (cache on) starting")
         await wait_serving(ports["cached"][0], cached.popen, f"{cached.name} (log {cached.log})")
         if args.recommend_only:
             return await recommend_only(args, cached, triton, *ports["cached"], users, food, kitchen)
@@ -361,9 +366,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         uncached = Proc(
             "gateway-uncached",
             [sys.executable, "-m", "gateway.server"],
-            gateway_env(
-                settings, triton, *ports["uncached"], ROOT / "var" / "bench" / "uncached", cache_size=0
-            ),
+            gateway_env(triton, *ports["uncached"], ROOT / "var" / "bench" / "uncached", cache_size=0),
             logs,
         )
         procs.append(uncached)
@@ -469,6 +472,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": machine(),
         "duration_s": d,
         "mean_events_per_encode_request": round(mean_events, 2),
+        "startup": startup,
         **results,
     }
 

@@ -9,7 +9,6 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc.aio as triton
@@ -139,7 +138,3 @@ class TritonEncoder:
                 self.cache.put(text, vec)
                 found[text] = vec
         return np.stack([found[t] for t in texts])
-
-
-def cache_file(cache_dir: Path, model_version: str, platform: str, key: str) -> Path:
-    return cache_dir / f"model-{model_version}" / f"{platform}-{key}.npy"

@@ -4,6 +4,11 @@ Prometheus /metrics endpoint.
 Health is NOT_SERVING until Triton answers ready and every catalogue index is loaded, and
 goes back to NOT_SERVING whenever Triton stops answering.
 
+Each platform's catalogue (ids, titles, popularity and the served model's item embeddings) is
+read at creation from the files `make engine` installed beside the model, checked against the
+digests in VERSION.json: start-up reads no dataset and embeds nothing. Missing or altered
+catalogue files stop the gateway from starting.
+
 Trained ranking assets (learned migration, collaborative blend, interest categories) are
 read at creation from settings.ranking_assets, by default the `interest_assets.npz` that
 `quantize.install` puts beside the model; without that file the pretrained model is served
@@ -26,26 +31,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-import numpy as np
 from grpc_health.v1 import _async as health_aio  # what grpc_health.v1.health.aio re-exports
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from gateway.catalogue import build_index
-from gateway.encoder import TritonEncoder, installed_model_version
+from gateway.catalogue import serve_index
+from gateway.encoder import TritonEncoder
 from gateway.errors import ErrorAndMetricsInterceptor
 from gateway.metrics import GatewayMetrics
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.servicer import InterestGatewayService
-from interest_core.catalogue import Catalogue
+from interest_core.catalogue import CatalogueNotInstalled, InstalledCatalogue, read_installed
 from interest_core.config import DEFAULT_HMAC_KEY, Settings, load_settings
-from interest_core.contract import ASSETS_FILE
+from interest_core.contract import ASSETS_FILE, read_version
+from interest_core.errors import Unavailable
 from interest_core.migration import MigrationMap
 from interest_core.profiles import ProfileCipher, ProfileStore
 from interest_core.ranking.assets import RankingAssets
-from interest_model.corpus import item_popularity, load_catalogue
 
 log = logging.getLogger("interest.gateway")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InterestGateway"].full_name
@@ -65,7 +69,8 @@ class Gateway:
     service: InterestGatewayService
     health: health_aio.HealthServicer
     metrics: GatewayMetrics
-    catalogues: dict[str, Catalogue]
+    catalogues: dict[str, InstalledCatalogue]
+    model_version: str
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     serving: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -81,7 +86,7 @@ class Gateway:
             await self.health.set(name, status)
 
     async def _startup(self) -> None:
-        """Wait for Triton, load the catalogues; retried with backoff until it succeeds."""
+        """Wait for Triton, then serve the catalogues; retried with backoff until it succeeds."""
         delay = 1.0
         while not await self._try_startup():
             log.warning("gateway start-up will be retried in %.0fs", delay)
@@ -96,11 +101,11 @@ class Gateway:
                 log.info("waiting for Triton at %s to report %s ready", svc.encoder.url,
                          self.settings.model_name)
                 await asyncio.sleep(1.0)
-            svc.model_version = str(installed_model_version(self.settings)["model_version"])
-            for name, catalogue in self.catalogues.items():
-                svc.set_index(name, await build_index(
-                    svc.encoder, catalogue, self.settings.cache_dir, svc.model_version))
-                self.metrics.catalogue_items.labels(platform=name).set(len(catalogue))
+            # The version the catalogues were installed with, whose embeddings they hold.
+            svc.model_version = self.model_version
+            for name, installed in self.catalogues.items():
+                svc.set_index(name, serve_index(svc.encoder, installed))
+                self.metrics.catalogue_items.labels(platform=name).set(len(installed.catalogue))
             settle_heap()
             await self._set(health_pb2.HealthCheckResponse.SERVING)
             self.serving.set()
@@ -137,12 +142,29 @@ class Gateway:
         self.service.close()
 
 
-def installed_dim(settings: Settings, default: int = 384) -> int:
-    """Embedding size of the installed model (VERSION.json), 384 before one is installed."""
+def installed_version(settings: Settings) -> dict[str, object]:
+    """The installed model's VERSION.json; StartupError when no model is installed."""
     try:
-        return int(installed_model_version(settings).get("dim", default))  # type: ignore[call-overload]
-    except Exception:
-        return default
+        return read_version(settings.model_repository / settings.model_name)
+    except Unavailable as exc:
+        raise StartupError(str(exc)) from exc
+
+
+def load_catalogues(settings: Settings, version: dict[str, object]) -> dict[str, InstalledCatalogue]:
+    """Each configured platform's catalogue as `make engine` installed it (catalogue_limit
+    applied); StartupError when one is missing or does not match VERSION.json."""
+    model_dir = settings.model_repository / settings.model_name
+    out: dict[str, InstalledCatalogue] = {}
+    for name in settings.platforms:
+        try:
+            out[name] = read_installed(model_dir, name, version, settings.catalogue_limit)
+        except (CatalogueNotInstalled, OSError, ValueError, KeyError) as exc:
+            raise StartupError(f"cannot serve the catalogue of {name!r} installed in {model_dir}: {exc}; "
+                               f"run `make engine` (with this config) to install the model and its "
+                               f"catalogues together") from exc
+        log.info("catalogue %s: %d items and their embeddings, as installed with model %s", name,
+                 len(out[name].catalogue), version.get("model_version"))
+    return out
 
 
 def ranking_assets_path(settings: Settings) -> Path:
@@ -208,43 +230,27 @@ def check_ranking_assets(assets: RankingAssets, dim: int, path: Path, model_name
                                f"shape {counts.shape}, its item list has {sizes.get(p)} items")
 
 
-def fallback_popularity(settings: Settings, catalogues: dict[str, Catalogue],
-                        assets: RankingAssets | None) -> dict[str, np.ndarray]:
-    """Training interactions per catalogue item (the non-personalised ranking), float32 [n]:
-    the trained assets' counts, made on the same training users, for each platform whose every
-    item they know; the others are counted from their dataset (about 6 s for the Amazon pair,
-    read through its adapter)."""
-    out: dict[str, np.ndarray] = {}
-    for name, catalogue in catalogues.items():
-        if assets is not None and name in assets.popularity:
-            positions = assets.reorder(name, catalogue.item_ids)
-            if len(positions) and positions.min() >= 0:
-                out[name] = assets.popularity[name][positions].astype(np.float32)
-    missing = [name for name in catalogues if name not in out]
-    if missing:
-        out.update(item_popularity(settings, missing))
-    return out
-
-
 def create_server(
     settings: Settings, metrics: GatewayMetrics | None = None, triton_url: str | None = None,
     port: int | None = None,
 ) -> Gateway:
     """Build the gateway on `port` (default settings.grpc_port; 0 picks a free one).
-    Raises StartupError when the configured or installed ranking assets cannot be served."""
-    dim = installed_dim(settings)
+    Raises StartupError when no model is installed, or its catalogues or the configured or
+    installed ranking assets cannot be served."""
+    version = installed_version(settings)
+    dim = int(version.get("dim", 384))  # type: ignore[call-overload]
+    catalogues = load_catalogues(settings, version)
     assets = load_ranking_assets(settings, dim)
     migration = (MigrationMap(dim, assets.migration) if assets is not None
                  else MigrationMap.load(dim, settings.var_dir / "migration.npz"))
     metrics = metrics or GatewayMetrics()
     encoder = TritonEncoder(settings, metrics, url=triton_url)
-    catalogues = {name: load_catalogue(settings, name) for name in settings.platforms}
-    titles = {name: dict(zip(c.item_ids, c.titles)) for name, c in catalogues.items()}
+    titles = {name: dict(zip(c.catalogue.item_ids, c.catalogue.titles)) for name, c in catalogues.items()}
     cipher = None
     if settings.profile_encryption_key is not None:
         cipher = ProfileCipher(base64.b64decode(settings.profile_encryption_key.get_secret_value()))
     store = ProfileStore(settings.store_path, cipher)
-    popularity = fallback_popularity(settings, catalogues, assets)
+    popularity = {name: c.popularity for name, c in catalogues.items()}
     service = InterestGatewayService(settings, store, encoder, metrics, migration, titles, popularity,
                                      assets)
     server = grpc.aio.server(interceptors=[ErrorAndMetricsInterceptor(metrics, settings.max_in_flight)],
@@ -264,14 +270,14 @@ def create_server(
                     "by anyone who guesses user ids; set a secret key in production")
     if not service.auth.enabled:
         log.warning("no API keys configured: the gateway accepts every caller (development mode)")
-    return Gateway(server, bound, settings, service, health_servicer, metrics, catalogues)
+    return Gateway(server, bound, settings, service, health_servicer, metrics, catalogues,
+                   str(version["model_version"]))
 
 
 def settle_heap() -> int:
-    """Move everything start-up built (catalogues, titles, assets: ~200k tracked objects) out of
+    """Move everything start-up built (catalogues, titles, assets: many tracked objects) out of
     the garbage collector's reach, so that a full collection under load walks only what came
-    after. A full collection over them stops every thread for ~0.2 s (two at start-up took
-    0.38 s in all). Returns the objects frozen."""
+    after: a full collection over them stops every thread. Returns the objects frozen."""
     gc.collect()
     gc.freeze()
     frozen = gc.get_freeze_count()
@@ -285,9 +291,8 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
     calls from gRPC's core no faster than it answers them, so the backlog grows there, not in
     `max_in_flight`, and every queued call waits out its deadline. Past the soft limit gRPC
     refuses new calls with a probability rising to 1 at the hard limit (random early detection);
-    the client sees CANCELLED at once. Measured on a 2-core box: a server of 4 ms in-loop calls
-    offered 350 calls/s served 1,716 of 2,800 with waits under 0.25 s (limits 16/64), against
-    1,478 and waits growing to the 3 s deadline without limits."""
+    the client sees CANCELLED at once, instead of every queued call waiting out its deadline
+    (more calls answered in time under overload than without the limits)."""
     return [
         ("grpc.max_receive_message_length", 8 * 1024 * 1024),
         ("grpc.server.max_pending_requests", settings.max_queued_rpcs // 2),

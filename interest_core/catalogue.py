@@ -1,8 +1,22 @@
-"""A platform's catalogue as the serving side sees it: item ids and titles in local-index order."""
+"""A platform's catalogue as the serving side sees it: item ids and titles in local-index order,
+and the files `make engine` installs beside the model so the gateway serves it as installed.
+
+Per platform, two files in the model directory (names in interest_core.contract): a JSON of
+item ids, titles and popularity, and the item embeddings float32 [N, D] as .npy, computed by
+the installed model. VERSION.json records each file's digest; a file that does not match it
+was not installed with the served model and is refused.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from interest_core.contract import CATALOGUE_EMBEDDINGS, CATALOGUE_ITEMS, file_digest
 
 
 @dataclass(frozen=True)
@@ -18,3 +32,83 @@ class Catalogue:
 
     def index(self) -> dict[str, int]:
         return {item: i for i, item in enumerate(self.item_ids)}
+
+
+class CatalogueNotInstalled(RuntimeError):
+    """The installed catalogue files are missing, altered, or do not fit each other."""
+
+
+@dataclass(frozen=True)
+class InstalledCatalogue:
+    """What the gateway ranks a platform with: its catalogue, the installed model's embedding of
+    each title (float32 [N, D], unit rows) and training interactions per item (float32 [N],
+    the non-personalised fallback ranking)."""
+
+    catalogue: Catalogue
+    embeddings: np.ndarray
+    popularity: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.catalogue)
+        if len(self.catalogue.titles) != n or self.embeddings.ndim != 2 or len(self.embeddings) != n \
+                or self.popularity.shape != (n,):
+            raise CatalogueNotInstalled(
+                f"catalogue {self.catalogue.platform}: {n} ids, {len(self.catalogue.titles)} titles, "
+                f"embeddings {self.embeddings.shape} and popularity {self.popularity.shape} do not match")
+
+    def head(self, limit: int | None) -> InstalledCatalogue:
+        """The first `limit` items (all when None): settings.catalogue_limit."""
+        if limit is None or limit >= len(self.catalogue):
+            return self
+        c = self.catalogue
+        return InstalledCatalogue(Catalogue(c.platform, c.item_ids[:limit], c.titles[:limit]),
+                                  self.embeddings[:limit], self.popularity[:limit])
+
+
+def catalogue_paths(model_dir: Path, platform: str) -> tuple[Path, Path]:
+    """(items JSON, embeddings .npy) of `platform` in the model directory."""
+    return (model_dir / CATALOGUE_ITEMS.format(platform=platform),
+            model_dir / CATALOGUE_EMBEDDINGS.format(platform=platform))
+
+
+def write_installed(model_dir: Path, installed: InstalledCatalogue) -> dict[str, object]:
+    """Write one platform's catalogue files; returns its VERSION.json entry (item count and
+    each file's digest)."""
+    items_path, embeddings_path = catalogue_paths(model_dir, installed.catalogue.platform)
+    items = {"platform": installed.catalogue.platform, "item_ids": list(installed.catalogue.item_ids),
+             "titles": list(installed.catalogue.titles),
+             "popularity": [float(x) for x in installed.popularity.astype(np.float32)]}
+    items_path.write_text(json.dumps(items, ensure_ascii=False))
+    np.save(embeddings_path, np.ascontiguousarray(installed.embeddings, dtype=np.float32))
+    return {"items": len(installed.catalogue), "dim": int(installed.embeddings.shape[1]),
+            "items_digest": file_digest(items_path), "embeddings_digest": file_digest(embeddings_path)}
+
+
+def read_installed(model_dir: Path, platform: str, version: Mapping[str, object],
+                   limit: int | None = None) -> InstalledCatalogue:
+    """The catalogue of `platform` installed in `model_dir`, checked against the digests that
+    `version` (its VERSION.json) records, first `limit` items. The embeddings are mapped
+    read-only from the file. Raises CatalogueNotInstalled saying what is wrong."""
+    entries = version.get("catalogues")
+    entry = entries.get(platform) if isinstance(entries, dict) else None
+    if not isinstance(entry, dict):
+        raise CatalogueNotInstalled(f"the model installed in {model_dir} has no catalogue of platform "
+                                    f"{platform!r} (VERSION.json lists none)")
+    items_path, embeddings_path = catalogue_paths(model_dir, platform)
+    for path, key in ((items_path, "items_digest"), (embeddings_path, "embeddings_digest")):
+        if not path.exists():
+            raise CatalogueNotInstalled(f"{path} is missing")
+        if file_digest(path) != entry.get(key):
+            raise CatalogueNotInstalled(f"{path} does not match the digest VERSION.json records for it "
+                                        f"(changed since it was installed)")
+    items = json.loads(items_path.read_text())
+    embeddings = np.asarray(np.load(embeddings_path, mmap_mode="r"))
+    if embeddings.dtype != np.float32:
+        raise CatalogueNotInstalled(f"{embeddings_path} holds {embeddings.dtype}, not float32")
+    dim = version.get("dim")
+    if dim is not None and embeddings.shape[1:] != (dim,):
+        raise CatalogueNotInstalled(f"{embeddings_path} holds embeddings of shape {embeddings.shape}, "
+                                    f"but the installed model embeds into {dim} dimensions")
+    catalogue = Catalogue(platform, tuple(items["item_ids"]), tuple(items["titles"]))
+    popularity = np.asarray(items["popularity"], dtype=np.float32)
+    return InstalledCatalogue(catalogue, embeddings, popularity).head(limit)

@@ -30,10 +30,8 @@ class PlatformConfig(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     adapter: str = Field(description="registered adapter name, e.g. 'amazon_review'")
-    dataset: str = Field(description="a `datasets:` entry holding this platform (or an LLMCDSR "
-                         "folder name under data_dir)")
-    side: str = Field(default="", description="which side of a bare LLMCDSR folder this platform "
-                      "is ('A' or 'B'); unused when `dataset` is a `datasets:` entry")
+    dataset: str = Field(description="the `datasets:` entry whose adapter reads this platform's "
+                         "catalogue and interactions")
     display_name: str = ""
     event_types: tuple[str, ...] = ("review", "purchase", "view", "rating")
 
@@ -89,9 +87,6 @@ class Settings(BaseSettings):
     platforms: dict[str, PlatformConfig] = Field(default_factory=_default_platforms)
     datasets: dict[str, DatasetConfig] = Field(
         default_factory=_default_datasets, description="dataset name -> adapter, folder, platforms"
-    )
-    catalogue_cache_dir: Path | None = Field(
-        default=None, description="where catalogue embeddings are cached; default var_dir/cache"
     )
     catalogue_limit: int | None = Field(
         default=None, description="keep only the first N items of each catalogue (tests)"
@@ -191,10 +186,6 @@ class Settings(BaseSettings):
     @property
     def store_path(self) -> Path:
         return self.var_dir / "profiles.sqlite3"
-
-    @property
-    def cache_dir(self) -> Path:
-        return self.catalogue_cache_dir or self.var_dir / "cache"
 
 
 def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:

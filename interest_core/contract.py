@@ -19,6 +19,11 @@ OUTPUT = "interest_embedding"  # float32 [B, D], unit L2 norm
 
 VERSION_FILE = "VERSION.json"  # model_version (digest of the served ONNX), dim, target, asset digests
 ASSETS_FILE = "interest_assets.npz"  # trained ranking assets (interest_core.ranking.assets)
+# Each configured platform's catalogue, computed by `make engine` with the installed model
+# (interest_core.catalogue reads and writes them): ids, titles and popularity as JSON, and
+# the item embeddings float32 [N, D] as .npy, so the gateway can map them without a copy.
+CATALOGUE_ITEMS = "catalogue-{platform}.json"
+CATALOGUE_EMBEDDINGS = "catalogue-{platform}.npy"
 
 
 def backbone_dir() -> Path:

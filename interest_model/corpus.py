@@ -1,4 +1,5 @@
-"""Read the cross-domain dataset (LLMCDSR Amazon format): catalogues and user sequences.
+"""Catalogues and popularity of the configured platforms, read through each platform's
+`datasets:` entry and its adapter (interest_model.datasets), and LLMCDSR user sequences.
 
 Item ids in sequence files are global: side A owns 0..n_A-1, side B owns n_A.. (local = id - n_A).
 Platforms expose items by their real id (ASIN); a catalogue row's position is its local index.
@@ -6,7 +7,6 @@ Platforms expose items by their real id (ASIN); a catalogue row's position is it
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from interest_core.catalogue import Catalogue
-from interest_core.config import PlatformConfig, Settings
-from interest_core.text import clean_text
+from interest_core.config import Settings
 
 
 @dataclass(frozen=True)
@@ -28,15 +27,16 @@ class UserSequence:
     items_b: tuple[int, ...]
 
 
-def dataset_dir(settings: Settings, platform: PlatformConfig) -> Path:
-    """The bare LLMCDSR folder of a platform whose `dataset` is not a `datasets:` entry."""
-    if platform.side not in ("A", "B"):
-        raise ValueError(f"dataset {platform.dataset!r} is not a `datasets:` entry of the config, so "
-                         f"the platform's side must be 'A' or 'B', not {platform.side!r}")
-    path = settings.data_dir / platform.dataset
-    if not path.is_dir():
-        raise FileNotFoundError(f"dataset folder {path} is missing (run `make data`)")
-    return path
+def platform_dataset(settings: Settings, name: str) -> str:
+    """The `datasets:` entry holding platform `name`; ValueError when it names none."""
+    platform = settings.platforms[name]
+    if platform.dataset not in settings.datasets:
+        raise ValueError(
+            f"platform {name!r} names the dataset {platform.dataset!r}, which is not a `datasets:` "
+            f"entry of the config ({', '.join(settings.datasets) or 'none configured'}): add one "
+            f"with its adapter, folder and platforms (e.g. adapter: llmcdsr_pair, platforms: "
+            f"{{A: {name}, ...}} for an LLMCDSR folder)")
+    return platform.dataset
 
 
 def side_size(folder: Path, side: str) -> int:
@@ -45,28 +45,13 @@ def side_size(folder: Path, side: str) -> int:
 
 
 def load_catalogue(settings: Settings, name: str) -> Catalogue:
-    """Catalogue of platform `name` in local-index order, titles cleaned, sliced by catalogue_limit.
-
-    When the platform's dataset is a `datasets:` entry, its adapter reads the catalogue (any
-    format); otherwise the LLMCDSR files are read directly by `side`."""
-    platform = settings.platforms[name]
-    if platform.dataset in settings.datasets:
-        catalogue = _adapter_catalogue(settings, platform.dataset, name)
-        if settings.catalogue_limit is None:
-            return catalogue
-        limit = settings.catalogue_limit
-        return Catalogue(name, catalogue.item_ids[:limit], catalogue.titles[:limit])
-    folder = dataset_dir(settings, platform)
-    index: dict[str, int] = json.loads((folder / f"item_set_{platform.side}.json").read_text())
-    texts: dict[str, str] = json.loads((folder / f"text_{platform.side}.json").read_text())
-    ordered = sorted(index.items(), key=lambda kv: kv[1])
-    if [i for _, i in ordered] != list(range(len(ordered))):
-        raise ValueError(f"{folder}/item_set_{platform.side}.json: local indices are not 0..n-1")
-    if settings.catalogue_limit is not None:
-        ordered = ordered[: settings.catalogue_limit]
-    item_ids = tuple(asin for asin, _ in ordered)
-    titles = tuple(clean_text(texts.get(asin, "")) or asin for asin in item_ids)
-    return Catalogue(platform=name, item_ids=item_ids, titles=titles)
+    """Catalogue of platform `name` in local-index order, titles cleaned, sliced by
+    catalogue_limit, read by the adapter of the platform's `datasets:` entry."""
+    catalogue = _adapter_catalogue(settings, platform_dataset(settings, name), name)
+    if settings.catalogue_limit is None:
+        return catalogue
+    limit = settings.catalogue_limit
+    return Catalogue(name, catalogue.item_ids[:limit], catalogue.titles[:limit])
 
 
 def _adapter_catalogue(settings: Settings, dataset: str, name: str) -> Catalogue:
@@ -106,34 +91,23 @@ def item_popularity(settings: Settings, names: Iterable[str] | None = None) -> d
     """Training interactions per catalogue item of the configured platforms `names` (default:
     all), float32 [n] in local-index order (catalogue_limit applied): the non-personalised
     fallback ranking. Counts only training users, never valid/test, read through each
-    `datasets:` entry's adapter (each dataset once); a bare LLMCDSR folder is read directly by
-    `side`."""
+    `datasets:` entry's adapter (each dataset once)."""
     from interest_model.datasets import InteractionData, load_dataset
 
     loaded: dict[str, InteractionData] = {}
     out: dict[str, np.ndarray] = {}
     for name in settings.platforms if names is None else names:
-        platform = settings.platforms[name]
-        if platform.dataset not in settings.datasets:
-            counts = _llmcdsr_popularity(dataset_dir(settings, platform), platform.side)
-        else:
-            if platform.dataset not in loaded:
-                loaded[platform.dataset] = load_dataset(settings, platform.dataset)
-            data = loaded[platform.dataset]
-            if name not in data.catalogues:
-                raise ValueError(f"dataset {platform.dataset!r} has no platform {name!r}; "
-                                 f"it has {', '.join(data.catalogues)}")
-            items = [i for u in data.split("train") for i in u.on(name)]
-            counts = np.bincount(np.asarray(items, dtype=np.int64), minlength=len(data.catalogues[name]))
+        dataset = platform_dataset(settings, name)
+        if dataset not in loaded:
+            loaded[dataset] = load_dataset(settings, dataset)
+        data = loaded[dataset]
+        if name not in data.catalogues:
+            raise ValueError(f"dataset {dataset!r} has no platform {name!r}; "
+                             f"it has {', '.join(data.catalogues)}")
+        items = [i for u in data.split("train") for i in u.on(name)]
+        counts = np.bincount(np.asarray(items, dtype=np.int64), minlength=len(data.catalogues[name]))
         out[name] = np.asarray(counts[: settings.catalogue_limit], dtype=np.float32)
     return out
-
-
-def _llmcdsr_popularity(folder: Path, side: str) -> np.ndarray:
-    items = [i for filename in ("train_overlap.txt", f"train_{side}.txt") if (folder / filename).exists()
-             for user in load_sequences(folder, filename)
-             for i in (user.items_a if side == "A" else user.items_b)]
-    return np.bincount(np.asarray(items, dtype=np.int64), minlength=side_size(folder, side))
 
 
 def behaviour_texts(settings: Settings, n: int, seed: int = 0) -> list[str]:

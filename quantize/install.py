@@ -1,4 +1,7 @@
-"""Install a validated model into the Triton model repository, with its config.pbtxt.
+"""Install a validated model into the Triton model repository, with its config.pbtxt, the
+trained ranking assets and each configured platform's catalogue (ids, titles, popularity and
+the item embeddings computed by this ONNX model: quantize.catalogue), every file's digest
+recorded in VERSION.json, so the gateway serves exactly what was installed together.
 
 Refuses unless the validation report says the candidate passed the accuracy gate.
 TARGET=cpu: python backend running the ONNX on ONNX Runtime (model.py is committed).
@@ -12,12 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from interest_core.config import ROOT, load_settings
-from interest_core.contract import ASSETS_FILE, file_digest
+from interest_core.contract import ASSETS_FILE, VERSION_FILE, file_digest
+from interest_core.ranking.assets import RankingAssets
+from quantize.catalogue import CHUNK_ROWS, install_catalogues
 
 # The committed python-backend adapter; copied when installing into another repository.
 MODEL_PY = ROOT / "model_repository" / "interest_encoder" / "1" / "model.py"
@@ -44,8 +51,8 @@ def render_config(
     name: str, target: str, max_batch: int, dim: int, max_seq: int, threads: int, instances: int = 2
 ) -> str:
     """config.pbtxt text: explicit max_batch_size, dynamic batching, instances, warmup."""
-    # No preferred_batch_size: it made the batcher cut batches at 8 rows (two requests) even
-    # with more queued; a full queue now fills max_batch_size rows while the instance is busy.
+    # No preferred_batch_size: it made the batcher cut batches at that size even with more
+    # queued; a full queue now fills max_batch_size rows while the instance is busy.
     batching = "dynamic_batching {\n  max_queue_delay_microseconds: 2000\n}"
     if target == "cpu":
         head = f'name: "{name}"\nbackend: "python"\nmax_batch_size: {max_batch}'
@@ -54,7 +61,7 @@ def render_config(
         params = "\n".join(
             f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}'
             for k, v in (("onnx_file", "model.onnx"), ("intra_op_threads", threads),
-                         ("allow_spinning", 0), ("chunk_rows", 16), ("max_seq_len", max_seq),
+                         ("allow_spinning", 0), ("chunk_rows", CHUNK_ROWS), ("max_seq_len", max_seq),
                          ("vocab_size", 30522))
         )
     else:
@@ -89,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plan", type=Path, default=None, help="TensorRT plan (target gpu)")
     parser.add_argument("--dim", type=int, default=None,
                         help="interest embedding size (default: read from the ONNX output shape)")
-    # Two single-threaded instances beat one two-threaded instance on 2 cores (bench: 139 vs
-    # 130 req/s at concurrency 32): no intra-op synchronisation, and batches overlap.
+    # Single-threaded instances, one per core, beat one multi-threaded instance: no intra-op
+    # synchronisation, and batches overlap.
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads per instance")
     parser.add_argument("--instances", type=int, default=2, help="model instances (CPU)")
     parser.add_argument("--checkpoint", type=Path, default=None,
@@ -113,10 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--target gpu needs --plan pointing at a built TensorRT engine")
     if args.dim is None:
         args.dim = output_dim(args.onnx)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings(args.config)
     model_dir = settings.model_repository / settings.model_name
     version_dir = model_dir / "1"
     version_dir.mkdir(parents=True, exist_ok=True)
+    # Until the new VERSION.json is written, nothing here is a complete install to serve.
+    (model_dir / VERSION_FILE).unlink(missing_ok=True)
     for stale in ("model.onnx", "model.plan"):
         (version_dir / stale).unlink(missing_ok=True)
     artifact = args.onnx if args.target == "cpu" else args.plan
@@ -133,11 +143,17 @@ def main(argv: list[str] | None = None) -> int:
     installed_assets.unlink(missing_ok=True)
     if assets is not None:
         shutil.copyfile(assets, installed_assets)
+    started = time.monotonic()
+    catalogues = install_catalogues(settings, args.onnx, model_dir,
+                                    RankingAssets.load(installed_assets) if assets is not None else None)
+    print(f"[install] catalogues of {', '.join(catalogues)} embedded and installed in "
+          f"{time.monotonic() - started:.0f}s")
     version = {"model_version": file_digest(args.onnx), "target": args.target,
                "source": str(args.onnx), "dim": args.dim, "validation": report,
                "checkpoint": str(args.checkpoint) if args.checkpoint else None,
-               "ranking_assets": file_digest(installed_assets) if assets is not None else None}
-    (model_dir / "VERSION.json").write_text(json.dumps(version, indent=2))
+               "ranking_assets": file_digest(installed_assets) if assets is not None else None,
+               "catalogues": catalogues}
+    (model_dir / VERSION_FILE).write_text(json.dumps(version, indent=2))
     print(f"[install] {dest} installed for target {args.target}, model version "
           f"{version['model_version']}" + (f", ranking assets from {args.checkpoint}" if assets else
                                           " (pretrained backbone, no trained ranking assets)"))

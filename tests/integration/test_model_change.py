@@ -78,6 +78,14 @@ async def test_profiles_of_the_old_model_are_rebuilt_for_the_new_one(stack: Stac
     version_a = str(installed_model_version(stack.settings)["model_version"])
     version_b = str(installed_model_version(second.gateway.settings)["model_version"])
     assert version_a != version_b
+    # B's gateway ranks with the catalogue installed with B, embedded by B: not A's rows.
+    kitchen_a, kitchen_b = stack.gateway.catalogues["kitchen"], second.gateway.catalogues["kitchen"]
+    assert kitchen_b.catalogue == kitchen_a.catalogue
+    titles = list(kitchen_b.catalogue.titles[:32])
+    answered_b = await second.gateway.service.encoder.embed_uncached(titles, rpc="Test", platform="kitchen",
+                                                                     timeout=60)
+    np.testing.assert_allclose(kitchen_b.embeddings[:32], answered_b, rtol=0, atol=1e-4)
+    assert np.abs(kitchen_b.embeddings[:32] - kitchen_a.embeddings[:32]).max() > 1e-2
     items = list(load_catalogue(stack.settings, "food").item_ids[100:106])
     await ingest_food(stack.stub, "it-model-change-old", items)
     vec_a, stored_version = stored_food(stack, "it-model-change-old")

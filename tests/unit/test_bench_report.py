@@ -39,3 +39,23 @@ def test_paired_table_lists_every_round_and_the_median() -> None:
     assert [r.split("|")[1].strip() for r in rows[1:]] == ["1", "2", "3", "median"]
     assert rows[-1].rstrip().endswith("88% |")
     assert _paired_table(None) == [] and _paired_table({"rounds": []}) == []
+
+
+def test_perf_analyzer_commands_are_recorded_relative_to_the_repository() -> None:
+    from pathlib import Path
+
+    from bench.perf_analyzer import repo_relative
+
+    root = Path("/checkout")
+    assert repo_relative("/checkout/.bench-tools/bin/perf_analyzer", root) == ".bench-tools/bin/perf_analyzer"
+    assert repo_relative("/checkout/var/bench/perf_analyzer/c1.csv", root) == "var/bench/perf_analyzer/c1.csv"
+    assert [repo_relative(a, root) for a in ("/elsewhere/x", "127.0.0.1:8001", "-m", "4000")] == [
+        "/elsewhere/x", "127.0.0.1:8001", "-m", "4000"]
+
+
+def test_startup_is_a_target_row_when_measured() -> None:
+    from bench.report import _startup_row
+
+    (row,) = _startup_row({"serving_s": 3.18, "met": True})
+    assert "to gRPC SERVING < 20 s | 3.18 s | True |" in row
+    assert _startup_row(None) == []

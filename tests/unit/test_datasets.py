@@ -11,13 +11,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gateway.server import fallback_popularity
 from interest_core.catalogue import Catalogue
 from interest_core.config import DEFAULT_CONFIG_FILE, ROOT, DatasetConfig, Settings, load_settings
 from interest_core.privacy import Pseudonymiser
 from interest_core.ranking.assets import RankingAssets
 from interest_model import datacheck
-from interest_model.corpus import calibration_pool_size, item_popularity
+from interest_model.corpus import calibration_pool_size, item_popularity, load_catalogue
 from interest_model.datasets import (
     DATASET_ADAPTERS,
     UNASSIGNED,
@@ -30,6 +29,7 @@ from interest_model.datasets import (
     load_dataset,
 )
 from interest_model.datasets.social_video import SocialVideoOptions, split_of
+from quantize.catalogue import fallback_popularity
 
 FIXTURES = ROOT / "tests" / "fixtures"
 SV = FIXTURES / "social-video"
@@ -184,9 +184,10 @@ def test_popularity_counts_training_users_through_the_adapter(social: Interactio
     assert calibration_pool_size(load_settings(DEFAULT_CONFIG_FILE)) == 512
 
 
-def test_gateway_popularity_comes_from_the_assets_when_they_know_every_item(social: InteractionData) -> None:
-    """The gateway takes the trained assets' counts (same training users) instead of reading the
-    dataset again; a platform the assets lack, or know only in part, is counted from its dataset."""
+def test_installed_popularity_is_the_assets_counts_when_they_know_every_item(social: InteractionData) -> None:
+    """`make engine` installs the trained assets' counts (same training users) as the gateway's
+    fallback popularity; a platform the assets lack, or know only in part, is counted from its
+    dataset."""
     platforms = {p: {"adapter": "any", "dataset": "social-video"} for p in ("social", "video")}
     settings = load_settings(DEFAULT_CONFIG_FILE, data_dir=FIXTURES, platforms=platforms,
                              datasets=social_settings(**SV_OPTIONS).datasets)
@@ -202,6 +203,18 @@ def test_gateway_popularity_comes_from_the_assets_when_they_know_every_item(soci
     assets.popularity["social"] = planted[1:]
     assert fallback_popularity(settings, catalogues, assets)["social"].tolist() == counted["social"].tolist()
     assert fallback_popularity(settings, catalogues, None)["social"].tolist() == counted["social"].tolist()
+
+
+def test_a_platform_outside_the_datasets_entries_is_refused_by_name() -> None:
+    """Every catalogue is read through a `datasets:` entry's adapter; a platform naming a bare
+    folder instead says what to configure."""
+    platforms = {"food": {"adapter": "amazon_review", "dataset": "amazon-food-kitchen"},
+                 "kitchen": {"adapter": "amazon_review", "dataset": "some-llmcdsr-folder"}}
+    settings = load_settings(DEFAULT_CONFIG_FILE, platforms=platforms)
+    for read in (lambda: load_catalogue(settings, "kitchen"), lambda: item_popularity(settings)):
+        with pytest.raises(ValueError, match=r"platform 'kitchen' names the dataset 'some-llmcdsr-folder', "
+                                             r"which is not a `datasets:` entry .*amazon-food-kitchen"):
+            read()
 
 
 def test_registry_and_loader_errors(tmp_path: Path) -> None:

@@ -55,9 +55,20 @@ def test_install_writes_repository_with_version(tmp_path: Path, monkeypatch: pyt
     report = tmp_path / "validation.json"
     report.write_text(json.dumps({"passed": True, "mean_cosine": 0.98}))
     monkeypatch.setenv("INTEREST_MODEL_REPOSITORY", str(tmp_path / "repo"))
+    # Not a model ONNX Runtime can run: the catalogues' embedding is tested in test_installed_catalogue.
+    embedded: list[Path] = []
+
+    def install_catalogues(settings: object, onnx_path: Path, model_dir: Path, assets: object
+                           ) -> dict[str, object]:
+        embedded.append(onnx_path)
+        return {"food": {}}
+
+    monkeypatch.setattr(install, "install_catalogues", install_catalogues)
     assert install.main(["--onnx", str(onnx), "--report", str(report), "--dim", "384"]) == 0
     model = tmp_path / "repo" / "interest_encoder"
     assert (model / "1" / "model.onnx").read_bytes() == b"weights"
     assert (model / "1" / "model.py").exists()
     parse((model / "config.pbtxt").read_text())
-    assert json.loads((model / "VERSION.json").read_text())["model_version"]
+    version = json.loads((model / "VERSION.json").read_text())
+    assert version["model_version"]
+    assert embedded == [onnx] and version["catalogues"] == {"food": {}}, "catalogues embedded by this model"
