@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import grpc
 import numpy as np
 
+from gateway import replies
 from gateway.adapters import AdapterContext, PlatformAdapter, adapter_for
 from gateway.auth import ANY_PLATFORM, Authorizer
 from gateway.encoder import TritonEncoder
@@ -21,6 +22,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
 from interest_core.config import Settings
+from interest_core.consent import shares_somewhere, visible_rules
 from interest_core.errors import InterestError, InvalidInput, NotFound
 from interest_core.events import UnifiedEvent
 from interest_core.migration import MigrationMap
@@ -29,7 +31,7 @@ from interest_core.profile_book import ProfileBook
 from interest_core.profiles import ProfileStore
 from interest_core.ranking.assets import RankingAssets
 from interest_core.ranking.index import CatalogueIndex
-from interest_core.recommender import Category, RecommendedItem, Recommender
+from interest_core.recommender import Recommender
 
 log = logging.getLogger("interest.gateway")
 
@@ -165,19 +167,16 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
             answer = await self.recommender.recommend(
                 self._user(request.user_id), target, request.k, request.exclude_item_ids,
                 lambda: self._timeout(context))
-        return pb.RecommendResponse(
-            target_platform=target, items=map(_item, answer.items),
-            source_platforms=answer.source_platforms, model_version=self.model_version,
-            personalised=answer.personalised, explanation=answer.explanation,
-            interests=map(_category, answer.interests),
-        )
+        return replies.recommendation(target, answer, self.model_version)
 
     async def SetConsent(
         self, request: pb.SetConsentRequest, context: grpc.aio.ServicerContext
     ) -> pb.SetConsentResponse:
-        caller = self._authorise(context)
-        await self.book.set_consent(self._user(request.user_id), request.migrate, caller)
-        return pb.SetConsentResponse(migrate=request.migrate)
+        caller = self._authorise(context)  # only the data's holder, or the operator (consent.py)
+        scope = await self.book.set_consent(self._user(request.user_id), caller, request.source_platform,
+                                            request.target_platforms, request.migrate)
+        return pb.SetConsentResponse(migrate=request.migrate, source_platform=scope.source,
+                                     target_platforms=scope.targets)
 
     async def EncodeInterest(
         self, request: pb.EncodeInterestRequest, context: grpc.aio.ServicerContext
@@ -210,11 +209,14 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
             only=None if caller == ANY_PLATFORM else caller)
         if not profiles:
             raise NotFound("no interest profile for this user")
+        rules = self.book.consent_rules(user_key)
         return pb.GetProfileResponse(
-            migrate_consent=self.book.consent(user_key),
+            migrate_consent=shares_somewhere(caller, rules, self.adapters),
+            consents=replies.consent_rules(visible_rules(caller, rules)),
             platforms=[pb.PlatformProfile(
                 platform=p.platform, event_count=p.events, item_count=len(p.items),
-                updated_at_ms=p.updated_ms, interests=map(_category, self.recommender.interests(p.vector)))
+                updated_at_ms=p.updated_ms,
+                interests=map(replies.category, self.recommender.interests(p.vector)))
                 for p in sorted(profiles.values(), key=lambda p: p.platform)],
             dim=int(next(iter(profiles.values())).vec_sum.shape[0]),
         )
@@ -222,21 +224,17 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
     async def DeleteUser(
         self, request: pb.DeleteUserRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteUserResponse:
-        caller = self._authorise(context)  # any authenticated platform may erase a user entirely
-        removed = await self.book.delete(self._user(request.user_id), caller)
-        log.info("deleted %d platform profile(s) of one user", removed)
-        return pb.DeleteUserResponse(platforms_removed=removed)
+        caller = self._authorise(context)  # a platform key erases its own rows, the operator all
+        removed = await self.book.delete(self._user(request.user_id), caller, request.all_platforms)
+        log.info("deleted %d platform profile(s) of one user for %r", len(removed), caller)
+        return pb.DeleteUserResponse(platforms_removed=len(removed), removed_platforms=removed)
 
-
-def _category(category: Category) -> pb.InterestCategory:
-    return pb.InterestCategory(name=category.name, weight=category.weight)
-
-
-def _item(item: RecommendedItem) -> pb.RecommendedItem:
-    reply = pb.RecommendedItem(item_id=item.item_id, title=item.title, score=item.score, rank=item.rank)
-    if item.category is not None:
-        reply.category.CopyFrom(_category(item.category))
-    return reply
+    async def ListAudit(
+        self, request: pb.ListAuditRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListAuditResponse:
+        caller = self._authorise(context)  # the operator only (checked in ProfileBook.audit)
+        user_key = self._user(request.user_id) if request.user_id else None
+        return replies.audit(self.book.audit(caller, user_key, request.since_ms, request.limit))
 
 
 __all__ = ["InterestError", "InterestGatewayService"]

@@ -19,13 +19,16 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 
+from interest_core.consent import ConsentRule, ConsentScope, consent_scope, erasure_scope, require_operator
+from interest_core.errors import InvalidInput
 from interest_core.events import UnifiedEvent
-from interest_core.profiles import Profile, ProfileStore
+from interest_core.profiles import AuditEntry, Profile, ProfileStore
 
 log = logging.getLogger("interest.gateway")
 # A user's profiles are read, changed and written back under one of these locks (by key
 # hash), so two calls for one user never interleave and lose each other's events.
 USER_LOCKS = 1024
+MAX_AUDIT_ENTRIES = 1000  # per ListAudit call
 T = TypeVar("T")
 
 Embed = Callable[[Sequence[str], str, str, float], Awaitable[np.ndarray]]
@@ -105,23 +108,39 @@ class ProfileBook:
                 profiles = {p: prof for p, prof in profiles.items() if p == only}
             return await self.current(user_key, profiles, rpc, time_left()) if profiles else {}
 
-    async def set_consent(self, user_key: str, migrate: bool, caller: str) -> None:
-        """A user-wide write: its store metrics carry the platform that asked ('*': an operator)."""
-        await self.write("SetConsent", caller, self.store.set_consent, user_key, migrate)
+    async def set_consent(self, user_key: str, caller: str, source: str, targets: Sequence[str],
+                          allowed: bool) -> ConsentScope:
+        """Set the user's consent to migrate `source`'s data ('' the caller's own) to `targets`
+        ([] every other platform), if the caller may (consent.consent_scope); audited. Its
+        store metrics carry the platform that asked ('*': an operator)."""
+        scope = consent_scope(caller, source, targets, self.catalogue_text)
+        await self.write("SetConsent", caller, self.store.set_consent, user_key, allowed,
+                         scope.source, scope.targets, caller)
+        return scope
 
-    async def delete(self, user_key: str, caller: str) -> int:
-        """Erase every profile of the user (other gateways' platforms too): how many there were."""
+    async def delete(self, user_key: str, caller: str, all_platforms: bool = False) -> list[str]:
+        """Erase the user's rows of the caller's platform, or for the operator every row (other
+        gateways' platforms too); audited. Returns the platforms whose profile was removed."""
+        platform = erasure_scope(caller, all_platforms)
         async with self.locked([user_key]):  # after any update in flight, never before it
-            return await self.write("DeleteUser", caller, self.store.delete, user_key)
+            return await self.write("DeleteUser", caller, self.store.delete, user_key, platform, caller)
 
-    def consent(self, user_key: str) -> bool:
-        return self.store.consent(user_key)
+    def consent_rules(self, user_key: str) -> list[ConsentRule]:
+        return self.store.consent_rules(user_key)
+
+    def audit(self, caller: str, user_key: str | None, since_ms: int, limit: int) -> list[AuditEntry]:
+        """The audit trail, newest first, for the operator only; `limit` 0 means 100."""
+        require_operator(caller, "the audit trail")
+        if not 0 <= limit <= MAX_AUDIT_ENTRIES:
+            raise InvalidInput(f"limit={limit} is out of range 0..{MAX_AUDIT_ENTRIES} (0: 100)")
+        return self.store.audit(user_key, since_ms, limit or 100)
 
     # --- the parts ---
     def load(self, user_key: str) -> dict[str, Profile]:
         """The user's stored profiles on the platforms this gateway serves. A store shared with
         a gateway of other platforms (another config) may hold more: those rows are left as
-        they are, neither re-embedded, emptied, shown nor migrated from; DeleteUser erases them."""
+        they are, neither re-embedded, emptied, shown nor migrated from; the operator's
+        DeleteUser erases them."""
         return {p: prof for p, prof in self.store.load(user_key).items() if p in self.catalogue_text}
 
     @contextlib.asynccontextmanager

@@ -1,6 +1,9 @@
-"""Interest profiles: per (user, platform) sum of event embeddings, count and items taken.
+"""Interest profiles: per (user, platform) sum of event embeddings, count and items taken;
+beside them each user's migration consent rules (interest_core/consent.py) and the audit
+trail of every consent change and erasure, written in the transaction of the change.
 
-Stored in embedded SQLite (WAL) keyed by the pseudonymous user key; raw events never are.
+Stored in embedded SQLite (WAL; schema: store_schema.py) keyed by the pseudonymous user key;
+raw events and raw user ids never are.
 The profile vector is the normalised mean of the user's event embeddings on that platform,
 in the embedding space of the model that made them (`model_version`; '' for rows written
 before versions were stored).
@@ -12,30 +15,14 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS profiles (
-    user_key   TEXT    NOT NULL,
-    platform   TEXT    NOT NULL,
-    dim        INTEGER NOT NULL,
-    vec_sum    BLOB    NOT NULL,
-    events     INTEGER NOT NULL,
-    items      TEXT    NOT NULL,
-    updated_ms INTEGER NOT NULL,
-    model_version TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY (user_key, platform)
-);
-CREATE TABLE IF NOT EXISTS consent (
-    user_key   TEXT    PRIMARY KEY,
-    migrate    INTEGER NOT NULL,
-    updated_ms INTEGER NOT NULL
-);
-"""
+from interest_core.consent import ANY, ConsentRule
+from interest_core.store_schema import upgrade
 
 
 @dataclass
@@ -86,7 +73,7 @@ class ProfileStore:
     With a cipher, the vector and item list of every row are stored encrypted.
 
     Writes (`save_many`, `delete`, `set_consent`) commit durably (WAL, synchronous=FULL: an
-    fsync per commit) on one connection; reads (`load`, `consent`, `count`) use a second one.
+    fsync per commit) on one connection; reads (`load`, `consent_rules`, `audit`, `count`) use a second one.
     In WAL mode a reader neither waits for a writer nor sees its transaction half done, so
     a thread that only reads never stalls behind another thread's fsync (the gateway reads
     on its event loop and writes from one writer thread)."""
@@ -99,10 +86,11 @@ class ProfileStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA secure_delete=ON")  # deleted profiles are overwritten, not left in pages
-        self._db.executescript(_SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(profiles)")}
-        if "model_version" not in columns:  # a store written before model versions were kept
-            self._db.execute("ALTER TABLE profiles ADD COLUMN model_version TEXT NOT NULL DEFAULT ''")
+        try:
+            upgrade(self._db, path)  # or SchemaTooNew: a newer gateway's store
+        except BaseException:
+            self._db.close()
+            raise
         self._read = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
 
     def close(self) -> None:
@@ -149,31 +137,97 @@ class ProfileStore:
                 rows,
             )
 
-    def delete(self, user_key: str) -> int:
-        """Remove every row of the user (profiles and consent); returns profiles removed."""
+    def delete(self, user_key: str, platform: str | None = None, actor: str = ANY) -> list[str]:
+        """Remove the user's rows of `platform` (its profile and the consent rules whose source
+        it is), or with None every row of the user; audited in the same transaction.
+        Returns the platforms whose profile was removed."""
+        if platform is None:
+            args: tuple[str, ...] = (user_key,)
+            where_profile = where_rule = "user_key=?"
+        else:
+            args = (user_key, platform)
+            where_profile, where_rule = "user_key=? AND platform=?", "user_key=? AND source=?"
         with self._transaction():
-            cur = self._db.execute("DELETE FROM profiles WHERE user_key=?", (user_key,))
-            self._db.execute("DELETE FROM consent WHERE user_key=?", (user_key,))
-        return int(cur.rowcount)
+            removed = sorted(r[0] for r in self._db.execute(
+                f"SELECT platform FROM profiles WHERE {where_profile}", args))
+            sources = {r[0] for r in self._db.execute(
+                f"SELECT source FROM consent_rules WHERE {where_rule}", args)}
+            self._db.execute(f"DELETE FROM profiles WHERE {where_profile}", args)
+            rules = self._db.execute(f"DELETE FROM consent_rules WHERE {where_rule}", args).rowcount
+            scope = "every platform" if platform is None else f"platform {platform}"
+            self._audit(actor, "DeleteUser", user_key,
+                        sorted({*removed, *sources}) if platform is None else [platform],
+                        f"erased on {scope}: profiles of {', '.join(removed) or 'none'}; "
+                        f"{rules} consent rule(s)")
+        return removed
 
-    def set_consent(self, user_key: str, migrate: bool) -> None:
+    def set_consent(self, user_key: str, allowed: bool, source: str = ANY,
+                    targets: Sequence[str] = (ANY,), actor: str = ANY) -> None:
+        """Set the rules (source, target) for each target to `allowed`, audited in the same
+        transaction. The defaults set the user-wide default, as the operator does."""
+        now = _now_ms()
         with self._transaction():
-            self._db.execute(
-                "INSERT INTO consent VALUES (?,?,?) ON CONFLICT(user_key) DO UPDATE SET "
-                "migrate=excluded.migrate, updated_ms=excluded.updated_ms",
-                (user_key, int(migrate), int(time.time() * 1000)),
-            )
+            before = {(s, t): bool(a) for s, t, a in self._db.execute(
+                "SELECT source, target, allowed FROM consent_rules WHERE user_key=? AND source=?",
+                (user_key, source))}
+            self._db.executemany(
+                "INSERT INTO consent_rules VALUES (?,?,?,?,?) ON CONFLICT(user_key, source, target) "
+                "DO UPDATE SET allowed=excluded.allowed, updated_ms=excluded.updated_ms",
+                [(user_key, source, t, int(allowed), now) for t in targets])
+            change = "; ".join(f"{source}->{t}: {_state(before.get((source, t)))} -> {_state(allowed)}"
+                               for t in targets)
+            self._audit(actor, "SetConsent", user_key, sorted({source, *targets}), change, now)
 
-    def consent(self, user_key: str) -> bool:
-        """Cross-platform migration consent; off unless the user turned it on."""
-        row = self._read.execute("SELECT migrate FROM consent WHERE user_key=?", (user_key,)).fetchone()
-        return bool(row and row[0])
+    def consent_rules(self, user_key: str) -> list[ConsentRule]:
+        """The user's stored consent rules (none: nothing may migrate)."""
+        return [ConsentRule(s, t, bool(a), u) for s, t, a, u in self._read.execute(
+            "SELECT source, target, allowed, updated_ms FROM consent_rules WHERE user_key=? "
+            "ORDER BY source, target", (user_key,))]
+
+    def audit(self, user_key: str | None = None, since_ms: int = 0, limit: int = 100) -> list[AuditEntry]:
+        """Audit entries at or after `since_ms` (of one user, or all), newest first."""
+        where, args = ("at_ms >= ?", [since_ms]) if user_key is None else \
+            ("at_ms >= ? AND user_key = ?", [since_ms, user_key])
+        rows = self._read.execute(
+            f"SELECT id, at_ms, actor, action, user_key, platforms, change FROM audit WHERE {where} "
+            "ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        return [AuditEntry(i, at, actor, action, key, json.loads(platforms), change)
+                for i, at, actor, action, key, platforms, change in rows]
+
+    def _audit(self, actor: str, action: str, user_key: str, platforms: Sequence[str], change: str,
+               at_ms: int | None = None) -> None:
+        """Append one audit entry (inside the caller's transaction); the only write to `audit`."""
+        self._db.execute(
+            "INSERT INTO audit (at_ms, actor, action, user_key, platforms, change) VALUES (?,?,?,?,?,?)",
+            (at_ms or _now_ms(), actor, action, user_key, json.dumps(list(platforms)), change))
 
     def count(self) -> int:
         return int(self._read.execute("SELECT COUNT(*) FROM profiles").fetchone()[0])
 
     def _transaction(self) -> _Tx:
         return _Tx(self._db)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One consent change or erasure: who (a platform, '*' the operator), when (Unix ms), which
+    user (pseudonym), which platforms it affected and what changed."""
+
+    id: int
+    at_ms: int
+    actor: str
+    action: str
+    user_key: str
+    platforms: list[str]
+    change: str
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _state(allowed: bool | None) -> str:
+    return "unset" if allowed is None else ("on" if allowed else "off")
 
 
 class _Tx:

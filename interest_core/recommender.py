@@ -6,11 +6,13 @@ With trained ranking assets a personalised answer ranks by
     score = item_embedding . migrated_query + blend
 
 where `blend` is the collaborative blend (ranking/blend.py) of the user's consented
-source-platform items, in the served catalogue's order. The top k of that score is exact
+source-platform items, in the served catalogue's order. A source platform is used only where
+the user's consent to share its data with the target is on (interest_core/consent.py); the
+others are named in `withheld`, with the reason. The top k of that score is exact
 either way: from the items of largest blend when a bound proves no other item can get in
 (CatalogueIndex.top_k_bounded, tried while its BoundGate says it pays), else from the whole
 catalogue, scored in batches with concurrent requests (BatchScorer). A user with nothing that
-may be used (no consent and no activity on the target) gets the most popular items.
+may be used (no consented source and no activity on the target) gets the most popular items.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from interest_core.consent import Withheld, allowed, withheld_reason
 from interest_core.errors import NotFound, Unavailable
 from interest_core.migration import MigrationMap
 from interest_core.profile_book import ProfileBook, StageTimer
@@ -59,6 +62,7 @@ class Recommendation:
     personalised: bool  # False: the most popular items
     explanation: str
     interests: list[Category]  # top categories of the migrated query
+    withheld: list[Withheld] = field(default_factory=list)  # sources not used, with the reason
 
 
 class Recommender:
@@ -132,17 +136,18 @@ class Recommender:
         index = self.indexes.get(target)
         if index is None:
             raise Unavailable(f"the {target} catalogue is still loading; retry shortly")
-        consent = self.book.consent(user_key)
-        used = profiles if consent else {p: v for p, v in profiles.items() if p == target}
+        rules = self.book.consent_rules(user_key)
+        used = {p: v for p, v in profiles.items() if p == target or allowed(rules, p, target)}
+        withheld = [Withheld(p, withheld_reason(rules, p, target)) for p in sorted(profiles) if p not in used]
         owned = profiles[target].items if target in profiles else []
         exclude = [*owned, *exclude_ids]
         if not used:
             with self.timer("rank", rpc, target):
                 ranked = index.top_k(None, k, exclude, scores=self.popularity.get(target))
             return Recommendation(
-                self.items(target, index, ranked), [], False, interests=[],
-                explanation=(f"not personalised: cross-platform migration is off for this user "
-                             f"(no consent) and there is no {target} activity; most popular items"))
+                self.items(target, index, ranked), [], False, interests=[], withheld=withheld,
+                explanation=(f"not personalised: {_withheld_text(withheld)} and there is no {target} "
+                             "activity; most popular items"))
         with self.timer("migrate", rpc, target):
             query = self.migration.migrate({p: (prof.vector, prof.events) for p, prof in used.items()},
                                            target)
@@ -156,12 +161,13 @@ class Recommender:
                        else f"from this user's {target} activity")
         if blend is not None:
             explanation += " plus the trained co-occurrence/popularity blend"
-        if not consent and len(profiles) > len(used):
-            explanation += "; cross-platform migration is off (no consent)"
+        if withheld:
+            explanation += f"; {_withheld_text(withheld)}"
         interests = self.interests(query)
         if interests:
             explanation += "; interests: " + ", ".join(f"{c.name} ({c.weight:.0%})" for c in interests)
-        return Recommendation(self.items(target, index, ranked), sources, True, explanation, interests)
+        return Recommendation(self.items(target, index, ranked), sources, True, explanation, interests,
+                              withheld)
 
     async def _rank(self, target: str, index: CatalogueIndex, query: np.ndarray,
                     blend: np.ndarray | None, k: int, exclude: list[str]) -> list[Ranked]:
@@ -215,3 +221,8 @@ class Recommender:
                 category = Category(names[int(categories[0][pos])], float(categories[1][pos]))
             out.append(RecommendedItem(r.item_id, r.title, r.score, n + 1, category))
         return out
+
+
+def _withheld_text(withheld: Sequence[Withheld]) -> str:
+    """The explanation's part on sources not used: "withheld food (no consent to share ...)"."""
+    return "withheld " + ", ".join(f"{w.platform} ({w.reason})" for w in withheld)

@@ -141,8 +141,13 @@ async def test_keys_and_scope(secured: Secured) -> None:
     assert [p.platform for p in mine.platforms] == ["food"]
     assert await status_of(s.GetProfile(pb.GetProfileRequest(user_id="acl-user"), timeout=5,
                                         metadata=key("kitchen"))) == grpc.StatusCode.NOT_FOUND
+    kitchen_erase = await s.DeleteUser(pb.DeleteUserRequest(user_id="acl-user"), timeout=5,
+                                       metadata=key("kitchen"))
+    assert kitchen_erase.platforms_removed == 0, "kitchen's key erases only kitchen's rows"
+    assert await status_of(s.ListAudit(pb.ListAuditRequest(), timeout=5, metadata=key("food"))) \
+        == grpc.StatusCode.PERMISSION_DENIED
     erased = await s.DeleteUser(pb.DeleteUserRequest(user_id="acl-user"), timeout=5, metadata=key("*"))
-    assert erased.platforms_removed == 1
+    assert erased.platforms_removed == 1 and list(erased.removed_platforms) == ["food"]
 
 
 async def test_tls_is_required_and_client_certificates_too(secured: Secured) -> None:

@@ -243,10 +243,12 @@ BAD = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 @settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "150")), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(platform=_platform, events=st.lists(_event, max_size=6),
-       user=_text, k=st.integers(-10, 10_000), excludes=st.lists(_text, max_size=5))
+       user=_text, k=st.integers(-10, 10_000), excludes=st.lists(_text, max_size=5),
+       targets=st.lists(_platform, max_size=3), flag=st.booleans(),
+       since=st.integers(-(2**63), 2**63 - 1))
 def test_fuzzed_requests_never_crash_or_answer_internal(
     gateway_process: GatewayProcess, platform: str, events: list[pb.BehaviorEvent], user: str, k: int,
-    excludes: list[str],
+    excludes: list[str], targets: list[str], flag: bool, since: int,
 ) -> None:
     with grpc.insecure_channel(gateway_process.target) as channel:
         stub = pb_grpc.InterestGatewayStub(channel)
@@ -257,6 +259,10 @@ def test_fuzzed_requests_never_crash_or_answer_internal(
             lambda: stub.Recommend(pb.RecommendRequest(user_id=user, target_platform=platform, k=k,
                                                        exclude_item_ids=excludes), timeout=30),
             lambda: stub.GetProfile(pb.GetProfileRequest(user_id=user), timeout=30),
+            lambda: stub.SetConsent(pb.SetConsentRequest(user_id=user, migrate=flag, source_platform=platform,
+                                                         target_platforms=targets), timeout=30),
+            lambda: stub.ListAudit(pb.ListAuditRequest(user_id=user, limit=k, since_ms=since), timeout=30),
+            lambda: stub.DeleteUser(pb.DeleteUserRequest(user_id=user, all_platforms=flag), timeout=30),
         ]
         for call in calls:
             try:

@@ -190,12 +190,13 @@ async def test_without_consent_nothing_migrates(stack: Stack) -> None:
     request = pb.RecommendRequest(user_id=user_id, target_platform="kitchen", k=5)
     off = await stack.stub.Recommend(request, timeout=10)
     assert not off.personalised and "no consent" in off.explanation and not off.source_platforms
+    assert [w.platform for w in off.withheld_sources] == ["food"]
     assert len(off.items) == 5
     scores = [i.score for i in off.items]
     assert scores == sorted(scores, reverse=True) and scores[0] >= 1, "most popular first"
     await stack.stub.SetConsent(pb.SetConsentRequest(user_id=user_id, migrate=True), timeout=5)
     on = await stack.stub.Recommend(request, timeout=10)
-    assert on.personalised and list(on.source_platforms) == ["food"]
+    assert on.personalised and list(on.source_platforms) == ["food"] and not on.withheld_sources
     assert (await stack.stub.GetProfile(pb.GetProfileRequest(user_id=user_id), timeout=5)).migrate_consent
     await stack.stub.DeleteUser(pb.DeleteUserRequest(user_id=user_id), timeout=5)
-    assert not stack.gateway.service.store.consent(stack.gateway.service.pseudonymise(user_id))
+    assert stack.gateway.service.store.consent_rules(stack.gateway.service.pseudonymise(user_id)) == []

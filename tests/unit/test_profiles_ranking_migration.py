@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from interest_core.catalogue import Catalogue
+from interest_core.consent import allowed
 from interest_core.migration import MigrationMap
 from interest_core.privacy import Pseudonymiser
 from interest_core.profiles import Profile, ProfileStore
@@ -28,7 +29,7 @@ def test_store_round_trip_and_delete(tmp_path: Path) -> None:
     assert loaded.events == 3 and loaded.items == ["A1", "A2"]
     assert np.allclose(loaded.vector, unit([1, 2, 0]))
     assert store.load("u2") == {}
-    assert store.delete("u1") == 1 and store.load("u1") == {} and store.count() == 0
+    assert store.delete("u1") == ["food"] and store.load("u1") == {} and store.count() == 0
 
 
 def test_failed_batch_writes_nothing(tmp_path: Path) -> None:
@@ -97,8 +98,8 @@ def test_profiles_encrypted_at_rest(tmp_path: Path) -> None:
 
 def test_consent_defaults_off_and_is_deleted_with_the_user(tmp_path: Path) -> None:
     store = ProfileStore(tmp_path / "p.sqlite3")
-    assert store.consent("u1") is False
-    store.set_consent("u1", True)
-    assert store.consent("u1") is True
+    assert store.consent_rules("u1") == [] and not allowed(store.consent_rules("u1"), "food", "kitchen")
+    store.set_consent("u1", True)  # the operator's user-wide default (*, *)
+    assert allowed(store.consent_rules("u1"), "food", "kitchen")
     store.delete("u1")
-    assert store.consent("u1") is False
+    assert store.consent_rules("u1") == []

@@ -14,6 +14,7 @@ import pytest
 import scipy.sparse as sp
 
 from interest_core.catalogue import Catalogue
+from interest_core.consent import Withheld
 from interest_core.errors import NotFound, Unavailable
 from interest_core.migration import MigrationMap
 from interest_core.profile_book import USER_LOCKS, ProfileBook, lock_stripe
@@ -129,14 +130,42 @@ def test_consent_off_is_explained_and_keeps_to_the_target(tmp_path: Path) -> Non
     got = recommend(rec, "frank")
     assert got.personalised and got.source_platforms == []
     assert got.explanation.startswith("from this user's kitchen activity")
-    assert "; cross-platform migration is off (no consent)" in got.explanation
+    assert "; withheld food (no consent to share food data with kitchen: the user refused)" in got.explanation
+    assert got.withheld == [Withheld("food", "no consent to share food data with kitchen: the user refused")]
     assert "blend" not in got.explanation and [i.item_id for i in got.items] == ["k0", "k1", "k3"]
     save(book, "hana", consent=False, food=["f0"])  # nothing usable: the most popular items
     popular = recommend(rec, "hana", k=2)
     assert not popular.personalised and popular.interests == []
     assert [i.item_id for i in popular.items] == ["k3", "k2"]  # popularity = catalogue position
-    assert popular.explanation == ("not personalised: cross-platform migration is off for this user "
-                                   "(no consent) and there is no kitchen activity; most popular items")
+    assert popular.explanation == ("not personalised: withheld food (no consent to share food data with "
+                                   "kitchen: the user refused) and there is no kitchen activity; most "
+                                   "popular items")
+    assert [w.platform for w in popular.withheld] == ["food"]
+
+
+def test_only_the_holders_consent_for_this_direction_migrates(tmp_path: Path) -> None:
+    """Consent is per (source, target): the holder's own "no" beats an operator-wide "yes", a
+    "yes" towards another platform does not reach kitchen, and without any rule nothing moves."""
+    book = make_book(tmp_path, ("food", "kitchen", "video"))
+    rec, _ = make_recommender(book, None, kitchen_index())
+    book.store.save_many([("ola", Profile("food", unit(1, 0, 0, 0), 1, ["f0"]))])
+    never = recommend(rec, "ola")
+    assert not never.personalised
+    assert never.withheld == [Withheld("food", "no consent to share food data with kitchen: never given, "
+                                               "off by default")]
+    book.store.set_consent("ola", True, "food", ["video"], actor="food")
+    assert not recommend(rec, "ola").personalised
+    book.store.set_consent("ola", True, "food", ["kitchen"], actor="food")
+    yes = recommend(rec, "ola")
+    assert yes.personalised and yes.source_platforms == ["food"] and yes.withheld == []
+    book.store.set_consent("ola", False, "food", actor="food")  # (food, *) = no ...
+    assert recommend(rec, "ola").personalised  # ... but (food, kitchen) is more specific
+    book.store.set_consent("ola", False, "food", ["kitchen"], actor="food")
+    book.store.set_consent("ola", True)  # the operator's default (*, *) does not override it
+    refused = recommend(rec, "ola")
+    assert not refused.personalised and refused.source_platforms == []
+    assert refused.withheld == [Withheld("food", "no consent to share food data with kitchen: the user "
+                                                 "refused")]
 
 
 def test_interests_and_item_categories_are_plain_values(tmp_path: Path) -> None:

@@ -1,0 +1,42 @@
+"""Protobuf replies built from the serving core's plain results (the servicer's last step)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from gateway.proto.interest.v1 import gateway_pb2 as pb
+from interest_core.consent import ConsentRule
+from interest_core.profiles import AuditEntry
+from interest_core.recommender import Category, Recommendation, RecommendedItem
+
+
+def category(c: Category) -> pb.InterestCategory:
+    return pb.InterestCategory(name=c.name, weight=c.weight)
+
+
+def item(i: RecommendedItem) -> pb.RecommendedItem:
+    reply = pb.RecommendedItem(item_id=i.item_id, title=i.title, score=i.score, rank=i.rank)
+    if i.category is not None:
+        reply.category.CopyFrom(category(i.category))
+    return reply
+
+
+def recommendation(target: str, answer: Recommendation, model_version: str) -> pb.RecommendResponse:
+    return pb.RecommendResponse(
+        target_platform=target, items=map(item, answer.items),
+        source_platforms=answer.source_platforms, model_version=model_version,
+        personalised=answer.personalised, explanation=answer.explanation,
+        interests=map(category, answer.interests),
+        withheld_sources=[pb.WithheldSource(platform=w.platform, reason=w.reason) for w in answer.withheld],
+    )
+
+
+def consent_rules(rules: Iterable[ConsentRule]) -> list[pb.ConsentRule]:
+    return [pb.ConsentRule(source_platform=r.source, target_platform=r.target, migrate=r.allowed,
+                           updated_at_ms=r.updated_ms) for r in rules]
+
+
+def audit(entries: Iterable[AuditEntry]) -> pb.ListAuditResponse:
+    return pb.ListAuditResponse(entries=[
+        pb.AuditEntry(id=e.id, at_ms=e.at_ms, actor=e.actor, action=e.action, user_pseudonym=e.user_key,
+                      platforms=e.platforms, change=e.change) for e in entries])
