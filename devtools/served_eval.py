@@ -131,15 +131,14 @@ async def run(args: argparse.Namespace, settings: Settings, data: InteractionDat
     port, metrics_port = free_port(), free_port()
     env = {**os.environ, "INTEREST_GRPC_PORT": str(port), "INTEREST_METRICS_PORT": str(metrics_port),
            "INTEREST_TRITON_GRPC_PORT": str(triton.grpc_port), "INTEREST_VAR_DIR": str(state),
-           "INTEREST_CATALOGUE_CACHE_DIR": str(settings.cache_dir), "INTEREST_LOG_LEVEL": "WARNING"}
+           "INTEREST_LOG_LEVEL": "WARNING"}
     gateway_log = (logs / "gateway.log").open("wb")
     config = ["--config", str(args.config.resolve())] if args.config is not None else []
     proc = subprocess.Popen([sys.executable, "-m", "gateway.server", *config], env=env, cwd=ROOT,
                             stdout=gateway_log, stderr=subprocess.STDOUT)
     try:
-        log.info("gateway starting (its first start embeds every catalogue through Triton: about 3 min "
-                 "for the Amazon pair)")
-        await wait_serving(port, proc, f"the gateway (log {logs / 'gateway.log'})", timeout_s=1200)
+        log.info("gateway starting on the catalogues installed with the model")
+        await wait_serving(port, proc, f"the gateway (log {logs / 'gateway.log'})", timeout_s=120)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             await serve_tasks(pb_grpc.InterestGatewayStub(channel), data, offline["tasks"], ingest_as,
                               args.users)
