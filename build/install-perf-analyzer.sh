@@ -8,7 +8,7 @@
 #     bin/perf_analyzer
 #     nvidia/cuda_runtime/lib/    libcudart.so.12 (the binary links it even on CPU-only runs)
 # The binary also links libb64.so.0d: Debian package `libb64-0d` (apt, needs root/sudo).
-# tests/bench/perf_analyzer.py finds the binary and builds its LD_LIBRARY_PATH.
+# bench/perf_analyzer.py finds the binary and builds its LD_LIBRARY_PATH.
 #
 # Idempotent: skips what is already there. Prints the perf_analyzer path last.
 # Override the folder with BENCH_TOOLS=/some/dir and the Python with PYTHON=/path/python.
