@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from interest_core.consent import ConsentRule
 from interest_core.profiles import AuditEntry
 from interest_core.recommender import Category, Recommendation, RecommendedItem
+
+
+def ingested(events: int, bad: Mapping[int, str], users: int, model_version: str) -> pb.IngestEventsResponse:
+    """Per-event results in request order: accepted, or INVALID_ARGUMENT with what was wrong."""
+    results = [pb.EventResult(index=i, accepted=False, error_code="INVALID_ARGUMENT", error=bad[i])
+               if i in bad else pb.EventResult(index=i, accepted=True) for i in range(events)]
+    return pb.IngestEventsResponse(accepted=events - len(bad), rejected=len(bad), users_updated=users,
+                                   results=results, model_version=model_version)
 
 
 def category(c: Category) -> pb.InterestCategory:

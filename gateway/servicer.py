@@ -101,13 +101,21 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
         self.auth.require(caller, platform)
         return platform
 
-    def _batch(self, n: int) -> None:
-        if n == 0:
+    def _batch(self, events: Sequence[pb.BehaviorEvent]) -> None:
+        """Refuse an empty or oversized batch before any work."""
+        if not events:
             raise InvalidInput("events is empty: send at least one behaviour event")
-        if n > self.settings.max_events_per_request:
+        if len(events) > self.settings.max_events_per_request:
             raise InvalidInput(
-                f"{n} events in one request; the limit is {self.settings.max_events_per_request}"
+                f"{len(events)} events in one request; the limit is {self.settings.max_events_per_request}"
             )
+
+    def _adapt(self, rpc: str, platform: str, events: Sequence[pb.BehaviorEvent], require_user: bool
+               ) -> tuple[list[UnifiedEvent], dict[int, str]]:
+        """A request's events through the platform's adapter (the `preprocess` stage): the valid
+        ones, and the error of each other one by index."""
+        with self.metrics.stage("preprocess", rpc, platform):
+            return self.adapters[platform].adapt_all(events, require_user)
 
     def _user(self, user_id: str) -> str:
         """The pseudonymous key of a request's user id."""
@@ -132,28 +140,14 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
     ) -> pb.IngestEventsResponse:
         rpc = "IngestEvents"
         platform = self._authorise(context, request.platform)
-        self._batch(len(request.events))
+        self._batch(request.events)
         with self.metrics.stage("total", rpc, platform):
-            results: list[pb.EventResult] = []
-            good: list[UnifiedEvent] = []
-            with self.metrics.stage("preprocess", rpc, platform):
-                adapter = self.adapters[platform]
-                for i, event in enumerate(request.events):
-                    try:
-                        good.append(adapter.adapt(event, index=i))
-                        results.append(pb.EventResult(index=i, accepted=True))
-                    except InvalidInput as exc:
-                        results.append(pb.EventResult(index=i, accepted=False,
-                                                      error_code="INVALID_ARGUMENT", error=str(exc)))
+            good, bad = self._adapt(rpc, platform, request.events, require_user=True)
             users = (await self.book.ingest(platform, good, rpc, lambda: self._timeout(context))
                      if good else set())
-        accepted = len(good)
-        self.metrics.events.labels(platform=platform, outcome="accepted").inc(accepted)
-        self.metrics.events.labels(platform=platform, outcome="rejected").inc(len(results) - accepted)
-        return pb.IngestEventsResponse(
-            accepted=accepted, rejected=len(results) - accepted, users_updated=len(users),
-            results=results, model_version=self.model_version,
-        )
+        self.metrics.events.labels(platform=platform, outcome="accepted").inc(len(good))
+        self.metrics.events.labels(platform=platform, outcome="rejected").inc(len(bad))
+        return replies.ingested(len(request.events), bad, len(users), self.model_version)
 
     async def Recommend(
         self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
@@ -183,16 +177,12 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
     ) -> pb.EncodeInterestResponse:
         rpc = "EncodeInterest"
         platform = self._authorise(context, request.platform)
-        self._batch(len(request.events))
+        self._batch(request.events)
         with self.metrics.stage("total", rpc, platform):
-            with self.metrics.stage("preprocess", rpc, platform):
-                events = []
-                adapter = self.adapters[platform]
-                for i, event in enumerate(request.events):
-                    try:
-                        events.append(adapter.adapt(event, index=i, require_user=False))
-                    except InvalidInput as exc:
-                        raise InvalidInput(f"event {i}: {exc}") from None
+            events, bad = self._adapt(rpc, platform, request.events, require_user=False)
+            if bad:
+                first = min(bad)
+                raise InvalidInput(f"event {first}: {bad[first]}")
             vectors = await self._embed([e.text for e in events], rpc, platform, self._timeout(context))
             mean = vectors.sum(axis=0)
             mean /= max(float(np.linalg.norm(mean)), 1e-12)

@@ -4,7 +4,7 @@ cleans and scrubs the text and pseudonymises the user."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -52,6 +52,19 @@ class PlatformAdapter:
         to scrub); None when the item is not in this platform's catalogue."""
         title = self.ctx.titles.get(item_id)
         return None if title is None else clean_text(title)
+
+    def adapt_all(self, events: Sequence[pb.BehaviorEvent], require_user: bool = True
+                  ) -> tuple[list[UnifiedEvent], dict[int, str]]:
+        """Every event of a request, in order: the valid ones converted, and what was wrong with
+        each of the others, by its index in the request."""
+        good: list[UnifiedEvent] = []
+        bad: dict[int, str] = {}
+        for i, event in enumerate(events):
+            try:
+                good.append(self.adapt(event, index=i, require_user=require_user))
+            except InvalidInput as exc:
+                bad[i] = str(exc)
+        return good, bad
 
     def adapt(self, event: pb.BehaviorEvent, index: int = 0, require_user: bool = True) -> UnifiedEvent:
         """Validate and convert one event; raises InvalidInput saying what is wrong with it."""
