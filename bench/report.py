@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from bench.fair_share import TARGET_RATIO as FAIR_SHARE_RATIO
 from bench.startup import STARTUP_TARGET_S
 
 RECOMMEND_TARGET_RATE = 200.0
@@ -72,6 +73,11 @@ def summarise(data: dict[str, Any]) -> dict[str, Any]:
             and not rec["errors"],
         },
     }
+    fair = data.get("fair_share")
+    if fair:
+        targets["victim_p99_flooded_within_2x_of_alone"] = {
+            k: fair[k] for k in ("victim_p99_alone_ms", "victim_p99_flooded_ms", "p99_ratio", "victim_errors",
+                                 "flooder_refused", "met")}
     startup = data.get("startup") or {}
     if "serving_s" in startup:
         targets["startup_serving_under_20s"] = {"serving_s": startup["serving_s"],
@@ -102,6 +108,7 @@ def summarise(data: dict[str, Any]) -> dict[str, Any]:
             "cache_hit_rate": ingest["cache_hit_rate"],
         },
         "startup": startup,
+        "fair_share": {k: v for k, v in fair.items() if k != "runs"} if fair else None,
         "perf_analyzer": data.get("perf_analyzer", {}),
         "targets": targets,
         "details": data,
@@ -211,6 +218,42 @@ def _startup_row(target: dict[str, Any] | None) -> list[str]:
             f"{target['serving_s']:.2f} s | {target['met']} |"]
 
 
+def _fair_share_row(fair: dict[str, Any] | None) -> list[str]:
+    """The Targets row of the fair-share run (none in reports from before it existed)."""
+    if not fair:
+        return []
+    return [f"| fair share: victim p99 flooded within {FAIR_SHARE_RATIO:g}× of alone, no victim errors | "
+            f"kitchen Recommend at {fair['victim_rate_rps']:g}/s: p99 {fair['victim_p99_alone_ms']} ms "
+            f"alone, {fair['victim_p99_flooded_ms']} ms flooded ({fair['p99_ratio']}×), "
+            f"{fair['victim_errors']} errors; food refused {fair['flooder_refused']} | {fair['met']} |"]
+
+
+def _fair_share(fair: dict[str, Any] | None) -> list[str]:
+    """The fair-share section: the victim alone and flooded, and what the flooder got."""
+    if not fair:
+        return []
+    runs, rpc = fair["runs"], fair.get("flood_rpc", "Recommend")
+    return [
+        "## Fair share: one platform floods, another is served",
+        "",
+        f"kitchen asks Recommend (its own stored profiles, k=10) open loop at "
+        f"{fair['victim_rate_rps']:g}/s, alone and then while food floods {rpc} closed loop "
+        f"at concurrency {fair['flood_concurrency']} with no backoff, from another process, far "
+        f"past its share `platforms.food.max_in_flight` = {fair['food_max_in_flight']} (kitchen's "
+        f"share {fair['kitchen_max_in_flight']}, the gateway's `max_in_flight` {fair['max_in_flight']}).",
+        "",
+        "| run | req/s | p50 ms | p99 ms | errors | CPU cores: gateway / triton / flooder |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *(f"| kitchen {name} | {r['throughput_rps']} | {r['p50_ms']} | {r['p99_ms']} | "
+          f"{r['errors'] or ''} | " + " / ".join(f"{r['processes'].get(p, {}).get('cpu_cores', 0):.2f}"
+                                                 for p in ("gateway", "triton", "flooder"))
+          + " |" for name, r in (("alone", runs["alone"]), ("flooded", runs["flooded"]))),
+        f"| food flooding ({rpc}) | {runs['flooder']['throughput_rps']} OK | {runs['flooder']['p50_ms']} | "
+        f"{runs['flooder']['p99_ms']} | {runs['flooder']['errors']} | |",
+        "",
+    ]
+
+
 def write_markdown(summary: dict[str, Any], path: Path) -> None:
     d = summary["details"]
     t = summary["targets"]
@@ -237,6 +280,7 @@ def write_markdown(summary: dict[str, Any], path: Path) -> None:
         f"at {rec['achieved_rps']} req/s | {rec['met']} |",
         f"| ingest skips BERT for items seen before | cache hit rate {ing['cache_hit_rate']:.1%} | |",
         *_startup_row(t.get("startup_serving_under_20s")),
+        *_fair_share_row(d.get("fair_share")),
         "",
         "## EncodeInterest",
         "",
@@ -273,6 +317,7 @@ def write_markdown(summary: dict[str, Any], path: Path) -> None:
         f"Cache: {ing['cache_hits']:.0f} hits, {ing['cache_misses']:.0f} misses.",
         "",
         *_mixed(d.get("mixed_runs")),
+        *_fair_share(d.get("fair_share")),
         "## perf_analyzer (Triton alone, real tokenized titles, batch 1 per request)",
         "",
     ]

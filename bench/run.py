@@ -11,6 +11,7 @@ third within minutes.
 
     python -m bench.run [--duration 15] [--out results]
     python -m bench.run --recommend-only   # just the Recommend runs, for tuning them
+    python -m bench.fair_share             # just the fair-share runs (bench.fair_share)
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import grpc
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.fair_share import add_arguments as add_fair_share_arguments
+from bench.fair_share import fair_share_run
 from bench.limit import ort_limit
 from bench.loadgen import RunResult, closed_loop, open_loop
 from bench.procstat import CpuMeter, Watched
@@ -453,6 +456,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for ch in channels.values():
             await ch.close(None)
 
+        log("fair share: kitchen's Recommend alone, then while food floods past its limit")
+        results["fair_share"] = await fair_share_run(
+            triton, logs, ROOT / "var" / "bench" / "fair-share", d, args.victim_rate,
+            args.flood_concurrency, args.food_limit, args.flood_rpc)
+
         log("perf_analyzer against Triton directly")
         results["perf_analyzer"] = run_perf_analyzer_safely(triton, settings, texts)
     finally:
@@ -570,6 +578,7 @@ def main(argv: list[str] | None = None) -> int:
         default=[50, 100, 200, 400],
         help="open-loop Recommend rates, requests/s",
     )
+    add_fair_share_arguments(parser)
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     parser.add_argument(
         "--recommend-only",

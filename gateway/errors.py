@@ -1,7 +1,8 @@
 """One table from domain errors to gRPC status codes, applied by one interceptor.
 
 Clients see the domain error's message; anything unexpected becomes INTERNAL with a request
-id, and the details go to the log under that id. The same interceptor records RPC metrics.
+id, and the details go to the log under that id. The same interceptor records RPC metrics and
+sheds load: past the gateway's limit, and past the caller's own share (fair share).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import grpc
 from tritonclient.utils import InferenceServerException
 
+from gateway.auth import ANY_PLATFORM, Authorizer, sent_key
 from gateway.metrics import GatewayMetrics
 from interest_core.errors import (
     DeadlineExceeded,
@@ -67,7 +69,10 @@ def from_triton(exc: InferenceServerException) -> InterestError:
         return InvalidInput(f"the interest model rejected the input: {exc.message()}")
     if cls is Overloaded:
         return Overloaded("the interest model is overloaded; retry with backoff")
-    if cls is not None or "unavailable" in str(exc).lower() or "connect" in str(exc).lower():
+    text = str(exc).lower()
+    # "Stub process ... is not healthy": Triton restarts the model's python backend stub (seen
+    # when the machine is starved of CPU); a retry shortly succeeds, so not an INTERNAL of ours.
+    if cls is not None or any(word in text for word in ("unavailable", "connect", "not healthy")):
         return Unavailable("the interest model (Triton) is unavailable; retry shortly")
     request_id = uuid.uuid4().hex[:12]
     log.error("Triton failed (request id %s): %s %s", request_id, status, exc.message())
@@ -75,21 +80,88 @@ def from_triton(exc: InferenceServerException) -> InterestError:
 
 
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+CallerLimit = Callable[[str], tuple[int, str]]  # caller -> (its limit, the setting that says so)
+
+SHARED = "shared"  # the one bucket of every call while auth is off
+UNAUTHENTICATED = "unauthenticated"  # calls with a missing or unknown key (answered UNAUTHENTICATED)
+
+
+def _refusal(caller: str, n: int, limit: int, setting: str) -> str:
+    who = {ANY_PLATFORM: "operator keys have", UNAUTHENTICATED: "calls without a known API key have"}
+    return (f"{who.get(caller, f'platform {caller} has')} {n} calls in flight, the limit "
+            f"({setting} = {limit}); retry with backoff")
 
 
 class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
     """Maps domain errors to status codes, records grpc_server_* metrics per RPC, and sheds
-    load: past `max_in_flight` concurrent RPCs of the service, new ones get
-    RESOURCE_EXHAUSTED at once instead of queueing behind the model."""
+    load at once, before any work, instead of queueing behind the model: past `max_in_flight`
+    concurrent RPCs of the service, and past the caller's own share (`caller_limit`; the caller
+    is the platform of its API key, '*' for operator keys), so that one platform flooding the
+    gateway is refused alone while the others are served.
+
+    With auth off every call is in one shared bucket under `max_in_flight` only: the platform
+    in a request is then only the caller's claim, and splitting by it would let any caller
+    spend another platform's share."""
 
     def __init__(self, metrics: GatewayMetrics, max_in_flight: int = 256,
-                 service_prefix: str = "/interest.v1.") -> None:
+                 service_prefix: str = "/interest.v1.", authorizer: Authorizer | None = None,
+                 caller_limit: CallerLimit | None = None) -> None:
         self._metrics = metrics
         self._max_in_flight = max_in_flight
         self._prefix = service_prefix
+        self._auth = authorizer
+        self._caller_limit = caller_limit or (lambda caller: (max_in_flight, "max_in_flight"))
+        self._limits: dict[str, tuple[int, str]] = {}
         self.in_flight = 0
+        self.caller_in_flight: dict[str, int] = {}
+        self._refusal_logged = -1e9
+        self._refused_since_log = 0
         metrics.in_flight.set_function(lambda: self.in_flight)  # read at each scrape
         metrics.in_flight_limit.set(max_in_flight)
+
+    def _caller(self, context: grpc.aio.ServicerContext) -> str:
+        """Whose share a call counts against (resolved again, the same way, by the servicer)."""
+        if self._auth is None or not self._auth.enabled:
+            return SHARED
+        return self._auth.platform_of(sent_key(context.invocation_metadata())) or UNAUTHENTICATED
+
+    def limit_of(self, caller: str) -> tuple[int, str]:
+        """The caller's share and its setting (settings are frozen: looked up once per caller)."""
+        if caller not in self._limits:
+            self._limits[caller] = (self._max_in_flight, "max_in_flight") if caller == SHARED \
+                else self._caller_limit(caller)
+            self._metrics.caller_in_flight_limit.labels(platform=caller).set(self._limits[caller][0])
+        return self._limits[caller]
+
+    def _admit(self, caller: str) -> None:
+        """Count the call in, or raise Overloaded (counted under the limit that refused it)."""
+        mine = self.caller_in_flight.get(caller, 0)
+        limit, setting = self.limit_of(caller)
+        if caller != SHARED and mine >= limit:
+            self._metrics.refused.labels(platform=caller, limit="platform").inc()
+            raise Overloaded(_refusal(caller, mine, limit, setting))
+        if self.in_flight >= self._max_in_flight:
+            self._metrics.refused.labels(platform=caller, limit="gateway").inc()
+            raise Overloaded(f"gateway overloaded: {self.in_flight} requests in flight (limit "
+                             f"{self._max_in_flight}); retry with backoff")
+        self.in_flight += 1
+        self.caller_in_flight[caller] = mine + 1
+        self._metrics.caller_in_flight.labels(platform=caller).set(mine + 1)
+
+    def _log_refusal(self, exc: InterestError, every_s: float = 10.0) -> None:
+        """Log a refusal, at most one line per `every_s` seconds (all are counted in metrics)."""
+        self._refused_since_log += 1
+        now = time.monotonic()
+        if now - self._refusal_logged >= every_s:
+            log.warning("refused %d call(s) with RESOURCE_EXHAUSTED since the last such line; the "
+                        "latest: %s", self._refused_since_log, exc)
+            self._refusal_logged, self._refused_since_log = now, 0
+
+    def _release(self, caller: str) -> None:
+        self.in_flight -= 1
+        left = self.caller_in_flight[caller] - 1
+        self.caller_in_flight[caller] = left
+        self._metrics.caller_in_flight.labels(platform=caller).set(left)
 
     async def intercept_service(
         self,
@@ -109,20 +181,21 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
             metrics.started.labels(**labels).inc()
             start = time.perf_counter()
             code = grpc.StatusCode.OK
-            counted = False
+            caller: str | None = None
             try:
                 if admitted:
-                    if self.in_flight >= self._max_in_flight:
-                        raise Overloaded(
-                            f"gateway overloaded: {self.in_flight} requests in flight (limit "
-                            f"{self._max_in_flight}); retry with backoff"
-                        )
-                    self.in_flight += 1
-                    counted = True
+                    # No await between admission and the servicer's own key check: a key set
+                    # swapped in by a reload is seen by both or by neither.
+                    who = self._caller(context)
+                    self._admit(who)
+                    caller = who
                 return await inner(request, context)
             except InterestError as exc:
                 code = status_of(exc)
-                log.info("%s -> %s: %s", method, code.name, exc)
+                if admitted and caller is None:  # refused at admission: a flood would flood the log
+                    self._log_refusal(exc)
+                else:
+                    log.info("%s -> %s: %s", method, code.name, exc)
                 await context.abort(code, str(exc) or code.name)
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
@@ -142,8 +215,8 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
                 log.exception("%s failed unexpectedly (request id %s)", method, request_id)
                 await context.abort(code, f"internal error (request id {request_id})")
             finally:
-                if counted:
-                    self.in_flight -= 1
+                if caller is not None:
+                    self._release(caller)
                 metrics.handled.labels(**labels, grpc_code=code.name).inc()
                 metrics.handling.labels(**labels).observe(time.perf_counter() - start)
 

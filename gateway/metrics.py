@@ -52,6 +52,26 @@ class GatewayMetrics:
             "interest_requests_in_flight_limit",
             "max_in_flight: past it, new calls are refused at once with RESOURCE_EXHAUSTED.",
             registry=self.registry)
+        self.caller_in_flight = Gauge(
+            "interest_caller_requests_in_flight",
+            "Calls being handled now by caller: the platform of the API key, '*' for operator keys, "
+            "'unauthenticated' for a missing or unknown key, 'shared' when auth is off.",
+            ("platform",), registry=self.registry)
+        self.caller_in_flight_limit = Gauge(
+            "interest_caller_requests_in_flight_limit",
+            "The caller's share (platforms.<name>.max_in_flight, operator_max_in_flight): past it "
+            "only that caller is refused with RESOURCE_EXHAUSTED.", ("platform",), registry=self.registry)
+        self.refused = Counter(
+            "interest_requests_refused_total",
+            "Calls refused with RESOURCE_EXHAUSTED before any work, by caller and by the limit that "
+            "refused them: 'platform' (the caller's share) or 'gateway' (max_in_flight).",
+            ("platform", "limit"), registry=self.registry)
+        self.api_keys = Gauge("interest_api_keys", "API keys served now, by platform ('*': operator).",
+                              ("platform",), registry=self.registry)
+        self.api_key_reloads = Counter(
+            "interest_api_key_reloads_total",
+            "Key set (re)loads: 'loaded', or 'rejected' (a bad keys file; the old keys stay served).",
+            ("outcome",), registry=self.registry)
         self.rank_batch = Histogram("interest_rank_batch_size",
                                     "Recommend queries scored together per catalogue pass.",
                                     ("platform",), buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
@@ -73,6 +93,14 @@ class GatewayMetrics:
             "them, so a generation-2 pause shows up whole in the tail latency of calls in flight.",
             ("generation",), buckets=_FAST, registry=self.registry)
         self._gc_started = 0.0
+        self._key_platforms: set[str] = set()
+
+    def keys_loaded(self, outcome: str, keys: dict[str, str]) -> None:
+        """Record a key set (re)load and the keys now served, per platform."""
+        self.api_key_reloads.labels(outcome=outcome).inc()
+        self._key_platforms.update(keys.values())
+        for platform in self._key_platforms:  # a platform whose last key went shows 0
+            self.api_keys.labels(platform=platform).set(sum(p == platform for p in keys.values()))
 
     def watch_gc(self) -> None:
         """Record every collection's pause in `gc_pause` (one process-wide callback)."""

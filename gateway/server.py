@@ -14,6 +14,9 @@ read at creation from settings.ranking_assets, by default the `interest_assets.n
 `quantize.install` puts beside the model; without that file the pretrained model is served
 as is. An unreadable or mismatched assets file stops the gateway from starting.
 
+API keys from settings.api_keys_file are re-read on SIGHUP and when the file changes, without
+a restart (gateway.auth.KeySource).
+
     python -m gateway.server [--config FILE]      # needs a running Triton (see devtools.stack)
 """
 
@@ -36,6 +39,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from gateway.auth import KeyFileError, KeySource
 from gateway.catalogue import serve_index
 from gateway.encoder import TritonEncoder
 from gateway.errors import ErrorAndMetricsInterceptor
@@ -71,6 +75,7 @@ class Gateway:
     metrics: GatewayMetrics
     catalogues: dict[str, InstalledCatalogue]
     model_version: str
+    keys: KeySource | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     serving: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -80,6 +85,17 @@ class Gateway:
         log.info("gateway listening on %s:%d (NOT_SERVING until Triton and catalogues are ready)",
                  self.settings.grpc_host, self.port)
         self.tasks.append(asyncio.create_task(self._startup(), name="startup"))
+        if self.keys is not None and self.keys.path is not None:
+            self.tasks.append(asyncio.create_task(self.keys.watch(self.settings.api_keys_poll_s),
+                                                  name="api-keys-watch"))
+
+    def reload_keys(self, reason: str = "SIGHUP") -> bool:
+        """Serve the keys file's keys now (SIGHUP); a bad file keeps the old keys. True when replaced."""
+        if self.keys is None or self.keys.path is None:
+            log.warning("%s: no api_keys_file is configured; keys from the environment or the YAML "
+                        "config change only with a restart", reason)
+            return False
+        return self.keys.reload(reason)
 
     async def _set(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
         for name in ("", SERVICE_NAME):
@@ -253,8 +269,18 @@ def create_server(
     popularity = {name: c.popularity for name, c in catalogues.items()}
     service = InterestGatewayService(settings, store, encoder, metrics, migration, titles, popularity,
                                      assets)
-    server = grpc.aio.server(interceptors=[ErrorAndMetricsInterceptor(metrics, settings.max_in_flight)],
-                             options=server_options(settings))
+    keys = KeySource(service.auth, settings.api_keys, settings.api_keys_file, settings.platforms,
+                     on_reload=metrics.keys_loaded)
+    try:
+        keys.load()
+    except KeyFileError as exc:
+        raise StartupError(f"{exc}; fix api_keys_file (format: docs/operations.md)") from exc
+    interceptor = ErrorAndMetricsInterceptor(metrics, settings.max_in_flight, authorizer=service.auth,
+                                             caller_limit=settings.in_flight_limit)
+    if service.auth.enabled:  # each caller's share on /metrics from the start
+        for caller in (*settings.platforms, "*"):
+            interceptor.limit_of(caller)
+    server = grpc.aio.server(interceptors=[interceptor], options=server_options(settings))
     pb_grpc.add_InterestGatewayServicer_to_server(service, server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -271,7 +297,7 @@ def create_server(
     if not service.auth.enabled:
         log.warning("no API keys configured: the gateway accepts every caller (development mode)")
     return Gateway(server, bound, settings, service, health_servicer, metrics, catalogues,
-                   str(version["model_version"]))
+                   str(version["model_version"]), keys)
 
 
 def settle_heap() -> int:
@@ -338,6 +364,7 @@ async def _main(settings: Settings) -> None:
     stop = asyncio.Event()
     install_signal_handlers(stop)
     gw = await run_gateway(settings)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, gw.reload_keys)
     await stop.wait()
     log.info("shutting down: draining in-flight RPCs (grace %.1fs)", settings.shutdown_grace_s)
     await gw.stop()

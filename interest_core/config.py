@@ -34,6 +34,11 @@ class PlatformConfig(BaseModel):
                          "catalogue and interactions")
     display_name: str = ""
     event_types: tuple[str, ...] = ("review", "purchase", "view", "rating")
+    max_in_flight: int | None = Field(
+        default=None, ge=1,
+        description="calls of this platform's API keys handled at once; beyond it only this platform "
+        "gets RESOURCE_EXHAUSTED (fair share). None = half of the gateway's max_in_flight",
+    )
 
 
 def _default_platforms() -> dict[str, PlatformConfig]:
@@ -145,6 +150,11 @@ class Settings(BaseSettings):
         "at random, past all of it always, and the client sees CANCELLED within milliseconds "
         "instead of waiting out its deadline",
     )
+    operator_max_in_flight: int | None = Field(
+        default=None, ge=1,
+        description="calls of operator ('*') keys handled at once, as platforms.<name>.max_in_flight "
+        "is for a platform's keys; None = half of max_in_flight",
+    )
     max_events_per_request: int = 512
     max_text_chars: int = 1000
     max_k: int = 200
@@ -152,6 +162,14 @@ class Settings(BaseSettings):
 
     # access control: SHA-256 hex digest of an API key -> platform ("*" = operator); empty = open
     api_keys: dict[str, str] = Field(default_factory=dict)
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="YAML or JSON file of more digest -> platform entries, re-read on SIGHUP and when "
+        "its modification time changes (key rotation without a restart; see docs/operations.md)",
+    )
+    api_keys_poll_s: float = Field(
+        default=1.0, gt=0, description="how often the gateway looks at api_keys_file's modification time",
+    )
     tls_cert_file: Path | None = Field(default=None, description="server certificate (PEM): TLS on")
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = Field(
@@ -178,6 +196,17 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # load_settings merges YAML < environment < overrides itself and passes the result in.
         return (init_settings,)
+
+    def in_flight_limit(self, caller: str) -> tuple[int, str]:
+        """The calls a caller (a platform, or "*" for operator keys) may have in flight at once,
+        and the setting that says so: callers share the gateway by these limits (fair share)."""
+        share = max(1, self.max_in_flight // 2)
+        if caller == "*":
+            return self.operator_max_in_flight or share, "operator_max_in_flight"
+        platform = self.platforms.get(caller)
+        if platform is None:
+            return share, "max_in_flight/2"
+        return platform.max_in_flight or share, f"platforms.{caller}.max_in_flight"
 
     @property
     def triton_grpc_url(self) -> str:
