@@ -86,6 +86,10 @@ SHARED = "shared"  # the one bucket of every call while auth is off
 UNAUTHENTICATED = "unauthenticated"  # calls with a missing or unknown key (answered UNAUTHENTICATED)
 
 
+class ShareExceeded(Overloaded):
+    """A caller over its own share of the calls in flight (not the gateway over its limit)."""
+
+
 def _refusal(caller: str, n: int, limit: int, setting: str) -> str:
     who = {ANY_PLATFORM: "operator keys have", UNAUTHENTICATED: "calls without a known API key have"}
     return (f"{who.get(caller, f'platform {caller} has')} {n} calls in flight, the limit "
@@ -105,8 +109,9 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, metrics: GatewayMetrics, max_in_flight: int = 256,
                  service_prefix: str = "/interest.v1.", authorizer: Authorizer | None = None,
-                 caller_limit: CallerLimit | None = None) -> None:
+                 caller_limit: CallerLimit | None = None, share_pushback_s: float = 0.0) -> None:
         self._metrics = metrics
+        self._pushback_s = share_pushback_s
         self._max_in_flight = max_in_flight
         self._prefix = service_prefix
         self._auth = authorizer
@@ -139,7 +144,7 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
         limit, setting = self.limit_of(caller)
         if caller != SHARED and mine >= limit:
             self._metrics.refused.labels(platform=caller, limit="platform").inc()
-            raise Overloaded(_refusal(caller, mine, limit, setting))
+            raise ShareExceeded(_refusal(caller, mine, limit, setting))
         if self.in_flight >= self._max_in_flight:
             self._metrics.refused.labels(platform=caller, limit="gateway").inc()
             raise Overloaded(f"gateway overloaded: {self.in_flight} requests in flight (limit "
@@ -194,6 +199,8 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
                 code = status_of(exc)
                 if admitted and caller is None:  # refused at admission: a flood would flood the log
                     self._log_refusal(exc)
+                    if isinstance(exc, ShareExceeded) and self._pushback_s:
+                        await asyncio.sleep(self._pushback_s)  # slows a retry storm, costs no CPU
                 else:
                     log.info("%s -> %s: %s", method, code.name, exc)
                 await context.abort(code, str(exc) or code.name)

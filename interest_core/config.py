@@ -155,6 +155,12 @@ class Settings(BaseSettings):
         description="calls of operator ('*') keys handled at once, as platforms.<name>.max_in_flight "
         "is for a platform's keys; None = half of max_in_flight",
     )
+    share_pushback_s: float = Field(
+        default=0.05, ge=0,
+        description="a call refused for its platform's share is answered after this pause (the "
+        "caller's other calls go on): a client that retries without backoff then spends far less "
+        "of the gateway's CPU on refusals that other platforms need; 0 = refuse at once",
+    )
     max_events_per_request: int = 512
     max_text_chars: int = 1000
     max_k: int = 200

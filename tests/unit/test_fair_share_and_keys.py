@@ -50,15 +50,16 @@ class _Details:
     method = "/interest.v1.InterestGateway/Recommend"
 
 
-def _interceptor(auth: Authorizer | None, max_in_flight: int = 16, food: int | None = 2
-                 ) -> tuple[ErrorAndMetricsInterceptor, GatewayMetrics, asyncio.Event]:
+def _interceptor(auth: Authorizer | None, max_in_flight: int = 16, food: int | None = 2,
+                 pushback_s: float = 0.0) -> tuple[ErrorAndMetricsInterceptor, GatewayMetrics, asyncio.Event]:
     settings = load_settings(max_in_flight=max_in_flight, platforms={
         "food": PlatformConfig(adapter="amazon_review", dataset="d", max_in_flight=food),
         "kitchen": PlatformConfig(adapter="amazon_review", dataset="d")})
     metrics = GatewayMetrics(CollectorRegistry())
     release = asyncio.Event()
     interceptor = ErrorAndMetricsInterceptor(metrics, settings.max_in_flight, authorizer=auth,
-                                             caller_limit=settings.in_flight_limit)
+                                             caller_limit=settings.in_flight_limit,
+                                             share_pushback_s=pushback_s)
     return interceptor, metrics, release
 
 
@@ -109,6 +110,35 @@ def test_a_flooding_platform_is_refused_alone_with_its_limit_named() -> None:
     assert sample("interest_caller_requests_in_flight_limit", {"platform": "kitchen"}) == 8  # half of 16
     assert interceptor.in_flight == 0 and set(interceptor.caller_in_flight.values()) == {0}
     assert sample("interest_caller_requests_in_flight", {"platform": "food"}) == 0
+
+
+def test_a_refusal_over_the_share_is_held_back_but_a_gateway_refusal_is_not() -> None:
+    """share_pushback_s: a caller over its own share waits before its RESOURCE_EXHAUSTED (a retry
+    storm then costs the gateway little CPU); a refusal because the whole gateway is full does
+    not wait, and the other callers' calls are not delayed."""
+    import time
+
+    interceptor, _, release = _interceptor(Authorizer(DIGESTS), max_in_flight=3, food=1, pushback_s=0.3)
+
+    async def timed() -> list[tuple[str, float]]:
+        started = time.perf_counter()
+        release.set()  # every admitted call returns at once
+        out = []
+        for key in (KEYS["food"], KEYS["kitchen"]):
+            codes = await _calls(interceptor, asyncio.Event(), [key, key])
+            out.append((codes[1][0], time.perf_counter() - started))
+        return out
+
+    # food's share is 1: its second call is refused, after the pause; kitchen's share (1 = 3 // 2)
+    # refuses likewise. Measured against the pause itself, not a latency target.
+    (food_code, food_s), (kitchen_code, kitchen_s) = asyncio.run(timed())
+    assert food_code == kitchen_code == "RESOURCE_EXHAUSTED"
+    assert food_s >= 0.3 and kitchen_s - food_s >= 0.3
+    interceptor, _, release = _interceptor(Authorizer(DIGESTS), max_in_flight=2, food=2, pushback_s=5.0)
+    started = time.perf_counter()
+    codes = asyncio.run(_calls(interceptor, release, [KEYS["food"]] * 2 + [KEYS["kitchen"]]))
+    assert [c for c, _ in codes] == ["OK", "OK", "RESOURCE_EXHAUSTED"]
+    assert "gateway overloaded" in codes[2][1] and time.perf_counter() - started < 2.0
 
 
 def test_operator_keys_and_unknown_keys_have_their_own_share() -> None:
