@@ -8,7 +8,7 @@ The flooder runs in a process of its own, so that its refusal storm does not slo
 victim's load generator (only the gateway, as it would in production).
 
     python -m bench.fair_share [--duration 15] [--victim-rate 50] [--flood-concurrency 32]
-                               [--food-limit 4] [--flood-rpc encode|recommend]
+                               [--food-limit 4] [--food-rate R] [--flood-rpc encode|recommend]
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from interest_core.catalogue import Catalogue
 from interest_core.config import ROOT, load_settings
 from interest_model.corpus import UserSequence, load_catalogue, load_sequences
 
-KEYS = {"food": "bench-food-key", "kitchen": "bench-kitchen-key"}
+KEYS = {"food": "bench-food-key", "kitchen": "bench-kitchen-key", "*": "bench-operator-key"}
 USERS = 200  # users with a stored profile on each side, asked for in turn
 EVENTS = 8
 TARGET_RATIO = 2.0  # the victim's p99 flooded within 2x of alone
@@ -64,13 +64,14 @@ def recommend(stub: pb_grpc.InterestGatewayStub, platform: str, users: list[User
 
 async def store_profiles(stub: pb_grpc.InterestGatewayStub, users: list[UserSequence], food: Catalogue,
                          kitchen: Catalogue) -> None:
-    """Each user's last food and kitchen items, ingested with that platform's own key."""
+    """Each user's last food and kitchen items, ingested with the operator key (food's own key
+    would meet food's rate limit while setting up, not in the measured runs)."""
     for u in users:
         for platform, cat, items in (("food", food, u.items_a), ("kitchen", kitchen, u.items_b)):
             await stub.IngestEvents(pb.IngestEventsRequest(platform=platform, events=[
                 pb.BehaviorEvent(user_id=f"fair-{u.uid}", item_id=cat.item_ids[j], event_type="review",
                                  position=n) for n, j in enumerate(items[-EVENTS:])]),
-                timeout=30, metadata=_metadata(platform))
+                timeout=30, metadata=_metadata("*"))
 
 
 def refused(metrics_port: int) -> dict[str, float]:
@@ -107,8 +108,10 @@ async def flood(target: str, rpc: str, concurrency: int, duration: float) -> dic
 
 
 def gateway_env(triton: TritonServer, grpc_port: int, metrics_port: int, var: Path,
-                food_limit: int) -> dict[str, str]:
-    return {**os.environ, "INTEREST_GRPC_PORT": str(grpc_port), "INTEREST_METRICS_PORT": str(metrics_port),
+                food_limit: int, food_rate: float | None = None) -> dict[str, str]:
+    rate = {"INTEREST_PLATFORMS__FOOD__MAX_RPS": str(food_rate)} if food_rate is not None else {}
+    return {**os.environ, **rate, "INTEREST_GRPC_PORT": str(grpc_port),
+            "INTEREST_METRICS_PORT": str(metrics_port),
             "INTEREST_TRITON_GRPC_PORT": str(triton.grpc_port), "INTEREST_VAR_DIR": str(var),
             "INTEREST_LOG_LEVEL": "WARNING",
             "INTEREST_API_KEYS": json.dumps({key_digest(k): p for p, k in KEYS.items()}),
@@ -117,7 +120,7 @@ def gateway_env(triton: TritonServer, grpc_port: int, metrics_port: int, var: Pa
 
 async def fair_share_run(triton: TritonServer, logs: Path, var: Path, duration: float,
                          victim_rate: float, flood_concurrency: int, food_limit: int,
-                         flood_rpc: str = "encode") -> dict[str, Any]:
+                         flood_rpc: str = "encode", food_rate: float | None = None) -> dict[str, Any]:
     """Start a gateway with per-platform keys and food's limit on `triton`, store profiles, and
     measure kitchen's Recommend at `victim_rate` alone, then beside food's flood."""
     settings = load_settings()
@@ -128,7 +131,7 @@ async def fair_share_run(triton: TritonServer, logs: Path, var: Path, duration: 
     port, metrics_port = free_port(), free_port()
     gw_log = logs / "gateway-fair-share.log"
     gateway = subprocess.Popen([sys.executable, "-m", "gateway.server"], cwd=ROOT,
-                               env=gateway_env(triton, port, metrics_port, var, food_limit),
+                               env=gateway_env(triton, port, metrics_port, var, food_limit, food_rate),
                                stdout=gw_log.open("wb"), stderr=subprocess.STDOUT)
     try:
         await wait_serving(port, gateway, f"the fair-share gateway (log {gw_log})")
@@ -181,7 +184,7 @@ async def fair_share_run(triton: TritonServer, logs: Path, var: Path, duration: 
         "flooder_ok_rps": flood_summary["throughput_rps"],
         "victim_rate_rps": victim_rate, "victim_achieved_rps": f["throughput_rps"],
         "flood_rpc": {"encode": "EncodeInterest", "recommend": "Recommend"}[flood_rpc],
-        "flood_concurrency": flood_concurrency, "food_max_in_flight": food_limit,
+        "flood_concurrency": flood_concurrency, "food_max_in_flight": food_limit, "food_max_rps": food_rate,
         "kitchen_max_in_flight": settings.in_flight_limit("kitchen")[0],
         "max_in_flight": settings.max_in_flight, "duration_s": duration,
         "p99_ratio": round(ratio, 2),
@@ -203,7 +206,7 @@ async def standalone(args: argparse.Namespace) -> dict[str, Any]:
     try:
         result = await fair_share_run(triton, logs, ROOT / "var" / "bench" / "fair-share", args.duration,
                                       args.victim_rate, args.flood_concurrency, args.food_limit,
-                                      args.flood_rpc)
+                                      args.flood_rpc, args.food_rate)
     finally:
         triton.stop()
     return {"revision": revision(), "machine": machine(), "fair_share": result}
@@ -215,6 +218,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flood-concurrency", type=int, default=32,
                         help="food's closed-loop Recommend concurrency (no backoff)")
     parser.add_argument("--food-limit", type=int, default=4, help="platforms.food.max_in_flight")
+    parser.add_argument("--food-rate", type=float, default=None,
+                        help="platforms.food.max_rps (default: no rate limit)")
     parser.add_argument("--flood-rpc", choices=("encode", "recommend"), default="encode",
                         help="what food floods with: EncodeInterest of unseen texts (each through the "
                         "model) or Recommend")

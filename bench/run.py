@@ -459,7 +459,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         log("fair share: kitchen's Recommend alone, then while food floods past its limit")
         results["fair_share"] = await fair_share_run(
             triton, logs, ROOT / "var" / "bench" / "fair-share", d, args.victim_rate,
-            args.flood_concurrency, args.food_limit, args.flood_rpc)
+            args.flood_concurrency, args.food_limit, args.flood_rpc, args.food_rate)
 
         log("perf_analyzer against Triton directly")
         results["perf_analyzer"] = run_perf_analyzer_safely(triton, settings, texts)

@@ -81,6 +81,26 @@ def from_triton(exc: InferenceServerException) -> InterestError:
 
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 CallerLimit = Callable[[str], tuple[int, str]]  # caller -> (its limit, the setting that says so)
+CallerRate = Callable[[str], "tuple[float, str] | None"]  # caller -> (calls/s, setting), None: no limit
+
+
+class TokenBucket:
+    """`rate` calls per second on average, at most `rate` * `burst_s` (at least 1) at once."""
+
+    def __init__(self, rate: float, burst_s: float = 0.1) -> None:
+        self.rate = rate
+        self.capacity = max(1.0, rate * burst_s)
+        self.tokens = self.capacity
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
 
 SHARED = "shared"  # the one bucket of every call while auth is off
 UNAUTHENTICATED = "unauthenticated"  # calls with a missing or unknown key (answered UNAUTHENTICATED)
@@ -109,8 +129,11 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, metrics: GatewayMetrics, max_in_flight: int = 256,
                  service_prefix: str = "/interest.v1.", authorizer: Authorizer | None = None,
-                 caller_limit: CallerLimit | None = None, share_pushback_s: float = 0.0) -> None:
+                 caller_limit: CallerLimit | None = None, share_pushback_s: float = 0.0,
+                 caller_rate: CallerRate | None = None) -> None:
         self._metrics = metrics
+        self._caller_rate = caller_rate or (lambda caller: None)
+        self._buckets: dict[str, tuple[TokenBucket, str] | None] = {}
         self._pushback_s = share_pushback_s
         self._max_in_flight = max_in_flight
         self._prefix = service_prefix
@@ -145,6 +168,14 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
         if caller != SHARED and mine >= limit:
             self._metrics.refused.labels(platform=caller, limit="platform").inc()
             raise ShareExceeded(_refusal(caller, mine, limit, setting))
+        if caller not in self._buckets:  # settings are frozen: one bucket per caller, made once
+            rate = self._caller_rate(caller)
+            self._buckets[caller] = (TokenBucket(rate[0]), rate[1]) if rate is not None else None
+        bucket = self._buckets[caller]
+        if bucket is not None and not bucket[0].take():
+            self._metrics.refused.labels(platform=caller, limit="rate").inc()
+            raise ShareExceeded(f"platform {caller} is over its rate of {bucket[0].rate:g} calls/s "
+                                f"({bucket[1]}); retry with backoff")
         if self.in_flight >= self._max_in_flight:
             self._metrics.refused.labels(platform=caller, limit="gateway").inc()
             raise Overloaded(f"gateway overloaded: {self.in_flight} requests in flight (limit "

@@ -277,7 +277,8 @@ def create_server(
         raise StartupError(f"{exc}; fix api_keys_file (format: docs/operations.md)") from exc
     interceptor = ErrorAndMetricsInterceptor(metrics, settings.max_in_flight, authorizer=service.auth,
                                              caller_limit=settings.in_flight_limit,
-                                             share_pushback_s=settings.share_pushback_s)
+                                             share_pushback_s=settings.share_pushback_s,
+                                             caller_rate=settings.rate_limit)
     if service.auth.enabled:  # each caller's share on /metrics from the start
         for caller in (*settings.platforms, "*"):
             interceptor.limit_of(caller)

@@ -39,6 +39,13 @@ class PlatformConfig(BaseModel):
         description="calls of this platform's API keys handled at once; beyond it only this platform "
         "gets RESOURCE_EXHAUSTED (fair share). None = half of the gateway's max_in_flight",
     )
+    max_rps: float | None = Field(
+        default=None, gt=0,
+        description="calls per second of this platform's API keys (a token bucket holding 0.1 s "
+        "of them); beyond it only this platform gets RESOURCE_EXHAUSTED. Bounds the work that an "
+        "in-flight limit cannot: calls that finish without waiting (Recommend) never pile up in "
+        "flight, however many come. None = no rate limit",
+    )
 
 
 def _default_platforms() -> dict[str, PlatformConfig]:
@@ -156,7 +163,7 @@ class Settings(BaseSettings):
         "is for a platform's keys; None = half of max_in_flight",
     )
     share_pushback_s: float = Field(
-        default=0.05, ge=0,
+        default=0.1, ge=0,
         description="a call refused for its platform's share is answered after this pause (the "
         "caller's other calls go on): a client that retries without backoff then spends far less "
         "of the gateway's CPU on refusals that other platforms need; 0 = refuse at once",
@@ -213,6 +220,13 @@ class Settings(BaseSettings):
         if platform is None:
             return share, "max_in_flight/2"
         return platform.max_in_flight or share, f"platforms.{caller}.max_in_flight"
+
+    def rate_limit(self, caller: str) -> tuple[float, str] | None:
+        """The calls per second a platform's keys may make, and its setting; None: no limit."""
+        platform = self.platforms.get(caller)
+        if platform is None or platform.max_rps is None:
+            return None
+        return platform.max_rps, f"platforms.{caller}.max_rps"
 
     @property
     def triton_grpc_url(self) -> str:

@@ -141,6 +141,28 @@ def test_a_refusal_over_the_share_is_held_back_but_a_gateway_refusal_is_not() ->
     assert "gateway overloaded" in codes[2][1] and time.perf_counter() - started < 2.0
 
 
+def test_a_platform_over_its_rate_is_refused_alone() -> None:
+    """platforms.<name>.max_rps: a token bucket per platform (0.1 s of calls at once), for calls
+    that finish without waiting and so never fill an in-flight limit."""
+    settings = load_settings(platforms={
+        "food": PlatformConfig(adapter="amazon_review", dataset="d", max_rps=50.0),
+        "kitchen": PlatformConfig(adapter="amazon_review", dataset="d")})
+    metrics = GatewayMetrics(CollectorRegistry())
+    interceptor = ErrorAndMetricsInterceptor(metrics, settings.max_in_flight, authorizer=Authorizer(DIGESTS),
+                                             caller_limit=settings.in_flight_limit,
+                                             caller_rate=settings.rate_limit)
+    release = asyncio.Event()
+    release.set()
+    codes = asyncio.run(_calls(interceptor, release, [KEYS["food"]] * 8 + [KEYS["kitchen"]] * 8))
+    food, kitchen = [c for c, _ in codes[:8]], [c for c, _ in codes[8:]]
+    assert food == ["OK"] * 5 + ["RESOURCE_EXHAUSTED"] * 3, "a burst of 0.1 s at 50/s: 5 calls"
+    assert kitchen == ["OK"] * 8, "kitchen has no rate limit"
+    assert "platform food is over its rate of 50 calls/s (platforms.food.max_rps)" in codes[5][1]
+    assert metrics.registry.get_sample_value("interest_requests_refused_total",
+                                             {"platform": "food", "limit": "rate"}) == 3
+    assert settings.rate_limit("kitchen") is None and settings.rate_limit("*") is None
+
+
 def test_operator_keys_and_unknown_keys_have_their_own_share() -> None:
     interceptor, _, release = _interceptor(Authorizer(DIGESTS), max_in_flight=4, food=None)
     codes = asyncio.run(_calls(interceptor, release, [KEYS["*"]] * 3 + ["stolen"] * 3 + [None]))
