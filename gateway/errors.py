@@ -159,6 +159,8 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
             self._limits[caller] = (self._max_in_flight, "max_in_flight") if caller == SHARED \
                 else self._caller_limit(caller)
             self._metrics.caller_in_flight_limit.labels(platform=caller).set(self._limits[caller][0])
+            for limit in ("platform", "rate", "gateway"):  # zero series: the panels and alerts read rates
+                self._metrics.refused.labels(platform=caller, limit=limit)
         return self._limits[caller]
 
     def _admit(self, caller: str) -> None:

@@ -64,7 +64,8 @@ class GatewayMetrics:
         self.refused = Counter(
             "interest_requests_refused_total",
             "Calls refused with RESOURCE_EXHAUSTED before any work, by caller and by the limit that "
-            "refused them: 'platform' (the caller's share) or 'gateway' (max_in_flight).",
+            "refused them: 'platform' (the caller's share), 'rate' (its max_rps) or 'gateway' "
+            "(max_in_flight).",
             ("platform", "limit"), registry=self.registry)
         self.api_keys = Gauge("interest_api_keys", "API keys served now, by platform ('*': operator).",
                               ("platform",), registry=self.registry)
@@ -72,6 +73,8 @@ class GatewayMetrics:
             "interest_api_key_reloads_total",
             "Key set (re)loads: 'loaded', or 'rejected' (a bad keys file; the old keys stay served).",
             ("outcome",), registry=self.registry)
+        for outcome in ("loaded", "rejected"):  # zero series from the start: the alert reads increase()
+            self.api_key_reloads.labels(outcome=outcome)
         self.rank_batch = Histogram("interest_rank_batch_size",
                                     "Recommend queries scored together per catalogue pass.",
                                     ("platform",), buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64),

@@ -42,7 +42,7 @@ from prometheus_client import start_http_server
 from gateway.auth import KeyFileError, KeySource
 from gateway.catalogue import serve_index
 from gateway.encoder import TritonEncoder
-from gateway.errors import ErrorAndMetricsInterceptor
+from gateway.errors import SHARED, ErrorAndMetricsInterceptor
 from gateway.metrics import GatewayMetrics
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
@@ -279,9 +279,9 @@ def create_server(
                                              caller_limit=settings.in_flight_limit,
                                              share_pushback_s=settings.share_pushback_s,
                                              caller_rate=settings.rate_limit)
-    if service.auth.enabled:  # each caller's share on /metrics from the start
-        for caller in (*settings.platforms, "*"):
-            interceptor.limit_of(caller)
+    # each caller's share (and refusals, at 0) on /metrics from the start
+    for caller in (*settings.platforms, "*") if service.auth.enabled else (SHARED,):
+        interceptor.limit_of(caller)
     server = grpc.aio.server(interceptors=[interceptor], options=server_options(settings))
     pb_grpc.add_InterestGatewayServicer_to_server(service, server)
     health_servicer = health_aio.HealthServicer()

@@ -157,6 +157,32 @@ CASES: list[dict[str, Any]] = [
                 "severity": "warning", "platform": "food", "summary": "50% of food's events are rejected"}),
         ],
     },
+    {  # food refused 300 calls a minute over its share (5/s), kitchen 30 a minute (0.5/s); the
+        # operator's gateway-wide refusals are overload, not a platform over its share
+        "input_series": [
+            series("interest_requests_refused_total", {"platform": "food", "limit": "platform"}, "0+240x30"),
+            series("interest_requests_refused_total", {"platform": "food", "limit": "rate"}, "0+60x30"),
+            series("interest_requests_refused_total", {"platform": "kitchen", "limit": "platform"}, "0+30x30"),
+            series("interest_requests_refused_total", {"platform": "*", "limit": "gateway"}, "0+600x30"),
+        ],
+        "alert_rule_test": [
+            alert("InterestPlatformOverShare", "8m"),
+            alert("InterestPlatformOverShare", "20m", {
+                "severity": "warning", "platform": "food", "summary": "food is refused 5 calls/s over its share"}),
+        ],
+    },
+    {  # a keys file reload refused at minute 3; later reloads succeed
+        "input_series": [
+            series("interest_api_key_reloads_total", {"outcome": "rejected"}, "0 0 0 1 1 1 1 1 1 1 1 1 1 1 1 1 1"),
+            series("interest_api_key_reloads_total", {"outcome": "loaded"}, "1 1 1 1 2 2 2 2 2 2 2 2 2 2 2 2 2"),
+        ],
+        "alert_rule_test": [
+            alert("InterestApiKeysReloadFailed", "2m"),
+            alert("InterestApiKeysReloadFailed", "5m", {
+                "severity": "warning", "summary": "The API keys file could not be reloaded"}),
+            alert("InterestApiKeysReloadFailed", "16m"),  # 10 minutes without a new refusal: resolved
+        ],
+    },
 ]
 
 
