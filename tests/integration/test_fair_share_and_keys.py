@@ -107,11 +107,13 @@ class Load:
 
 
 async def switch(stub: pb_grpc.InterestGatewayStub, load: Load, new: str, deadline_s: float = 10.0) -> float:
-    """Probe with `new` until the gateway accepts it, then give it to the workers; seconds taken."""
+    """Probe with `new` until the gateway accepts it, then give it to the workers; seconds taken.
+    The probe reads a stored profile: no model call, whose queue behind the slow call in flight
+    would be timed instead of the key pick-up."""
     start = time.monotonic()
     while time.monotonic() - start < deadline_s:
-        probe = stub.EncodeInterest(pb.EncodeInterestRequest(platform="food", events=[
-            pb.BehaviorEvent(item_text="green tea", event_type="view")]), timeout=10, metadata=metadata(new))
+        probe = stub.GetProfile(pb.GetProfileRequest(user_id="rotation-user"), timeout=10,
+                                metadata=metadata(new))
         code = await code_of(probe)
         if code == OK:
             load.key = new
