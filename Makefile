@@ -23,7 +23,7 @@ PROTO_OUT := gateway/proto/interest/v1/gateway_pb2.py gateway/proto/interest/v1/
 STAMP   := $(VENV)/.installed
 MODEL   := model_repository/interest_encoder/VERSION.json
 
-.PHONY: help up setup proto data train eval engine serve demo test unit integration lint clean bench fuzz tools FORCE
+.PHONY: help up setup proto data train eval engine ngc-repo serve demo test unit integration lint clean bench fuzz tools FORCE
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -80,6 +80,16 @@ else
 	$(PY) -m quantize.trt_build --onnx $(INT8) --out $(ART)/model.plan || test $$? -eq 3
 	$(PY) -m quantize.install --onnx $(INT8) --report $(ART)/validation-$(ACT).json --target cpu $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(CONFIG_ARG)
 endif
+	$(MAKE) --no-print-directory ngc-repo
+
+# The repositories the NGC tritonserver container serves without the python backend (docs/deployment.md):
+# NGC/model_repository_cpu (onnxruntime_onnx) and NGC/model_repository_gpu (tensorrt_plan; the plan
+# only where `make engine TARGET=gpu` built one).
+NGC     ?= var/ngc
+
+ngc-repo: setup $(ART)/validation-$(ACT).json  ## NGC Triton repositories under var/ngc/: onnxruntime_onnx (CPU) + tensorrt_plan (GPU); make engine runs it
+	$(PY) -m quantize.ngc_repository --onnx $(INT8) --report $(ART)/validation-$(ACT).json --out $(NGC) \
+	  $(if $(filter gpu,$(TARGET)),--plan $(ART)/model.plan) $(CONFIG_ARG)
 
 train: setup  ## train DATASET's model (+ the new-items hold-out model for eval) into models/, each a merged 3-seed ensemble (~41 min on 2 cores; resumes)
 	$(PY) -m interest_model.trainer $(CONFIG_ARG) --dataset $(DATASET) --out $(MODELS)/$(DATASET) \
@@ -93,7 +103,7 @@ EVAL_DIR  = var/eval/$(DATASET)
 EVAL_REPO = INTEREST_MODEL_REPOSITORY=$(abspath $(EVAL_DIR))/model_repository
 
 eval: setup  ## evaluate models/DATASET vs the baselines offline, INT8, and through the running stack: results/eval.* (RESULTS=dir: elsewhere)
-	$(EVAL_REPO) $(MAKE) --no-print-directory engine TARGET=cpu CHECKPOINT=$(MODELS)/$(DATASET) ART=$(EVAL_DIR)/artifacts
+	$(EVAL_REPO) $(MAKE) --no-print-directory engine TARGET=cpu CHECKPOINT=$(MODELS)/$(DATASET) ART=$(EVAL_DIR)/artifacts NGC=$(EVAL_DIR)/ngc
 	$(PY) -m interest_model.evaluation.offline $(CONFIG_ARG) --dataset $(DATASET) --checkpoint $(MODELS)/$(DATASET) \
 	  --new-items-checkpoint $(MODELS)/$(DATASET)-new-items --int8 $(EVAL_DIR)/artifacts/model.int8-uint8.onnx \
 	  --out $(EVAL_DIR)/offline.json
