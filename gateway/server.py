@@ -349,6 +349,8 @@ async def run_gateway(settings: Settings, triton_url: str | None = None) -> Gate
     log.info("gateway metrics on http://%s:%d/metrics", settings.grpc_host, settings.metrics_port)
     gw = create_server(settings, metrics, triton_url)
     await gw.start()
+    # SIGHUP re-reads the API keys file (`make serve` and `python -m gateway.server` alike)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, gw.reload_keys)
     return gw
 
 
@@ -366,7 +368,6 @@ async def _main(settings: Settings) -> None:
     stop = asyncio.Event()
     install_signal_handlers(stop)
     gw = await run_gateway(settings)
-    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, gw.reload_keys)
     await stop.wait()
     log.info("shutting down: draining in-flight RPCs (grace %.1fs)", settings.shutdown_grace_s)
     await gw.stop()
