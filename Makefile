@@ -124,8 +124,9 @@ unit: setup
 integration: setup tools
 	$(PY) -m pytest -q tests/integration
 
-tools:  ## Debian's prometheus server (the monitoring test scrapes the real stack with it)
+tools:  ## Debian's prometheus server (the monitoring test scrapes the real stack with it) and postgresql (the store tests' server)
 	bash build/install-prometheus.sh
+	bash build/install-postgresql.sh
 
 bench: engine  ## benchmark: seed vs in-process limit vs this stack, perf_analyzer; writes results/bench.*
 	bash build/install-perf-analyzer.sh

@@ -1,8 +1,9 @@
 """grpc.aio server for interest.v1.InterestGateway with health checking, reflection and a
 Prometheus /metrics endpoint.
 
-Health is NOT_SERVING until Triton answers ready and every catalogue index is loaded, and
-goes back to NOT_SERVING whenever Triton stops answering.
+Health is NOT_SERVING until the profile store answers (its schema brought up to date),
+Triton answers ready and every catalogue index is loaded, and goes back to NOT_SERVING
+whenever Triton stops answering. A profile store that is down later answers UNAVAILABLE.
 
 Each platform's catalogue (ids, titles, popularity and the served model's item embeddings) is
 read at creation from the files `make engine` installed beside the model, checked against the
@@ -52,8 +53,9 @@ from interest_core.config import DEFAULT_HMAC_KEY, Settings, load_settings
 from interest_core.contract import ASSETS_FILE, read_version
 from interest_core.errors import Unavailable
 from interest_core.migration import MigrationMap
-from interest_core.profiles import ProfileCipher, ProfileStore
+from interest_core.profiles import ProfileCipher
 from interest_core.ranking.assets import RankingAssets
+from interest_core.stores import open_store
 
 log = logging.getLogger("interest.gateway")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InterestGateway"].full_name
@@ -82,7 +84,8 @@ class Gateway:
     async def start(self) -> None:
         await self._set(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
-        log.info("gateway listening on %s:%d (NOT_SERVING until Triton and catalogues are ready)",
+        log.info("gateway listening on %s:%d (NOT_SERVING until the profile store, Triton and "
+                 "catalogues are ready)",
                  self.settings.grpc_host, self.port)
         self.tasks.append(asyncio.create_task(self._startup(), name="startup"))
         if self.keys is not None and self.keys.path is not None:
@@ -102,7 +105,8 @@ class Gateway:
             await self.health.set(name, status)
 
     async def _startup(self) -> None:
-        """Wait for Triton, then serve the catalogues; retried with backoff until it succeeds."""
+        """Wait for the profile store and Triton, then serve the catalogues; retried with
+        backoff until it succeeds."""
         delay = 1.0
         while not await self._try_startup():
             log.warning("gateway start-up will be retried in %.0fs", delay)
@@ -112,6 +116,14 @@ class Gateway:
 
     async def _try_startup(self) -> bool:
         svc = self.service
+        try:
+            await asyncio.to_thread(svc.store.prepare)  # connects, brings the schema up to date
+        except Unavailable:
+            log.warning("%s cannot be reached; staying NOT_SERVING", svc.store.description)
+            return False
+        except Exception:
+            log.exception("%s cannot be used; staying NOT_SERVING", svc.store.description)
+            return False
         try:
             while not await svc.encoder.ready():
                 log.info("waiting for Triton at %s to report %s ready", svc.encoder.url,
@@ -265,7 +277,7 @@ def create_server(
     cipher = None
     if settings.profile_encryption_key is not None:
         cipher = ProfileCipher(base64.b64decode(settings.profile_encryption_key.get_secret_value()))
-    store = ProfileStore(settings.store_path, cipher)
+    store = open_store(settings.store_url, cipher, settings.profile_store_pool_size)
     popularity = {name: c.popularity for name, c in catalogues.items()}
     service = InterestGatewayService(settings, store, encoder, metrics, migration, titles, popularity,
                                      assets)

@@ -199,7 +199,7 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
             only=None if caller == ANY_PLATFORM else caller)
         if not profiles:
             raise NotFound("no interest profile for this user")
-        rules = self.book.consent_rules(user_key)
+        rules = await self.book.consent_rules(user_key)
         return pb.GetProfileResponse(
             migrate_consent=shares_somewhere(caller, rules, self.adapters),
             consents=replies.consent_rules(visible_rules(caller, rules)),
@@ -224,7 +224,7 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
     ) -> pb.ListAuditResponse:
         caller = self._authorise(context)  # the operator only (checked in ProfileBook.audit)
         user_key = self._user(request.user_id) if request.user_id else None
-        return replies.audit(self.book.audit(caller, user_key, request.since_ms, request.limit))
+        return replies.audit(await self.book.audit(caller, user_key, request.since_ms, request.limit))
 
 
 __all__ = ["InterestError", "InterestGatewayService"]

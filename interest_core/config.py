@@ -11,13 +11,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+from interest_core.stores import check_store_url, sqlite_path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_FILE = ROOT / "config" / "default.yaml"
@@ -189,6 +191,18 @@ class Settings(BaseSettings):
         default=None, description="CA (PEM) that client certificates must chain to: mutual TLS"
     )
 
+    # profile store (docs/operations.md, "Profile store")
+    profile_store: str | None = Field(
+        default=None,
+        description="sqlite:///relative/path.sqlite3, sqlite:////absolute/path.sqlite3 or "
+        "postgresql://user@host:port/db (shared by several gateways; the password in PGPASSWORD or "
+        "~/.pgpass); None = sqlite under var_dir (profiles.sqlite3)",
+    )
+    profile_store_pool_size: int = Field(
+        default=8, ge=1,
+        description="PostgreSQL connections per gateway, and the threads that use them for store calls",
+    )
+
     # privacy
     hmac_key: SecretStr = SecretStr(DEFAULT_HMAC_KEY)
 
@@ -232,9 +246,24 @@ class Settings(BaseSettings):
     def triton_grpc_url(self) -> str:
         return f"{self.triton_host}:{self.triton_grpc_port}"
 
+    @field_validator("profile_store")
+    @classmethod
+    def _known_engine(cls, url: str | None) -> str | None:
+        return None if url is None else check_store_url(url)
+
+    @property
+    def store_url(self) -> str:
+        """The profile store's URL (`profile_store`, or the SQLite file under var_dir)."""
+        return self.profile_store or f"sqlite:///{self.var_dir / 'profiles.sqlite3'}"
+
     @property
     def store_path(self) -> Path:
-        return self.var_dir / "profiles.sqlite3"
+        """The SQLite file of the profile store; ValueError when it is PostgreSQL."""
+        if self.profile_store is None:
+            return self.var_dir / "profiles.sqlite3"
+        if not self.profile_store.startswith("sqlite:"):
+            raise ValueError("the profile store is PostgreSQL (profile_store), not a file")
+        return sqlite_path(self.profile_store)
 
 
 def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:

@@ -1,6 +1,13 @@
 """Users' stored profiles as the serving process reads and changes them: one user at a time
-(per-user lock stripes), every commit on one writer thread, and profiles of an older model
-re-embedded for the served one before anyone uses them.
+within a process (per-user lock stripes), every commit on the writer thread(s), and profiles
+of an older model re-embedded for the served one before anyone uses them.
+
+Correctness across processes (several gateways on one PostgreSQL store, or on one SQLite
+file) does not rest on the lock stripes: ingest adds its events to the row as it is at commit
+time, inside one transaction with row locks (ProfileStore.add_events_many), and a re-embedded
+vector is written only if the row is still the one that was read (ProfileStore.reembed).
+Nothing read from the store is kept beyond the call that read it, so a DeleteUser or a
+consent change made through another gateway holds for the next call here.
 
 The embedding call and the stage timer come in as callables, so this stays free of gRPC,
 Triton and Prometheus: `embed(texts, rpc, platform, timeout)` returns float32 [n, D].
@@ -20,14 +27,17 @@ from typing import Protocol, TypeVar
 import numpy as np
 
 from interest_core.consent import ConsentRule, ConsentScope, consent_scope, erasure_scope, require_operator
-from interest_core.errors import InvalidInput
+from interest_core.errors import InvalidInput, Unavailable
 from interest_core.events import UnifiedEvent
-from interest_core.profiles import AuditEntry, Profile, ProfileStore
+from interest_core.profiles import AuditEntry, Profile, ProfileDelta, ProfileStore
 
 log = logging.getLogger("interest.gateway")
 # A user's profiles are read, changed and written back under one of these locks (by key
-# hash), so two calls for one user never interleave and lose each other's events.
+# hash): within a process, a call for a user waits for the one before it (a read sees the
+# update in flight, a delete comes after it). Across processes the store's transactions
+# keep updates whole.
 USER_LOCKS = 1024
+STALE_TRIES = 3  # ingest: re-embed and add again, when another gateway changed a stale row meanwhile
 MAX_AUDIT_ENTRIES = 1000  # per ListAudit call
 T = TypeVar("T")
 
@@ -61,49 +71,63 @@ class ProfileBook:
         self.timer = timer
         self.on_reembedded = on_reembedded  # (platform, 'rebuilt' | 'emptied') per profile
         self.model_version = ""
-        # Every store write commits (an fsync) on this one thread, off the event loop: a slow
-        # disk then holds up only the calls that write, not every call in flight. Reads run
-        # on the loop, on the store's own read connection (WAL: they never wait for a commit).
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="profile-writer")
+        # Every store write commits (an fsync) on the writer thread(s), off the event loop: a
+        # slow disk then holds up only the calls that write, not every call in flight. SQLite
+        # has one writer thread, and its reads run on the loop, on the store's own read
+        # connection (WAL: they never wait for a commit). A remote store (PostgreSQL) has a
+        # thread per pooled connection, and its reads run on threads too.
+        self._writer = ThreadPoolExecutor(max_workers=store.writers, thread_name_prefix="profile-writer")
+        self._readers = (ThreadPoolExecutor(max_workers=store.writers, thread_name_prefix="profile-reader")
+                         if store.remote else None)
         self._user_locks = [asyncio.Lock() for _ in range(USER_LOCKS)]
 
     def close(self) -> None:
         """Finish the queued store writes, then close the store."""
         self._writer.shutdown(wait=True)
+        if self._readers is not None:
+            self._readers.shutdown(wait=True)
         self.store.close()
 
     # --- the operations of the RPCs ---
     async def ingest(self, platform: str, events: Sequence[UnifiedEvent], rpc: str,
                      time_left: Callable[[], float]) -> set[str]:
-        """Embed the events and fold them into each user's profile: one transaction for the
-        batch, under the users' locks from load to commit. Returns the users updated.
-        `time_left()`: seconds left for a model call, asked anew before each step."""
+        """Embed the events and add them to each user's profile: one transaction for the batch,
+        applied to the rows as they are at commit time (other gateways' updates included), under
+        the users' locks. A profile of an older model is re-embedded first. Returns the users
+        updated. `time_left()`: seconds left for a model call, asked anew before each step."""
         vectors = await self.embed([e.text for e in events], rpc, platform, time_left())
         timeout = time_left()
         by_user: dict[str, list[int]] = defaultdict(list)
         for i, event in enumerate(events):
             by_user[event.user_key].append(i)
+        deltas = []
+        for user_key, rows in by_user.items():
+            vec_sum = np.zeros(vectors.shape[1], dtype=np.float32)
+            items: list[str] = []
+            for i in sorted(rows, key=lambda r: events[r].order):
+                vec_sum += vectors[i].astype(np.float32)
+                if events[i].item_id and events[i].item_id not in items:
+                    items.append(events[i].item_id)
+            deltas.append(ProfileDelta(user_key, platform, vec_sum, len(rows), items))
         async with self.locked(by_user):
-            updated: list[tuple[str, Profile]] = []
-            for user_key, rows in by_user.items():
-                profile = self.store.load(user_key).get(platform)
-                if profile is not None:  # brought to the served model in place; saved with the batch
-                    await self.current(user_key, {platform: profile}, rpc, timeout, save=False)
-                else:
-                    profile = Profile(platform=platform, vec_sum=np.zeros(vectors.shape[1], dtype=np.float32),
-                                      events=0, model_version=self.model_version)
-                for i in sorted(rows, key=lambda r: events[r].order):
-                    profile.add(vectors[i], events[i].item_id)
-                updated.append((user_key, profile))
-            await self.write(rpc, platform, self.store.save_many, updated)
-        return set(by_user)
+            for _ in range(STALE_TRIES):
+                stale = await self.write(rpc, platform, self.store.add_events_many, deltas,
+                                         self.model_version)
+                if not stale:
+                    return set(by_user)
+                for user_key, _platform in stale:  # brought to the served model, then added again
+                    profile = (await self.load(user_key)).get(platform)
+                    if profile is not None:
+                        await self.current(user_key, {platform: profile}, rpc, timeout)
+        raise Unavailable("the user's profile is being re-embedded for another model version by "
+                          "another gateway; retry shortly")
 
     async def read(self, user_key: str, rpc: str, time_left: Callable[[], float],
                    only: str | None = None) -> dict[str, Profile]:
         """The user's profiles in the served model's space (only the `only` platform's when
         given), under the user's lock; {} when there are none."""
         async with self.locked([user_key]):
-            profiles = self.load(user_key)
+            profiles = await self.load(user_key)
             if only is not None:
                 profiles = {p: prof for p, prof in profiles.items() if p == only}
             return await self.current(user_key, profiles, rpc, time_left()) if profiles else {}
@@ -125,23 +149,31 @@ class ProfileBook:
         async with self.locked([user_key]):  # after any update in flight, never before it
             return await self.write("DeleteUser", caller, self.store.delete, user_key, platform, caller)
 
-    def consent_rules(self, user_key: str) -> list[ConsentRule]:
-        return self.store.consent_rules(user_key)
+    async def consent_rules(self, user_key: str) -> list[ConsentRule]:
+        """The user's consent rules as stored now (never cached: another gateway may change them)."""
+        return await self._read(self.store.consent_rules, user_key)
 
-    def audit(self, caller: str, user_key: str | None, since_ms: int, limit: int) -> list[AuditEntry]:
+    async def audit(self, caller: str, user_key: str | None, since_ms: int, limit: int) -> list[AuditEntry]:
         """The audit trail, newest first, for the operator only; `limit` 0 means 100."""
         require_operator(caller, "the audit trail")
         if not 0 <= limit <= MAX_AUDIT_ENTRIES:
             raise InvalidInput(f"limit={limit} is out of range 0..{MAX_AUDIT_ENTRIES} (0: 100)")
-        return self.store.audit(user_key, since_ms, limit or 100)
+        return await self._read(self.store.audit, user_key, since_ms, limit or 100)
 
     # --- the parts ---
-    def load(self, user_key: str) -> dict[str, Profile]:
+    async def load(self, user_key: str) -> dict[str, Profile]:
         """The user's stored profiles on the platforms this gateway serves. A store shared with
         a gateway of other platforms (another config) may hold more: those rows are left as
         they are, neither re-embedded, emptied, shown nor migrated from; the operator's
         DeleteUser erases them."""
-        return {p: prof for p, prof in self.store.load(user_key).items() if p in self.catalogue_text}
+        stored = await self._read(self.store.load, user_key)
+        return {p: prof for p, prof in stored.items() if p in self.catalogue_text}
+
+    async def _read(self, read: Callable[..., T], *args: object) -> T:
+        """A store read: at once for a local store, on a reader thread for a remote one."""
+        if self._readers is None:
+            return read(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._readers, read, *args)
 
     @contextlib.asynccontextmanager
     async def locked(self, user_keys: Iterable[str]) -> AsyncIterator[None]:
@@ -175,7 +207,7 @@ class ProfileBook:
             return result
 
     async def current(self, user_key: str, profiles: dict[str, Profile], rpc: str,
-                      timeout: float, save: bool = True) -> dict[str, Profile]:
+                      timeout: float) -> dict[str, Profile]:
         """`profiles` (of served platforms: see load) in the served model's embedding space.
 
         A profile summed by another model (before `make engine` installed this one) would mix
@@ -183,9 +215,10 @@ class ProfileBook:
         (cache hits: no BERT) and saved; its event count, its weight in migration, is kept.
         Events without a catalogue item cannot be replayed (raw events are never stored): a
         profile with none is emptied. Rows from before versions were stored ('') are taken
-        to be the served model's. Nothing happens until a model is being served. With
-        `save=False` the caller saves the profiles itself. The caller holds the user's lock
-        from loading `profiles` until they are saved."""
+        to be the served model's. Nothing happens until a model is being served. A rebuilt
+        profile is saved only if its row is still as it was read (ProfileStore.reembed):
+        another gateway's update or erasure meanwhile is never overwritten; this call answers
+        from the rebuilt profile either way."""
         if not self.model_version:
             return profiles
         stale: list[tuple[Profile, str]] = []
@@ -206,7 +239,6 @@ class ProfileBook:
             self.on_reembedded(profile.platform, "rebuilt" if texts else "emptied")
             log.info("a %s profile from model %s re-embedded for model %s from %d of its %d items",
                      profile.platform, old, self.model_version, len(texts), len(profile.items))
-        if stale and save:
-            await self.write(rpc, stale[0][0].platform, self.store.save_many,
-                             [(user_key, profile) for profile, _ in stale])
+            await self.write(rpc, profile.platform, self.store.reembed, user_key, profile.platform, old,
+                             profile.events, profile.vec_sum, self.model_version)
         return profiles

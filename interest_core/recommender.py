@@ -129,14 +129,14 @@ class Recommender:
         nor one of `exclude_ids`. `time_left()`: seconds left for a model call."""
         async with self.book.locked([user_key]):
             with self.timer("preprocess", rpc, target):
-                profiles = self.book.load(user_key)
+                profiles = await self.book.load(user_key)
             if not profiles:
                 raise NotFound("no interest profile for this user: ingest their events first")
             profiles = await self.book.current(user_key, profiles, rpc, time_left())
         index = self.indexes.get(target)
         if index is None:
             raise Unavailable(f"the {target} catalogue is still loading; retry shortly")
-        rules = self.book.consent_rules(user_key)
+        rules = await self.book.consent_rules(user_key)
         used = {p: v for p, v in profiles.items() if p == target or allowed(rules, p, target)}
         withheld = [Withheld(p, withheld_reason(rules, p, target)) for p in sorted(profiles) if p not in used]
         owned = profiles[target].items if target in profiles else []

@@ -1,17 +1,24 @@
-"""The profile store's SQLite schema, versioned: `PRAGMA user_version` holds the version of the
-schema a database was written with, and each step brings it one version forward, in one
-transaction with the version bump. A database of a newer version than this code knows is
-refused rather than written with an old idea of its tables.
+"""The profile store's schema, versioned, for both engines: SQLite's `PRAGMA user_version`
+and PostgreSQL's one-row `schema_version` table hold the version of the schema a database was
+written with, and each step brings it one version forward, in one transaction with the version
+bump. A database of a newer version than this code knows is refused rather than written with
+an old idea of its tables. A version means the same tables on both engines (types differ:
+PostgreSQL keeps `items` as BYTEA, JSON or its ciphertext); a new version adds a step to each.
 
 Versions: 0 (no version kept) profiles + the one-switch `consent` table; 1 the same, with
 `profiles.model_version`; 2 consent per direction (`consent_rules`, the old switch becomes
-the rule ('*', '*')) and the append-only `audit` trail.
+the rule ('*', '*')) and the append-only `audit` trail. PostgreSQL stores start at 1 (they
+never held the one-switch table).
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import psycopg
 
 SCHEMA_VERSION = 2
 
@@ -97,3 +104,73 @@ def upgrade(db: sqlite3.Connection, path: object) -> None:
     except BaseException:
         db.execute("ROLLBACK")
         raise
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------
+# Two gateways starting at once: the second waits on this advisory lock, then finds it done.
+PG_UPGRADE_LOCK = 0x1E7E5E  # an arbitrary application-wide id
+
+
+def _pg_v1(db: psycopg.Connection[Any]) -> None:
+    db.execute("""CREATE TABLE profiles (
+        user_key   TEXT    NOT NULL,
+        platform   TEXT    NOT NULL,
+        dim        INTEGER NOT NULL,
+        vec_sum    BYTEA   NOT NULL,
+        events     INTEGER NOT NULL,
+        items      BYTEA   NOT NULL,  -- JSON list, or its ciphertext
+        updated_ms BIGINT  NOT NULL,
+        model_version TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (user_key, platform))""")
+
+
+def _pg_v2(db: psycopg.Connection[Any]) -> None:
+    """Consent per direction and the audit trail, append-only by trigger (UPDATE, DELETE and
+    TRUNCATE raise, whatever the code or the person that tries them)."""
+    db.execute("""CREATE TABLE consent_rules (
+        user_key   TEXT    NOT NULL,
+        source     TEXT    NOT NULL,
+        target     TEXT    NOT NULL,
+        allowed    INTEGER NOT NULL,
+        updated_ms BIGINT  NOT NULL,
+        PRIMARY KEY (user_key, source, target))""")
+    db.execute("""CREATE TABLE audit (
+        id        BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        at_ms     BIGINT NOT NULL,
+        actor     TEXT   NOT NULL,
+        action    TEXT   NOT NULL,
+        user_key  TEXT   NOT NULL,
+        platforms TEXT   NOT NULL,
+        change    TEXT   NOT NULL)""")
+    db.execute("CREATE INDEX audit_by_user ON audit (user_key, at_ms)")
+    db.execute("""CREATE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'the audit trail is append-only'; END $$""")
+    db.execute("CREATE TRIGGER audit_no_change BEFORE UPDATE OR DELETE ON audit "
+               "FOR EACH ROW EXECUTE FUNCTION audit_append_only()")
+    db.execute("CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit "
+               "FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only()")
+
+
+PG_STEPS: list[Callable[[psycopg.Connection[Any]], None]] = [_pg_v1, _pg_v2]  # PG_STEPS[v]: v -> v + 1
+assert len(PG_STEPS) == SCHEMA_VERSION
+
+
+def upgrade_postgres(db: psycopg.Connection[Any], where: str) -> int:
+    """Bring the database on `db` (autocommit connection) to SCHEMA_VERSION, or raise
+    SchemaTooNew; returns the version it found."""
+    with db.transaction():
+        db.execute("SELECT pg_advisory_xact_lock(%s)", (PG_UPGRADE_LOCK,))
+        db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = db.execute("SELECT version FROM schema_version").fetchone()
+        version = 0 if row is None else int(row[0])
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"{where} has schema version {version}, newer than this gateway's {SCHEMA_VERSION}: "
+                f"run the gateway version that wrote it (or a later one)")
+        for step in PG_STEPS[version:]:
+            step(db)
+        if row is None:
+            db.execute("INSERT INTO schema_version VALUES (%s)", (SCHEMA_VERSION,))
+        elif version != SCHEMA_VERSION:
+            db.execute("UPDATE schema_version SET version=%s", (SCHEMA_VERSION,))
+    return version

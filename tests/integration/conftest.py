@@ -1,5 +1,6 @@
 """Session fixtures: build the engine with the real CLIs on a slice of the real data, start
-the REAL Triton server on free ports, and the real gateway in-process on port 0."""
+the REAL Triton server on free ports, and the real gateway in-process on port 0; a REAL
+PostgreSQL server (a throwaway cluster) for the profile store's PostgreSQL engine."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import urllib.request
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ import pytest_asyncio
 from grpc_health.v1 import health_pb2_grpc
 from prometheus_client import start_http_server
 
+from devtools.postgres_launcher import PostgresServer, start_postgres, wait_accepting
 from devtools.readiness import wait_serving
 from devtools.triton_launcher import TritonServer, free_port, start_triton
 from gateway.metrics import GatewayMetrics
@@ -56,6 +59,31 @@ def metric_total(samples: dict[str, float], metric: str, **labels: str) -> float
     """The sum of `metric`'s samples carrying these label values (0 when none)."""
     return sum(v for k, v in samples.items() if (k == metric or k.startswith(metric + "{"))
                and all(f'{lk}="{lv}"' in k for lk, lv in labels.items()))
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the session: a new cluster in a temporary folder on a free
+    port (devtools/postgres_launcher.py), stopped and removed at the end."""
+    server = start_postgres()
+    try:
+        wait_accepting(server)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresServer) -> Iterator[str]:
+    """The URL of a new, empty database on the session's server, dropped afterwards."""
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres.url(), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    yield postgres.url(name)
+    with psycopg.connect(postgres.url(), autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @dataclass

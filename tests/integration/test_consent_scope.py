@@ -142,7 +142,7 @@ async def test_a_platforms_delete_leaves_the_other_platforms_data(keyed: Keyed) 
     for platform in ("food", "*"):
         assert await status_of(s.GetProfile(pb.GetProfileRequest(user_id=USER), timeout=5,
                                             metadata=key(platform))) == grpc.StatusCode.NOT_FOUND
-    assert keyed.gateway.service.book.consent_rules(keyed.gateway.service.pseudonymise(USER)) == []
+    assert keyed.gateway.service.store.consent_rules(keyed.gateway.service.pseudonymise(USER)) == []
 
     pseudonym = keyed.gateway.service.pseudonymise(USER)
     entries = [e for e in await audit_of(s, since) if e.action == "DeleteUser"]

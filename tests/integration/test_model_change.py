@@ -23,7 +23,7 @@ from gateway.encoder import installed_model_version
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
 from interest_core.config import load_settings
-from interest_core.profiles import ProfileStore
+from interest_core.store_sqlite import SqliteProfileStore
 from interest_model.corpus import load_catalogue
 from tests.integration.conftest import Served, Stack, run_steps, serve_stack
 
@@ -66,7 +66,7 @@ async def ingest_food(stub: pb_grpc.InterestGatewayStub, user_id: str, items: li
 
 
 def stored_food(stack: Stack, user_id: str) -> tuple[np.ndarray, str]:
-    store = ProfileStore(stack.settings.store_path)
+    store = SqliteProfileStore(stack.settings.store_path)
     try:
         profile = store.load(stack.gateway.service.pseudonymise(user_id))["food"]
     finally:

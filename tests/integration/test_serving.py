@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 
 import grpc
@@ -10,7 +11,7 @@ import pytest
 
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from interest_core.catalogue import Catalogue
-from interest_core.profiles import ProfileStore
+from interest_core.store_sqlite import SqliteProfileStore
 from interest_model.corpus import UserSequence, load_catalogue, load_sequences
 from tests.integration.conftest import CATALOGUE_SLICE, Stack, metric_total, scrape_metrics
 
@@ -102,9 +103,12 @@ async def test_profile_get_and_delete_removes_every_row(stack: Stack) -> None:
         await stack.stub.GetProfile(pb.GetProfileRequest(user_id=user_id), timeout=5)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     key = stack.gateway.service.pseudonymise(user_id)
-    store = ProfileStore(stack.settings.store_path)
+    store = SqliteProfileStore(stack.settings.store_path)
     assert store.load(key) == {}
-    raw = store.path.read_bytes()
+    # Read by another process: closing a file descriptor of the live database in this one would
+    # drop this process's POSIX locks on it, which the session gateway's connections hold, and
+    # let another process's SQLite checkpoint and remove the WAL under them (a corrupt store).
+    raw = subprocess.run(["cat", str(store.path)], capture_output=True, check=True, timeout=30).stdout
     assert user_id.encode() not in raw, "the raw user id is never stored"
     store.close()
 

@@ -1,9 +1,9 @@
-"""Consent per direction, scoped erasure and the audit trail in the profile store, without gRPC."""
+"""Consent per direction, without gRPC: the rules, who may set or erase what, and the old
+one-switch consent of a SQLite store from before per-direction rules. Scoped erasure and
+the audit trail in the store run on both engines in tests/integration/test_store_engines.py."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -21,15 +21,10 @@ from interest_core.consent import (
     winning_rule,
 )
 from interest_core.errors import InvalidInput, NotFound, PermissionDenied
-from interest_core.profile_book import ProfileBook
-from interest_core.profiles import Profile, ProfileStore
-from interest_core.store_schema import SCHEMA_VERSION, SchemaTooNew
+from interest_core.store_schema import SCHEMA_VERSION
+from interest_core.store_sqlite import SqliteProfileStore
 
 SERVED = ("food", "kitchen", "video")
-
-
-def profile(platform: str) -> Profile:
-    return Profile(platform, np.ones(4, dtype=np.float32), 1, [f"{platform}-1"])
 
 
 def rule(source: str, target: str, yes: bool) -> ConsentRule:
@@ -75,76 +70,10 @@ def test_visible_rules_and_migrate_flag_follow_the_caller() -> None:
     assert shares_somewhere(ANY, rules, SERVED) and not shares_somewhere(ANY, rules[2:], SERVED)
 
 
-def test_a_platform_key_erases_only_its_own_rows(tmp_path: Path) -> None:
-    store = ProfileStore(tmp_path / "p.sqlite3")
-    store.save_many([("carol", profile("food")), ("carol", profile("kitchen"))])
-    store.set_consent("carol", False, "food", actor="food")
-    store.set_consent("carol", True, "kitchen", actor="kitchen")
-    store.set_consent("carol", True)
-    assert store.delete("carol", "kitchen", actor="kitchen") == ["kitchen"]
-    assert list(store.load("carol")) == ["food"]
-    assert {(r.source, r.target) for r in store.consent_rules("carol")} == {("food", ANY), (ANY, ANY)}
-    assert store.delete("carol", "kitchen", actor="kitchen") == []  # idempotent
-    assert store.delete("carol") == ["food"]  # the operator: every row
-    assert store.load("carol") == {} and store.consent_rules("carol") == []
+def test_only_the_operator_erases_every_platform() -> None:
     with pytest.raises(PermissionDenied, match="operator key"):
         erasure_scope("kitchen", all_platforms=True)
     assert erasure_scope("kitchen", False) == "kitchen" and erasure_scope(ANY, False) is None
-
-
-def test_every_change_is_audited_with_the_pseudonym_and_the_caller(tmp_path: Path) -> None:
-    store = ProfileStore(tmp_path / "p.sqlite3")
-    store.save_many([("key-of-carol", profile("food"))])
-    store.set_consent("key-of-carol", False, "food", actor="food")
-    store.set_consent("key-of-carol", True, "food", ["kitchen", "video"], actor=ANY)
-    store.delete("key-of-carol", "kitchen", actor="kitchen")
-    store.delete("key-of-carol")
-    entries = store.audit("key-of-carol")
-    assert [(e.actor, e.action, e.platforms) for e in entries] == [
-        (ANY, "DeleteUser", ["food"]),
-        ("kitchen", "DeleteUser", ["kitchen"]),
-        (ANY, "SetConsent", ["food", "kitchen", "video"]),
-        ("food", "SetConsent", ["*", "food"]),
-    ]
-    assert entries[3].change == "food->*: unset -> off"
-    assert entries[2].change == "food->kitchen: unset -> on; food->video: unset -> on"
-    assert "profiles of food" in entries[0].change and all(e.user_key == "key-of-carol" for e in entries)
-    assert [e.id for e in entries] == sorted((e.id for e in entries), reverse=True)
-    assert store.audit("someone-else") == [] and len(store.audit(limit=2)) == 2
-    assert store.audit(since_ms=entries[0].at_ms + 1) == []
-    store.close()
-    reopened = ProfileStore(tmp_path / "p.sqlite3")  # kept through restarts
-    assert reopened.audit("key-of-carol") == entries
-
-
-def test_the_audit_trail_is_append_only_in_the_database(tmp_path: Path) -> None:
-    store = ProfileStore(tmp_path / "p.sqlite3")
-    store.set_consent("u1", True)
-    db = sqlite3.connect(tmp_path / "p.sqlite3")
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        db.execute("UPDATE audit SET actor='food'")
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        db.execute("DELETE FROM audit")
-    db.close()
-    assert [e.actor for e in store.audit("u1")] == [ANY]
-    # a user's erasure keeps the record of it (the pseudonym only)
-    store.delete("u1")
-    assert [e.action for e in store.audit("u1")] == ["DeleteUser", "SetConsent"]
-
-
-def test_a_change_that_fails_leaves_no_audit_entry_and_no_change(tmp_path: Path) -> None:
-    store = ProfileStore(tmp_path / "p.sqlite3")
-    store.set_consent("u1", True)
-
-    def failing_audit(*args: object, **kwargs: object) -> None:
-        raise sqlite3.OperationalError("disk I/O error")
-
-    store._audit = failing_audit  # type: ignore[method-assign]
-    with pytest.raises(sqlite3.OperationalError):
-        store.set_consent("u1", False)
-    with pytest.raises(sqlite3.OperationalError):
-        store.delete("u1")
-    assert allowed(store.consent_rules("u1"), "food", "kitchen") and len(store.audit("u1")) == 1
 
 
 def old_store(path: Path) -> None:
@@ -168,7 +97,7 @@ def old_store(path: Path) -> None:
 def test_the_old_consent_switch_becomes_the_rule_any_to_any(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
     old_store(path)
-    store = ProfileStore(path)
+    store = SqliteProfileStore(path)
     assert store.consent_rules("yes-user") == [ConsentRule(ANY, ANY, True, 1000)]
     assert store.consent_rules("no-user") == [ConsentRule(ANY, ANY, False, 2000)]
     assert store.load("yes-user")["food"].model_version == ""
@@ -177,44 +106,6 @@ def test_the_old_consent_switch_becomes_the_rule_any_to_any(tmp_path: Path) -> N
     assert "consent" not in tables and {"consent_rules", "audit", "profiles"} <= tables
     assert store._read.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     store.close()
-    again = ProfileStore(path)  # opening again changes nothing
+    again = SqliteProfileStore(path)  # opening again changes nothing
     assert again.consent_rules("yes-user") == [ConsentRule(ANY, ANY, True, 1000)]
     assert len(again.audit()) == 2
-
-
-def test_a_store_of_a_newer_schema_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "new.sqlite3"
-    ProfileStore(path).close()
-    db = sqlite3.connect(path)
-    db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
-    db.commit()
-    db.close()
-    with pytest.raises(SchemaTooNew, match=f"schema version {SCHEMA_VERSION + 1}, newer"):
-        ProfileStore(path)
-
-
-async def _noop_embed(*args: object) -> np.ndarray:
-    raise AssertionError("no model call")
-
-
-def test_the_book_checks_who_asks(tmp_path: Path) -> None:
-    book = ProfileBook(ProfileStore(tmp_path / "p.sqlite3"), _noop_embed,
-                       {p: (lambda item: None) for p in SERVED}, 4,
-                       lambda stage, rpc, platform: contextlib.nullcontext())
-
-    async def run() -> None:
-        with pytest.raises(PermissionDenied):
-            await book.set_consent("u1", "kitchen", "food", [], True)
-        scope = await book.set_consent("u1", "kitchen", "", ["food"], True)
-        assert (scope.source, scope.targets) == ("kitchen", ("food",))
-        with pytest.raises(PermissionDenied):
-            await book.delete("u1", "kitchen", all_platforms=True)
-        assert await book.delete("u1", "kitchen") == []
-        with pytest.raises(PermissionDenied, match="operator key only"):
-            book.audit("kitchen", None, 0, 10)
-        with pytest.raises(InvalidInput):
-            book.audit(ANY, None, 0, 1001)
-        assert [e.actor for e in book.audit(ANY, "u1", 0, 0)] == ["kitchen", "kitchen"]
-
-    asyncio.run(run())
-    book.close()

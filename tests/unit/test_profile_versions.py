@@ -21,6 +21,7 @@ from interest_core.errors import NotFound
 from interest_core.migration import MigrationMap
 from interest_core.profiles import Profile, ProfileStore
 from interest_core.ranking.index import CatalogueIndex
+from interest_core.store_sqlite import SqliteProfileStore
 from tests.unit.test_served_ranking import CTX
 
 DIM = 4
@@ -43,11 +44,17 @@ class FakeEncoder:
         return np.stack([self.vector(t) for t in texts])
 
 
+def new_store(tmp_path: Path) -> ProfileStore:
+    """The store make_service uses; tests/integration/test_store_engines.py points it at each
+    engine in turn, to run these tests (and test_profile_writes') on SQLite and PostgreSQL."""
+    return SqliteProfileStore(tmp_path / "p.sqlite3")
+
+
 def make_service(tmp_path: Path, version: str = "new") -> tuple[InterestGatewayService, FakeEncoder]:
     encoder = FakeEncoder()
     encoder_any: Any = encoder
     svc = InterestGatewayService(
-        load_settings(var_dir=tmp_path), ProfileStore(tmp_path / "p.sqlite3"), encoder_any,
+        load_settings(var_dir=tmp_path), new_store(tmp_path), encoder_any,
         GatewayMetrics(), MigrationMap(DIM), {"food": {}, "kitchen": dict(TITLES)})
     ids = tuple(TITLES)
     svc.set_index("kitchen", CatalogueIndex(Catalogue("kitchen", ids, tuple(TITLES.values())),
@@ -150,7 +157,7 @@ def test_a_store_from_before_model_versions_opens_and_keeps_its_rows(tmp_path: P
                ("key", "food", DIM, np.ones(DIM, np.float32).tobytes(), 3, '["f1"]', 1))
     db.commit()
     db.close()
-    store = ProfileStore(path)
+    store = SqliteProfileStore(path)
     loaded = store.load("key")["food"]
     assert loaded.model_version == "" and loaded.events == 3 and loaded.items == ["f1"]
     loaded.model_version = "v2"

@@ -1,4 +1,5 @@
 """Profile writes commit on the gateway's writer thread, off the event loop, one user at a time.
+(tests/integration/test_store_engines.py runs these on both store engines.)
 
 A commit fsyncs; on a VM an fsync can stall for hundreds of milliseconds. Here a commit is
 held back on purpose (an Event, not a clock) to check what waits for it and what does not.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,27 +18,27 @@ import pytest
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.servicer import InterestGatewayService
 from interest_core.profile_book import lock_stripe
-from interest_core.profiles import Profile
+from interest_core.profiles import ProfileDelta
 from tests.unit.test_profile_versions import TITLES, make_service, store_profile
 from tests.unit.test_served_ranking import CTX
 
 
 class HeldCommits:
-    """Wraps `store.save_many`: the first `hold` commits wait (in the writer thread) until
-    `release` is set; `entered` is set when the first of them is waiting."""
+    """Wraps `store.add_events_many` (ingest's write): the first `hold` commits wait (in the
+    writer thread) until `release` is set; `entered` is set when the first of them is waiting."""
 
     def __init__(self, svc: InterestGatewayService, hold: int = 1) -> None:
         self.entered, self.release = threading.Event(), threading.Event()
         self.hold = hold
-        self.save: Callable[[Iterable[tuple[str, Profile]]], None] = svc.store.save_many
-        svc.store.save_many = self  # type: ignore[method-assign]
+        self.add: Callable[[Sequence[ProfileDelta], str], list[tuple[str, str]]] = svc.store.add_events_many
+        svc.store.add_events_many = self  # type: ignore[method-assign]
 
-    def __call__(self, profiles: Iterable[tuple[str, Profile]]) -> None:
+    def __call__(self, deltas: Sequence[ProfileDelta], model_version: str) -> list[tuple[str, str]]:
         if self.hold > 0:
             self.hold -= 1
             self.entered.set()
             assert self.release.wait(30), "the test never released the held commit"
-        self.save(profiles)
+        return self.add(deltas, model_version)
 
     async def wait_entered(self) -> None:
         assert await asyncio.get_running_loop().run_in_executor(None, self.entered.wait, 30)
@@ -88,7 +89,7 @@ def test_concurrent_ingests_for_one_user_lose_no_event(tmp_path: Path) -> None:
         return await asyncio.gather(*(ingest(svc, "carol", item) for item in items))
 
     assert all(r.accepted == 1 for r in asyncio.run(run()))
-    assert stored_events(svc, "carol") == len(items)  # every load-add-save saw the previous save
+    assert stored_events(svc, "carol") == len(items)  # every add applied to the row as committed
     assert sorted(svc.store.load(svc.pseudonymise("carol"))["kitchen"].items) == sorted(TITLES)
     svc.close()
 

@@ -18,10 +18,11 @@ from interest_core.consent import Withheld
 from interest_core.errors import NotFound, Unavailable
 from interest_core.migration import MigrationMap
 from interest_core.profile_book import USER_LOCKS, ProfileBook, lock_stripe
-from interest_core.profiles import Profile, ProfileStore
+from interest_core.profiles import Profile
 from interest_core.ranking.assets import Blend, RankingAssets
 from interest_core.ranking.index import CatalogueIndex
 from interest_core.recommender import Recommendation, Recommender
+from interest_core.store_sqlite import SqliteProfileStore
 from tests.unit.test_served_ranking import DIM, KITCHEN, KITCHEN_EMB, make_assets, unit
 
 
@@ -41,7 +42,7 @@ async def no_model(texts: Sequence[str], rpc: str, platform: str, timeout: float
 
 
 def make_book(tmp_path: Path, platforms: Sequence[str] = ("food", "kitchen")) -> ProfileBook:
-    return ProfileBook(ProfileStore(tmp_path / "p.sqlite3"), no_model,
+    return ProfileBook(SqliteProfileStore(tmp_path / "p.sqlite3"), no_model,
                        {p: (lambda item: None) for p in platforms}, DIM, Stages())
 
 
@@ -107,7 +108,7 @@ def test_bounded_and_full_paths_give_the_same_top_k(tmp_path: Path) -> None:
         assert [i.item_id for i in a.items] == [i.item_id for i in b.items]
         assert [i.score for i in a.items] == pytest.approx([i.score for i in b.items], abs=1e-5)
         assert [i.rank for i in a.items] == list(range(1, 11))
-        owned = full.book.load(f"u{u}")["kitchen"].items
+        owned = full.book.store.load(f"u{u}")["kitchen"].items
         assert not {i.item_id for i in a.items} & {*exclude, *owned}
         assert a.explanation == b.explanation and "blend" in a.explanation
     assert full_paths == ["full"] * 12
@@ -237,7 +238,7 @@ def test_a_profile_of_another_model_is_rebuilt_through_embed(tmp_path: Path) -> 
         return np.tile(unit(0, 1, 0, 0), (len(texts), 1))
 
     outcomes: list[tuple[str, str]] = []
-    book = ProfileBook(ProfileStore(tmp_path / "p.sqlite3"), embed,
+    book = ProfileBook(SqliteProfileStore(tmp_path / "p.sqlite3"), embed,
                        {"kitchen": {"k0": "Chef knife"}.get}, DIM, Stages(),
                        on_reembedded=lambda platform, outcome: outcomes.append((platform, outcome)))
     book.store.save_many([("u", Profile("kitchen", np.full(DIM, 7.0, np.float32), 4, ["k0", "gone"],

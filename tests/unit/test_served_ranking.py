@@ -21,10 +21,11 @@ from interest_core.catalogue import Catalogue
 from interest_core.config import Settings, load_settings
 from interest_core.contract import ASSETS_FILE
 from interest_core.migration import MigrationMap
-from interest_core.profiles import Profile, ProfileStore
+from interest_core.profiles import Profile
 from interest_core.ranking.assets import Blend, RankingAssets
 from interest_core.ranking.blend import ServedBlend
 from interest_core.ranking.index import CatalogueIndex
+from interest_core.store_sqlite import SqliteProfileStore
 
 DIM = 4
 FOOD = ["f0", "f1", "f2"]
@@ -77,8 +78,8 @@ def make_service(tmp_path: Path, assets: RankingAssets | None,
     settings = load_settings(var_dir=tmp_path)
     migration = MigrationMap(DIM, assets.migration if assets is not None else None)
     encoder: Any = object()  # Recommend and GetProfile never call the model
-    svc = InterestGatewayService(settings, ProfileStore(tmp_path / "p.sqlite3"), encoder, GatewayMetrics(),
-                                 migration, {"food": {}, "kitchen": {}},
+    svc = InterestGatewayService(settings, SqliteProfileStore(tmp_path / "p.sqlite3"), encoder,
+                                 GatewayMetrics(), migration, {"food": {}, "kitchen": {}},
                                  {"kitchen": np.array([0, 2, 50, 4], np.float32)}, assets)
     ids = catalogue_order or KITCHEN
     cat = Catalogue("kitchen", tuple(ids), tuple(i.upper() for i in ids))

@@ -18,7 +18,7 @@ from gateway.servicer import InterestGatewayService
 from interest_core.config import load_settings
 from interest_core.errors import DeadlineExceeded
 from interest_core.migration import MigrationMap
-from interest_core.profiles import ProfileStore
+from interest_core.store_sqlite import SqliteProfileStore
 
 
 class FakeContext:
@@ -44,8 +44,8 @@ class RecordingEncoder:
 
 def service(tmp_path: Path, encoder: Any) -> InterestGatewayService:
     settings = load_settings(var_dir=tmp_path, triton_timeout_s=7.0)
-    return InterestGatewayService(settings, ProfileStore(tmp_path / "p.sqlite3"), encoder, GatewayMetrics(),
-                                  MigrationMap(4), {"food": {}, "kitchen": {}})
+    return InterestGatewayService(settings, SqliteProfileStore(tmp_path / "p.sqlite3"), encoder,
+                                  GatewayMetrics(), MigrationMap(4), {"food": {}, "kitchen": {}})
 
 
 REQUEST = pb.EncodeInterestRequest(
@@ -84,7 +84,7 @@ def test_user_wide_writes_are_timed_under_the_platform_that_asked(tmp_path: Path
     settings = load_settings(var_dir=tmp_path, api_keys={key_digest("k-shop"): "kitchen",
                                                           key_digest("k-ops"): "*"})
     encoder: Any = RecordingEncoder()
-    svc = InterestGatewayService(settings, ProfileStore(tmp_path / "p.sqlite3"), encoder,
+    svc = InterestGatewayService(settings, SqliteProfileStore(tmp_path / "p.sqlite3"), encoder,
                                  GatewayMetrics(), MigrationMap(4), {"food": {}, "kitchen": {}})
     shop: Any = KeyContext("k-shop")
     ops: Any = KeyContext("k-ops")

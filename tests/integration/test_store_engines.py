@@ -1,0 +1,485 @@
+"""The profile store's promises, checked on both engines: embedded SQLite and a REAL
+PostgreSQL server (the session's throwaway cluster, a new database per test).
+
+Each test takes `store_engine` and runs once per engine: durable writes that are all or nothing,
+encryption at rest, consent rules and scoped erasure, the append-only audit trail, the
+versioned schema, model-version re-embedding, per-platform isolation, and updates from two
+OS processes at once that lose or double nothing. The ProfileBook and servicer tests of
+tests/unit/test_profile_versions.py and test_profile_writes.py run here again on each engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import psycopg
+import pytest
+from cryptography.exceptions import InvalidTag
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from devtools.postgres_launcher import PostgresServer, start_postgres
+from devtools.readiness import wait_serving
+from devtools.triton_launcher import TritonServer, free_port
+from gateway.proto.interest.v1 import gateway_pb2 as pb
+from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
+from gateway.server import create_server
+from interest_core.config import Settings
+from interest_core.consent import ANY, allowed
+from interest_core.errors import InvalidInput, PermissionDenied, Unavailable
+from interest_core.profile_book import ProfileBook
+from interest_core.profiles import Profile, ProfileCipher, ProfileDelta, ProfileStore
+from interest_core.store_postgres import PostgresProfileStore
+from interest_core.store_schema import SCHEMA_VERSION, SchemaTooNew
+from interest_core.stores import open_store
+from tests.unit import test_profile_versions, test_profile_writes
+
+pytestmark = pytest.mark.integration
+INTEGRITY = (sqlite3.IntegrityError, psycopg.IntegrityError)
+
+
+@dataclass
+class Engine:
+    """One engine's store URL; stores opened through it are closed after the test."""
+
+    name: str
+    url: str
+    postgres: PostgresServer | None = None
+    opened: list[ProfileStore] = field(default_factory=list)
+
+    def open(self, cipher: ProfileCipher | None = None) -> ProfileStore:
+        store = open_store(self.url, cipher)
+        self.opened.append(store)
+        store.prepare()
+        return store
+
+    @contextlib.contextmanager
+    def raw(self) -> Iterator[Any]:
+        """A plain connection to the database, around the store (autocommit)."""
+        if self.postgres is None:
+            db: Any = sqlite3.connect(self.url.removeprefix("sqlite:///"), isolation_level=None)
+        else:
+            db = psycopg.connect(self.url, autocommit=True)
+        try:
+            yield db
+        finally:
+            db.close()
+
+    def raw_bytes(self) -> bytes:
+        """Everything the database keeps on disk (SQLite: the file and its WAL; PostgreSQL:
+        after a checkpoint, every file of the cluster) and the profile columns as stored."""
+        if self.postgres is None:
+            base = Path(self.url.removeprefix("sqlite:///"))
+            files = sorted(base.parent.glob(base.name + "*"))
+            return b"".join(f.read_bytes() for f in files)
+        with self.raw() as db:
+            db.execute("CHECKPOINT")
+            columns = b"".join(bytes(v) + bytes(i) for v, i in db.execute(
+                "SELECT vec_sum, items FROM profiles").fetchall())
+            oid = db.execute("SELECT oid FROM pg_database WHERE datname = current_database()").fetchone()[0]
+        data = self.postgres.datadir
+        files = [p for folder in (data / "base" / str(oid), data / "pg_wal") for p in folder.iterdir()
+                 if p.is_file()]
+        return columns + b"".join(p.read_bytes() for p in files)
+
+    def close(self) -> None:
+        for store in self.opened:
+            with contextlib.suppress(Exception):
+                store.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        made = Engine("sqlite", f"sqlite:///{tmp_path / 'p.sqlite3'}")
+    else:
+        made = Engine("postgresql", request.getfixturevalue("postgres_url"),
+                      request.getfixturevalue("postgres"))
+    yield made
+    made.close()
+
+
+def unit(v: list[float]) -> np.ndarray:
+    a = np.array(v, dtype=np.float32)
+    return a / np.linalg.norm(a)
+
+
+def profile(platform: str) -> Profile:
+    return Profile(platform, np.ones(4, dtype=np.float32), 1, [f"{platform}-1"])
+
+
+# --- the store's basic promises (from tests/unit/test_profiles_ranking_migration.py) ---------
+
+def test_store_round_trip_and_delete(store_engine: Engine) -> None:
+    store = store_engine.open()
+    p = Profile("food", np.zeros(3, dtype=np.float32), 0)
+    p.add(unit([1, 0, 0]), "A1")
+    p.add(unit([0, 1, 0]), "A2")
+    p.add(unit([0, 1, 0]), "A2")
+    store.save_many([("u1", p)])
+    loaded = store.load("u1")["food"]
+    assert loaded.events == 3 and loaded.items == ["A1", "A2"]
+    assert np.allclose(loaded.vector, unit([1, 2, 0]))
+    assert store.load("u2") == {}
+    assert store.delete("u1") == ["food"] and store.load("u1") == {} and store.count() == 0
+
+
+def test_failed_batch_writes_nothing(store_engine: Engine) -> None:
+    """A row failing mid-transaction (NOT NULL user key) rolls back the rows before it too."""
+    store = store_engine.open()
+    good = Profile("food", unit([1, 0]), 1)
+    with pytest.raises(INTEGRITY):
+        store.save_many([("u1", good), (None, Profile("food", unit([0, 1]), 1))])  # type: ignore[list-item]
+    assert store.count() == 0
+    store.save_many([("u1", good)])
+    assert store.count() == 1
+
+
+def test_profiles_encrypted_at_rest(store_engine: Engine) -> None:
+    key = os.urandom(32)
+    store = store_engine.open(ProfileCipher(key))
+    p = Profile("food", np.array([0.25, 0.5, 0.75], dtype=np.float32), 2, items=["B00SECRETITEM"])
+    store.save_many([("u1", p)])
+    assert store.load("u1")["food"].items == ["B00SECRETITEM"]
+    assert np.allclose(store.load("u1")["food"].vec_sum, p.vec_sum)
+    # events added in the store's own transaction are encrypted the same way
+    assert store.add_events("u1", "food", np.full(3, 0.125, np.float32), 1, ["B00OTHERSECRET"], "")
+    assert store.load("u1")["food"].items == ["B00SECRETITEM", "B00OTHERSECRET"]
+    store.close()
+    raw = store_engine.raw_bytes()
+    assert b"B00SECRETITEM" not in raw and b"B00OTHERSECRET" not in raw
+    assert p.vec_sum.tobytes() not in raw and (p.vec_sum + 0.125).astype(np.float32).tobytes() not in raw
+    with pytest.raises(InvalidTag):
+        store_engine.open(ProfileCipher(os.urandom(32))).load("u1")
+
+
+def test_consent_defaults_off_and_is_deleted_with_the_user(store_engine: Engine) -> None:
+    store = store_engine.open()
+    assert store.consent_rules("u1") == [] and not allowed(store.consent_rules("u1"), "food", "kitchen")
+    store.set_consent("u1", True)  # the operator's user-wide default (*, *)
+    assert allowed(store.consent_rules("u1"), "food", "kitchen")
+    store.delete("u1")
+    assert store.consent_rules("u1") == []
+
+
+# --- consent, erasure and the audit trail (from tests/unit/test_consent_store.py) ------------
+
+def test_a_platform_key_erases_only_its_own_rows(store_engine: Engine) -> None:
+    store = store_engine.open()
+    store.save_many([("carol", profile("food")), ("carol", profile("kitchen"))])
+    store.set_consent("carol", False, "food", actor="food")
+    store.set_consent("carol", True, "kitchen", actor="kitchen")
+    store.set_consent("carol", True)
+    assert store.delete("carol", "kitchen", actor="kitchen") == ["kitchen"]
+    assert list(store.load("carol")) == ["food"]
+    assert {(r.source, r.target) for r in store.consent_rules("carol")} == {("food", ANY), (ANY, ANY)}
+    assert store.delete("carol", "kitchen", actor="kitchen") == []  # idempotent
+    assert store.delete("carol") == ["food"]  # the operator: every row
+    assert store.load("carol") == {} and store.consent_rules("carol") == []
+
+
+def test_every_change_is_audited_with_the_pseudonym_and_the_caller(store_engine: Engine) -> None:
+    store = store_engine.open()
+    store.save_many([("key-of-carol", profile("food"))])
+    store.set_consent("key-of-carol", False, "food", actor="food")
+    store.set_consent("key-of-carol", True, "food", ["kitchen", "video"], actor=ANY)
+    store.delete("key-of-carol", "kitchen", actor="kitchen")
+    store.delete("key-of-carol")
+    entries = store.audit("key-of-carol")
+    assert [(e.actor, e.action, e.platforms) for e in entries] == [
+        (ANY, "DeleteUser", ["food"]),
+        ("kitchen", "DeleteUser", ["kitchen"]),
+        (ANY, "SetConsent", ["food", "kitchen", "video"]),
+        ("food", "SetConsent", ["*", "food"]),
+    ]
+    assert entries[3].change == "food->*: unset -> off"
+    assert entries[2].change == "food->kitchen: unset -> on; food->video: unset -> on"
+    assert "profiles of food" in entries[0].change and all(e.user_key == "key-of-carol" for e in entries)
+    assert [e.id for e in entries] == sorted((e.id for e in entries), reverse=True)
+    assert store.audit("someone-else") == [] and len(store.audit(limit=2)) == 2
+    assert store.audit(since_ms=entries[0].at_ms + 1) == []
+    store.close()
+    reopened = store_engine.open()  # kept through restarts
+    assert reopened.audit("key-of-carol") == entries
+
+
+def test_the_audit_trail_is_append_only_in_the_database(store_engine: Engine) -> None:
+    store = store_engine.open()
+    store.set_consent("u1", True)
+    refused = (sqlite3.IntegrityError, psycopg.Error)
+    with store_engine.raw() as db:
+        with pytest.raises(refused, match="append-only"):
+            db.execute("UPDATE audit SET actor='food'")
+        with pytest.raises(refused, match="append-only"):
+            db.execute("DELETE FROM audit")
+        if store_engine.postgres is not None:
+            with pytest.raises(refused, match="append-only"):
+                db.execute("TRUNCATE audit")
+    assert [e.actor for e in store.audit("u1")] == [ANY]
+    # a user's erasure keeps the record of it (the pseudonym only)
+    store.delete("u1")
+    assert [e.action for e in store.audit("u1")] == ["DeleteUser", "SetConsent"]
+
+
+def test_a_change_that_fails_leaves_no_audit_entry_and_no_change(store_engine: Engine) -> None:
+    store = store_engine.open()
+    store.set_consent("u1", True)
+
+    def failing_audit(*args: object, **kwargs: object) -> None:
+        raise OSError("disk I/O error")
+
+    store._audit = failing_audit  # type: ignore[method-assign]
+    with pytest.raises(OSError):
+        store.set_consent("u1", False)
+    with pytest.raises(OSError):
+        store.delete("u1")
+    assert allowed(store.consent_rules("u1"), "food", "kitchen") and len(store.audit("u1")) == 1
+
+
+def test_a_store_of_a_newer_schema_is_refused(store_engine: Engine) -> None:
+    store_engine.open().close()
+    with store_engine.raw() as db:
+        if store_engine.postgres is None:
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+        else:
+            assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+            db.execute("UPDATE schema_version SET version=%s", (SCHEMA_VERSION + 1,))
+    with pytest.raises(SchemaTooNew, match=f"schema version {SCHEMA_VERSION + 1}, newer"):
+        store_engine.open()
+
+
+async def _noop_embed(*args: object) -> np.ndarray:
+    raise AssertionError("no model call")
+
+
+def test_the_book_checks_who_asks(store_engine: Engine) -> None:
+    served = ("food", "kitchen", "video")
+    book = ProfileBook(store_engine.open(), _noop_embed, {p: (lambda item: None) for p in served}, 4,
+                       lambda stage, rpc, platform: contextlib.nullcontext())
+
+    async def run() -> None:
+        with pytest.raises(PermissionDenied):
+            await book.set_consent("u1", "kitchen", "food", [], True)
+        scope = await book.set_consent("u1", "kitchen", "", ["food"], True)
+        assert (scope.source, scope.targets) == ("kitchen", ("food",))
+        with pytest.raises(PermissionDenied):
+            await book.delete("u1", "kitchen", all_platforms=True)
+        assert await book.delete("u1", "kitchen") == []
+        with pytest.raises(PermissionDenied, match="operator key only"):
+            await book.audit("kitchen", None, 0, 10)
+        with pytest.raises(InvalidInput):
+            await book.audit(ANY, None, 0, 1001)
+        assert [e.actor for e in await book.audit(ANY, "u1", 0, 0)] == ["kitchen", "kitchen"]
+
+    asyncio.run(run())
+    book.close()
+
+
+# --- atomic updates: events added at commit time, conditional re-embedding ------------------
+
+def test_add_events_adds_to_what_the_row_holds_at_commit(store_engine: Engine) -> None:
+    store = store_engine.open()
+    assert store.add_events("u1", "food", np.array([1, 0, 0], np.float32), 2, ["a", "b", "a"], "v1")
+    other = store_engine.open()  # another gateway's connection to the same store
+    assert other.add_events("u1", "food", np.array([0, 3, 0], np.float32), 1, ["b", "c"], "v1")
+    got = store.load("u1")["food"]
+    assert got.events == 3 and got.items == ["a", "b", "c"] and got.model_version == "v1"
+    np.testing.assert_array_equal(got.vec_sum, [1, 3, 0])
+    # a row written before versions were kept takes the served version with its next events
+    store.save_many([("u2", Profile("food", np.ones(3, np.float32), 1, ["x"], model_version=""))])
+    assert store.add_events("u2", "food", np.ones(3, np.float32), 1, ["y"], "v1")
+    assert store.load("u2")["food"].model_version == "v1" and store.load("u2")["food"].events == 2
+    # before a model is served ('') events are added and the row keeps its version
+    assert store.add_events("u1", "food", np.zeros(3, np.float32), 1, [], "")
+    assert store.load("u1")["food"].model_version == "v1" and store.load("u1")["food"].events == 4
+
+
+def test_per_platform_rows_are_isolated(store_engine: Engine) -> None:
+    store = store_engine.open()
+    store.add_events_many([ProfileDelta("u1", "food", np.ones(2, np.float32), 1, ["f"]),
+                           ProfileDelta("u1", "kitchen", np.full(2, 2.0, np.float32), 2, ["k"])], "v1")
+    store.add_events("u1", "food", np.ones(2, np.float32), 1, ["f2"], "v1")
+    got = store.load("u1")
+    assert (got["food"].events, got["food"].items) == (2, ["f", "f2"])
+    assert (got["kitchen"].events, got["kitchen"].items) == (2, ["k"])
+    np.testing.assert_array_equal(got["kitchen"].vec_sum, [2, 2])
+    assert store.delete("u1", "food", actor="food") == ["food"] and list(store.load("u1")) == ["kitchen"]
+
+
+def test_events_for_a_stale_row_are_refused_and_nothing_is_written(store_engine: Engine) -> None:
+    store = store_engine.open()
+    store.save_many([("u1", Profile("food", np.full(2, 7.0, np.float32), 5, ["f"], model_version="old"))])
+    deltas = [ProfileDelta("u0", "food", np.ones(2, np.float32), 1, ["new"]),
+              ProfileDelta("u1", "food", np.ones(2, np.float32), 1, ["g"])]
+    assert store.add_events_many(deltas, "new") == [("u1", "food")]
+    assert store.load("u0") == {}, "all or nothing: the fresh user's row was not written either"
+    stale = store.load("u1")["food"]
+    assert (stale.events, stale.model_version) == (5, "old")
+    assert store.reembed("u1", "food", "old", 5, np.full(2, 0.5, np.float32), "new")
+    assert store.add_events_many(deltas, "new") == []
+    got = store.load("u1")["food"]
+    assert (got.events, got.items, got.model_version) == (6, ["f", "g"], "new")
+    np.testing.assert_array_equal(got.vec_sum, [1.5, 1.5])
+
+
+def test_reembed_writes_only_over_the_row_it_read(store_engine: Engine) -> None:
+    store = store_engine.open()
+    store.save_many([("u1", Profile("food", np.full(2, 7.0, np.float32), 5, ["f"], model_version="old"))])
+    # another gateway added events meanwhile (an old-model gateway, still serving "old")
+    assert store.add_events("u1", "food", np.ones(2, np.float32), 1, ["g"], "old")
+    assert not store.reembed("u1", "food", "old", 5, np.zeros(2, np.float32), "new")
+    assert store.load("u1")["food"].events == 6 and store.load("u1")["food"].vec_sum[0] == 8.0
+    # or re-embedded it first
+    assert store.reembed("u1", "food", "old", 6, np.full(2, 3.0, np.float32), "new")
+    assert not store.reembed("u1", "food", "old", 6, np.zeros(2, np.float32), "newer")
+    assert store.load("u1")["food"].vec_sum[0] == 3.0
+    # or erased it: the re-embedded row does not come back
+    store.delete("u1")
+    assert not store.reembed("u1", "food", "new", 6, np.zeros(2, np.float32), "newer")
+    assert store.load("u1") == {}
+
+
+# --- two OS processes at once ---------------------------------------------------------------
+
+USERS, ROUNDS, DIM = 50, 8, 4
+
+
+def _add_events_worker(url: str, key: bytes, proc: int, start: Any) -> None:
+    """One 'gateway': ROUNDS events for each of USERS users, alternately one transaction per
+    user and one for all of them (in another order than the other process's); each event adds
+    round+1 on axis `proc` and its own item."""
+    store = open_store(url, ProfileCipher(key))
+    store.prepare()
+    start.wait(60)
+    for r in range(ROUNDS):
+        vec = np.zeros(DIM, np.float32)
+        vec[proc] = r + 1
+        users = [f"user-{u}" for u in range(USERS)][::1 if proc == 0 else -1]
+        if r % 2 == 0:
+            for user in users:
+                assert store.add_events(user, "food", vec, 1, [f"p{proc}-r{r}"], "v1")
+        else:
+            deltas = [ProfileDelta(user, "food", vec, 1, [f"p{proc}-r{r}"]) for user in users]
+            assert store.add_events_many(deltas, "v1") == []
+    store.close()
+
+
+def test_two_processes_adding_events_for_the_same_users_lose_and_double_nothing(store_engine: Engine) -> None:
+    key = os.urandom(32)
+    store_engine.open(ProfileCipher(key))  # the schema, before both start
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(2)
+    procs = [ctx.Process(target=_add_events_worker, args=(store_engine.url, key, p, start)) for p in (0, 1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(300)
+    assert [p.exitcode for p in procs] == [0, 0]
+    store = store_engine.open(ProfileCipher(key))
+    total = float(sum(range(1, ROUNDS + 1)))
+    for u in range(USERS):
+        got = store.load(f"user-{u}")["food"]
+        assert got.events == 2 * ROUNDS
+        np.testing.assert_array_equal(got.vec_sum, [total, total, 0, 0])
+        assert sorted(got.items) == sorted(f"p{p}-r{r}" for p in (0, 1) for r in range(ROUNDS))
+
+
+# --- the ProfileBook and servicer tests of tests/unit, on each engine ------------------------
+
+BOOK_TESTS: list[Callable[[Path], None]] = [
+    test_profile_versions.test_a_profile_of_an_older_model_is_rebuilt_from_its_items_and_saved,
+    test_profile_versions.test_recommend_ranks_with_the_rebuilt_profile,
+    test_profile_versions.test_a_profile_with_no_catalogue_item_is_emptied_not_mixed,
+    test_profile_versions.test_unversioned_rows_are_adopted_and_nothing_happens_before_a_model_is_served,
+    test_profile_versions.test_ingest_into_a_stale_profile_rebuilds_it_first,
+    test_profile_versions.test_a_stored_profile_of_a_platform_this_gateway_does_not_serve_is_left_alone,
+    test_profile_writes.test_a_stalled_commit_holds_up_its_own_user_only,
+    test_profile_writes.test_concurrent_ingests_for_one_user_lose_no_event,
+    lambda tmp: test_profile_writes.test_a_cancelled_ingest_still_commits_before_the_next_update_reads(
+        tmp, 1),
+    lambda tmp: test_profile_writes.test_a_cancelled_ingest_still_commits_before_the_next_update_reads(
+        tmp, 2),
+    test_profile_writes.test_delete_waits_for_an_update_in_flight,
+]
+
+
+@pytest.mark.parametrize("test", BOOK_TESTS, ids=[
+    "rebuilt", "recommend-rebuilt", "emptied", "unversioned", "ingest-stale", "foreign-platform",
+    "stalled-commit", "concurrent-ingests", "cancelled-once", "cancelled-twice", "delete-waits"])
+def test_book_behaviour_on_each_engine(store_engine: Engine, test: Callable[[Path], None], tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(test_profile_versions, "new_store", lambda _: store_engine.open())
+    test(tmp_path)
+
+
+# --- PostgreSQL down: Unavailable, and the gateway waits for it -----------------------------
+
+def test_an_unreachable_database_is_unavailable_not_a_driver_error() -> None:
+    store = PostgresProfileStore(f"postgresql://postgres@127.0.0.1:{free_port()}/none", timeout_s=1.0)
+    try:
+        with pytest.raises(Unavailable, match=r"profile store \(PostgreSQL\) is unavailable"):
+            store.prepare()
+        with pytest.raises(Unavailable):
+            store.load("u1")
+        with pytest.raises(Unavailable):
+            store.add_events("u1", "food", np.ones(2, np.float32), 1, [], "v1")
+    finally:
+        store.close()
+
+
+async def test_a_gateway_waits_for_postgres_and_answers_unavailable_while_it_is_down(
+        settings: Settings, triton: TritonServer, tmp_path: Path) -> None:
+    server = start_postgres()
+    server.pg_ctl("-m", "fast", "-w", "stop")  # made, not running: the gateway starts first
+    gateway = None
+    try:
+        on_postgres = settings.model_copy(update={"profile_store": server.url(), "var_dir": tmp_path})
+        gateway = create_server(on_postgres, triton_url=triton.grpc_url, port=0)
+        await gateway.start()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            stub = pb_grpc.InterestGatewayStub(channel)
+            await asyncio.sleep(2.0)
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            await asyncio.to_thread(server.start)
+            await wait_serving(health, timeout_s=120)
+            await stub.SetConsent(pb.SetConsentRequest(user_id="pg-user", migrate=True), timeout=30)
+            events = [pb.BehaviorEvent(user_id="pg-user", item_text="Green tea", event_type="view")]
+            await stub.IngestEvents(pb.IngestEventsRequest(platform="food", events=events), timeout=60)
+            got = await stub.GetProfile(pb.GetProfileRequest(user_id="pg-user"), timeout=30)
+            assert got.migrate_consent and [p.event_count for p in got.platforms] == [1]
+
+            await asyncio.to_thread(server.pg_ctl, "-m", "fast", "-w", "stop")
+            calls: list[Callable[[], Awaitable[object]]] = [
+                lambda: stub.GetProfile(pb.GetProfileRequest(user_id="pg-user"), timeout=30),
+                lambda: stub.SetConsent(pb.SetConsentRequest(user_id="pg-user", migrate=False), timeout=30),
+                lambda: stub.IngestEvents(pb.IngestEventsRequest(platform="food", events=events), timeout=60)]
+            for call in calls:
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await call()
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value
+                assert "profile store (PostgreSQL) is unavailable" in (err.value.details() or "")
+
+            await asyncio.to_thread(server.start)
+            for _ in range(30):  # "retry shortly": the pool reconnects on demand
+                try:
+                    got = await stub.GetProfile(pb.GetProfileRequest(user_id="pg-user"), timeout=30)
+                    break
+                except grpc.aio.AioRpcError as again:
+                    assert again.code() == grpc.StatusCode.UNAVAILABLE, again
+                    await asyncio.sleep(1.0)
+            assert got.migrate_consent and [p.event_count for p in got.platforms] == [1]
+    finally:
+        if gateway is not None:
+            await gateway.stop(grace=1.0)
+        server.stop()
