@@ -128,26 +128,28 @@ async def run(args: argparse.Namespace, settings: Settings, data: InteractionDat
     logs.mkdir(parents=True, exist_ok=True)
     triton = start_triton(settings, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
                           log_path=logs / "tritonserver.log")
-    port, metrics_port = free_port(), free_port()
-    env = {**os.environ, "INTEREST_GRPC_PORT": str(port), "INTEREST_METRICS_PORT": str(metrics_port),
-           "INTEREST_TRITON_GRPC_PORT": str(triton.grpc_port), "INTEREST_VAR_DIR": str(state),
-           "INTEREST_LOG_LEVEL": "WARNING"}
-    gateway_log = (logs / "gateway.log").open("wb")
-    config = ["--config", str(args.config.resolve())] if args.config is not None else []
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.server", *config], env=env, cwd=ROOT,
-                            stdout=gateway_log, stderr=subprocess.STDOUT)
-    try:
-        log.info("gateway starting on the catalogues installed with the model")
-        await wait_serving(port, proc, f"the gateway (log {logs / 'gateway.log'})", timeout_s=120)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            await serve_tasks(pb_grpc.InterestGatewayStub(channel), data, offline["tasks"], ingest_as,
-                              args.users)
-    finally:
-        proc.terminate()
+    try:  # Triton is stopped whatever fails after it started
+        port, metrics_port = free_port(), free_port()
+        env = {**os.environ, "INTEREST_GRPC_PORT": str(port), "INTEREST_METRICS_PORT": str(metrics_port),
+               "INTEREST_TRITON_GRPC_PORT": str(triton.grpc_port), "INTEREST_VAR_DIR": str(state),
+               "INTEREST_LOG_LEVEL": "WARNING"}
+        config = ["--config", str(args.config.resolve())] if args.config is not None else []
+        with (logs / "gateway.log").open("wb") as gateway_log:
+            proc = subprocess.Popen([sys.executable, "-m", "gateway.server", *config], env=env, cwd=ROOT,
+                                    stdout=gateway_log, stderr=subprocess.STDOUT)
         try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            log.info("gateway starting on the catalogues installed with the model")
+            await wait_serving(port, proc, f"the gateway (log {logs / 'gateway.log'})", timeout_s=120)
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                await serve_tasks(pb_grpc.InterestGatewayStub(channel), data, offline["tasks"], ingest_as,
+                                  args.users)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    finally:
         triton.stop()
     offline.update({"revision": revision(), "machine": machine(),
                     "primary_task": next(iter(offline["tasks"]))})
