@@ -20,23 +20,9 @@ if command -v prometheus >/dev/null 2>&1; then
 else
     command -v apt-get >/dev/null 2>&1 || {
         echo "install-prometheus: no apt-get here; install Prometheus >= 2.x by hand" >&2; exit 1; }
-    policy=/usr/sbin/policy-rc.d
-    made_policy=0
-    if [[ ! -e ${policy} ]]; then
-        printf '#!/bin/sh\nexit 101\n' | ${SUDO} tee "${policy}" >/dev/null
-        ${SUDO} chmod 755 "${policy}"
-        made_policy=1
-    fi
-    cleanup() { if [[ ${made_policy} -eq 1 ]]; then ${SUDO} rm -f "${policy}"; fi; }
-    trap cleanup EXIT
-    ${SUDO} apt-get update -qq
-    ${SUDO} env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
-    # Should the package have started its service anyway, stop it: nothing here relies on it.
-    if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]; then
-        ${SUDO} systemctl stop prometheus.service >/dev/null 2>&1 || true
-    elif command -v service >/dev/null 2>&1; then
-        ${SUDO} service prometheus stop >/dev/null 2>&1 || true
-    fi
+    # shellcheck source=build/apt-install-quiet.sh
+    source "$(dirname "${BASH_SOURCE[0]}")/apt-install-quiet.sh"
+    apt_install_quiet prometheus prometheus
 fi
 
 prometheus --version 2>&1 | head -n 1
