@@ -46,6 +46,25 @@ class GatewayMetrics:
                                   registry=self.registry)
         self.triton_ready = Gauge("interest_triton_ready", "1 when Triton answers ready.",
                                   registry=self.registry)
+        self.store_up = Gauge("interest_profile_store_up",
+                              "1 when the profile store answers (SELECT 1 each second).",
+                              registry=self.registry)
+        self.store_pool_connections = Gauge(
+            "interest_profile_store_pool_connections",
+            "The PostgreSQL connection pool's connections: 'open' (in the pool) and 'idle' (free "
+            "for the next call).", ("state",), registry=self.registry)
+        self.store_pool_waiting = Gauge(
+            "interest_profile_store_pool_waiting",
+            "Store calls waiting now for a free PostgreSQL connection (profile_store_pool_size "
+            "too small, or the database slow).", registry=self.registry)
+        self.store_pool_wait = Counter(
+            "interest_profile_store_pool_wait_seconds",
+            "Time store calls have waited for a free PostgreSQL connection, in all.",
+            registry=self.registry)
+        self.store_pool_requests = Counter(
+            "interest_profile_store_pool_requests",
+            "Connections asked of the PostgreSQL pool, in all.", registry=self.registry)
+        self._pool_seen: dict[str, float] = {}
         self.in_flight = Gauge("interest_requests_in_flight",
                                "Calls of the gateway's service being handled now.", registry=self.registry)
         self.in_flight_limit = Gauge(
@@ -104,6 +123,22 @@ class GatewayMetrics:
         self._key_platforms.update(keys.values())
         for platform in self._key_platforms:  # a platform whose last key went shows 0
             self.api_keys.labels(platform=platform).set(sum(p == platform for p in keys.values()))
+
+    def store_seen(self, up: bool, pool: dict[str, float]) -> None:
+        """Record a health check of the profile store and its pool's figures
+        (ProfileStore.pool_stats: cumulative counts become counter increments)."""
+        self.store_up.set(1 if up else 0)
+        if not pool:
+            return
+        self.store_pool_connections.labels(state="open").set(pool["pool_size"])
+        self.store_pool_connections.labels(state="idle").set(pool["pool_available"])
+        self.store_pool_waiting.set(pool["requests_waiting"])
+        for key, counter, scale in (("requests_wait_ms", self.store_pool_wait, 1e-3),
+                                    ("requests_num", self.store_pool_requests, 1.0)):
+            grown = pool[key] - self._pool_seen.get(key, 0.0)
+            if grown > 0:
+                counter.inc(grown * scale)
+            self._pool_seen[key] = pool[key]
 
     def watch_gc(self) -> None:
         """Record every collection's pause in `gc_pause` (one process-wide callback)."""

@@ -3,7 +3,10 @@ Prometheus /metrics endpoint.
 
 Health is NOT_SERVING until the profile store answers (its schema brought up to date),
 Triton answers ready and every catalogue index is loaded, and goes back to NOT_SERVING
-whenever Triton stops answering. A profile store that is down later answers UNAVAILABLE.
+whenever Triton or the profile store stops answering (checked each second); calls that need
+the store while it is down answer UNAVAILABLE. On SIGTERM it turns NOT_SERVING, keeps
+answering for `shutdown_drain_s` so that clients move to other gateways, then refuses new calls
+and lets in-flight ones finish within `shutdown_grace_s`.
 
 Each platform's catalogue (ids, titles, popularity and the served model's item embeddings) is
 read at creation from the files `make engine` installed beside the model, checked against the
@@ -41,7 +44,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from gateway.auth import KeyFileError, KeySource
-from gateway.catalogue import serve_index
+from gateway.catalogue import ModelMismatch, check_same_model, serve_index
 from gateway.encoder import TritonEncoder
 from gateway.errors import SHARED, ErrorAndMetricsInterceptor
 from gateway.metrics import GatewayMetrics
@@ -112,7 +115,7 @@ class Gateway:
             log.warning("gateway start-up will be retried in %.0fs", delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
-        self.tasks.append(asyncio.create_task(self._watch_triton(), name="triton-watch"))
+        self.tasks.append(asyncio.create_task(self._watch_dependencies(), name="health-watch"))
 
     async def _try_startup(self) -> bool:
         svc = self.service
@@ -131,6 +134,10 @@ class Gateway:
                 await asyncio.sleep(1.0)
             # The version the catalogues were installed with, whose embeddings they hold.
             svc.model_version = self.model_version
+            for installed in list(self.catalogues.values())[:1]:
+                cosine = await check_same_model(svc.encoder, installed, self.model_version)
+                log.info("Triton serves the installed model %s (its embeddings of catalogue titles "
+                         "agree to cosine %.4f)", self.model_version, cosine)
             for name, installed in self.catalogues.items():
                 svc.set_index(name, serve_index(svc.encoder, installed))
                 self.metrics.catalogue_items.labels(platform=name).set(len(installed.catalogue))
@@ -139,23 +146,57 @@ class Gateway:
             self.serving.set()
             log.info("gateway SERVING (model version %s)", svc.model_version)
             return True
+        except ModelMismatch as exc:
+            log.error("%s; staying NOT_SERVING", exc)
+            return False
         except Exception:
             log.exception("gateway start-up failed; staying NOT_SERVING")
             return False
 
-    async def _watch_triton(self, period_s: float = 1.0) -> None:
-        """Follow Triton's readiness into the health status, both ways."""
-        up = True
+    async def _watch_dependencies(self, period_s: float = 1.0) -> None:
+        """Follow Triton's readiness and the profile store's answer to a trivial query into the
+        health status, both ways: SERVING while both answer, NOT_SERVING while either does not
+        (a load balancer or a client with health checking then sends calls to other gateways)."""
+        up = {"Triton": True, "the profile store": True}
         while True:
             await asyncio.sleep(period_s)
-            now = await self.service.encoder.ready()
-            self.metrics.triton_ready.set(1 if now else 0)
-            if now != up:
-                up = now
-                log.warning("Triton is %s: health -> %s", "back" if up else "unreachable",
-                            "SERVING" if up else "NOT_SERVING")
-                await self._set(health_pb2.HealthCheckResponse.SERVING if up
-                                else health_pb2.HealthCheckResponse.NOT_SERVING)
+            now = {"Triton": await self.service.encoder.ready(),
+                   "the profile store": await self._store_answers()}
+            self.metrics.triton_ready.set(1 if now["Triton"] else 0)
+            if now == up:
+                continue
+            for name in now:
+                if now[name] != up[name]:
+                    log.warning("%s is %s", name if name == "Triton" else self.service.store.description,
+                                "back" if now[name] else "unreachable")
+            up = now
+            serving = all(up.values())
+            log.warning("health -> %s", "SERVING" if serving else
+                        f"NOT_SERVING ({', '.join(n for n, ok in up.items() if not ok)} down)")
+            await self._set(health_pb2.HealthCheckResponse.SERVING if serving
+                            else health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def _store_answers(self, timeout_s: float = 3.0) -> bool:
+        store = self.service.store
+        try:
+            await asyncio.wait_for(asyncio.to_thread(store.ping), timeout_s)
+            up = True
+        except (TimeoutError, Unavailable):
+            up = False
+        except Exception:
+            log.exception("%s health check failed", store.description)
+            up = False
+        self.metrics.store_seen(up, store.pool_stats())
+        return up
+
+    async def drain(self) -> None:
+        """NOT_SERVING now, then wait `shutdown_drain_s` while still answering: clients with
+        health checking and load balancers move to other gateways before `stop` refuses calls."""
+        await self._set(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.settings.shutdown_drain_s > 0:
+            log.info("draining: NOT_SERVING for %.1fs before refusing new calls",
+                     self.settings.shutdown_drain_s)
+            await asyncio.sleep(self.settings.shutdown_drain_s)
 
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new RPCs, let in-flight ones finish within `grace`, then close."""
@@ -381,7 +422,9 @@ async def _main(settings: Settings) -> None:
     install_signal_handlers(stop)
     gw = await run_gateway(settings)
     await stop.wait()
-    log.info("shutting down: draining in-flight RPCs (grace %.1fs)", settings.shutdown_grace_s)
+    await gw.drain()
+    log.info("shutting down: refusing new calls, finishing in-flight ones (grace %.1fs)",
+             settings.shutdown_grace_s)
     await gw.stop()
 
 

@@ -130,7 +130,15 @@ class Settings(BaseSettings):
     triton_metrics_port: int = 8002
     triton_timeout_s: float = 10.0
     triton_ready_timeout_s: float = 180.0
-    shutdown_grace_s: float = 5.0
+    shutdown_grace_s: float = Field(
+        default=5.0, ge=0,
+        description="on SIGTERM, how long in-flight calls may take to finish once new ones are refused",
+    )
+    shutdown_drain_s: float = Field(
+        default=1.0, ge=0,
+        description="on SIGTERM, how long the gateway reports NOT_SERVING while still answering, so "
+                    "that clients with health checking and load balancers move away first",
+    )
 
     item_cache_size: int = Field(
         default=200_000, ge=0,

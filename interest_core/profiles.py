@@ -153,6 +153,15 @@ class ProfileStore(ABC):
     def close(self) -> None:
         """Close the connections (after the caller's last call)."""
 
+    def ping(self) -> None:
+        """Return if the store answers a trivial query now; Unavailable if it does not (the
+        gateway's health follows it)."""
+        self._query("SELECT 1")
+
+    def pool_stats(self) -> dict[str, float]:
+        """The connection pool's figures for /metrics (none for an engine without a pool)."""
+        return {}
+
     # --- reads ---
     def load(self, user_key: str) -> dict[str, Profile]:
         rows = self._query(

@@ -100,6 +100,24 @@ class PostgresProfileStore(ProfileStore):
     def close(self) -> None:
         self._pool.close()
 
+    def ping(self, timeout_s: float = 2.0) -> None:
+        """SELECT 1 on a pooled connection, waiting at most `timeout_s` for one: a database that
+        is down (or a pool with every connection stuck) is Unavailable within that time."""
+        try:
+            with self._pool.connection(timeout=timeout_s) as db:
+                db.execute("SELECT 1")
+        except psycopg.OperationalError as exc:  # PoolTimeout is one
+            # not logged here: the health watcher logs the change, not every failed ping
+            raise Unavailable(f"{self.description} does not answer: {type(exc).__name__}") from exc
+
+    def pool_stats(self) -> dict[str, float]:
+        """psycopg_pool's counters (ConnectionPool.get_stats): connections open and idle, calls
+        waiting for a connection now, and the time calls have waited in all (ms)."""
+        stats = self._pool.get_stats()
+        return {key: float(stats.get(key, 0)) for key in
+                ("pool_size", "pool_available", "requests_waiting", "requests_num", "requests_wait_ms",
+                 "requests_errors", "connections_lost")}
+
     def _query(self, sql: str, args: Sequence[object] = ()) -> list[Any]:
         self.prepare()
         try:

@@ -72,6 +72,30 @@ CASES: list[dict[str, Any]] = [
                 "summary": "Triton has not answered ready to the gateway for over a minute"}),
         ],
     },
+    {  # the gateway's health check loses the profile store at minute 2
+        "input_series": [series("interest_profile_store_up", {"instance": "127.0.0.1:9464"},
+                                "1 1 0 0 0 0")],
+        "alert_rule_test": [
+            alert("InterestProfileStoreDown", "1m"),
+            alert("InterestProfileStoreDown", "4m", {
+                "severity": "page",
+                "summary": "The profile store has not answered a gateway for over a minute"}),
+        ],
+    },
+    {  # calls wait 0.8 s per second for a pooled connection; 0.2 s/s is not a saturated pool
+        "input_series": [
+            series("interest_profile_store_pool_wait_seconds_total", {"instance": "10.0.0.1:9464"},
+                   "0+48x30"),
+            series("interest_profile_store_pool_wait_seconds_total", {"instance": "10.0.0.2:9464"},
+                   "0+12x30"),
+        ],
+        "alert_rule_test": [
+            alert("InterestProfileStorePoolSaturated", "8m"),
+            alert("InterestProfileStorePoolSaturated", "20m", {
+                "severity": "warning", "instance": "10.0.0.1:9464",
+                "summary": "Calls wait for a PostgreSQL connection at 10.0.0.1:9464"}),
+        ],
+    },
     {  # 10% of calls UNAVAILABLE: pages after 5 minutes; the 1% warning needs 15
         "input_series": [
             series("grpc_server_handled_total", {**SERVICE, "grpc_code": "OK"}, "0+90x30"),

@@ -385,6 +385,7 @@ async def test_alert_rules_load_and_read_real_metrics(stack: Stack, prometheus: 
     assert rejected, f"InterestEventsRejected did not react to the rejected events; active: {active}"
     assert {a["state"] for a in rejected} == {"pending"}
     assert {a["labels"]["platform"] for a in rejected} <= {"food", "kitchen"}
-    quiet = ("InterestGatewayDown", "InterestTritonNotReady", "InterestServerErrorsHigh",
+    quiet = ("InterestGatewayDown", "InterestTritonNotReady", "InterestProfileStoreDown",
+             "InterestProfileStorePoolSaturated", "InterestServerErrorsHigh",
              "InterestServerErrorsElevated", "InterestShedding")
     assert not [a for name in quiet for a in active.get(name, [])], f"active on a healthy stack: {active}"
