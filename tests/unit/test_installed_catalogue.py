@@ -3,6 +3,7 @@ and the gateway reads at start-up (interest_core.catalogue): round trip, digests
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from gateway.catalogue import ModelMismatch, check_same_model
 from gateway.server import StartupError, installed_version, load_catalogues
 from interest_core.catalogue import (
     Catalogue,
@@ -179,3 +181,30 @@ def test_install_writes_the_catalogues_the_gateway_serves(tmp_path: Path) -> Non
     (model_dir / VERSION_FILE).unlink()
     with pytest.raises(StartupError, match="run `make engine`"):
         installed_version(settings)
+
+
+class _ServingModel:
+    """Stands in for the Triton encoder in this unit test: embeds each title as `table` says."""
+
+    url = "127.0.0.1:8001"
+
+    def __init__(self, table: dict[str, np.ndarray]) -> None:
+        self.table = table
+
+    async def embed_uncached(self, texts: list[str], rpc: str, platform: str) -> np.ndarray:
+        return np.stack([self.table[t] * 3.0 for t in texts])  # unnormalised, as a model may answer
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_a_triton_of_another_model_is_refused_at_start_up() -> None:
+    rng = np.random.default_rng(3)
+    catalogue = Catalogue("kitchen", ("a", "b", "c", "d", "e"), ("A", "B", "C", "D", "E"))
+    installed = InstalledCatalogue(catalogue, _unit(rng.standard_normal((5, DIM))), np.ones(5, np.float32))
+    same = _ServingModel(dict(zip(catalogue.titles, installed.embeddings)))
+    assert asyncio.run(check_same_model(same, installed, "v1")) > 0.999  # type: ignore[arg-type]
+    other = _ServingModel(dict(zip(catalogue.titles, _unit(rng.standard_normal((5, DIM))))))
+    with pytest.raises(ModelMismatch, match=r"does not serve the model v1 whose kitchen catalogue"):
+        asyncio.run(check_same_model(other, installed, "v1"))  # type: ignore[arg-type]
