@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +24,14 @@ def group_pids(pgid: int) -> list[int]:
     return pids
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of one process, seconds."""
+def cpu_seconds(pid: int, reaped_children: bool = False) -> float:
+    """utime + stime of one process, seconds; with `reaped_children`, plus those of its children
+    that ended and were reaped (cutime + cstime)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / _TICK
+    return sum(int(f) for f in fields[11:15 if reaped_children else 13]) / _TICK
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -79,3 +81,30 @@ class CpuMeter:
             }
             for w in self.watched
         }
+
+
+def _children(pid: int) -> list[int]:
+    """`pid`'s child processes, from the kernel's /proc/PID/task/TID/children lists."""
+    out = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):  # the thread or process ended meanwhile
+            out += [int(child) for child in children.read_text().split()]
+    return out
+
+
+class ProcessTree(Watched):
+    """A process and all its descendants. PostgreSQL's backends each lead a process group of
+    their own (the postmaster's children call setsid), so `group=True` would see the postmaster
+    alone. The CPU of descendants that ended in a run (a backend closed, an autovacuum worker)
+    stays counted: their parent's cutime/cstime take it over once it reaps them."""
+
+    def pids(self) -> list[int]:
+        out, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            out.append(pid)
+            todo += _children(pid)
+        return out
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(pid, reaped_children=True) for pid in self.pids())

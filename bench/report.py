@@ -109,6 +109,7 @@ def summarise(data: dict[str, Any]) -> dict[str, Any]:
         },
         "startup": startup,
         "fair_share": {k: v for k, v in fair.items() if k != "runs"} if fair else None,
+        "scale_out": data.get("scale_out"),
         "perf_analyzer": data.get("perf_analyzer", {}),
         "targets": targets,
         "details": data,
@@ -254,6 +255,56 @@ def _fair_share(fair: dict[str, Any] | None) -> list[str]:
     ]
 
 
+SCALE_OUT_STACKS = (("one_gateway_sqlite", "one gateway, SQLite"),
+                    ("two_gateways_postgres", "two gateways, PostgreSQL"))
+SCALE_OUT_RUNS = ("ingest", "recommend", "recommend_at_rate")
+
+
+def _scale_out(section: dict[str, Any] | None) -> list[str]:
+    """The scale-out section (bench.scale_out): both stacks' figures, then each process's CPU
+    cores in each run; none in reports from before it existed, the reason where it did not run."""
+    if not section:
+        return []
+    head = ["## Scale-out: one gateway on SQLite beside two gateways sharing PostgreSQL (one Triton)", ""]
+    if "error" in section:
+        return [*head, f"not run: {section['error']}", ""]
+    stacks = [(label, section[key]) for key, label in SCALE_OUT_STACKS if key in section]
+    others = sorted(dict.fromkeys(p for _, st in stacks for p in st["cpu"]["ingest"]
+                                  if p not in st["gateways"]),
+                    key=lambda p: p == "load_generator")  # the load generator last, as in the other tables
+    rate, level = f"{section['open_rate_rps']:g}/s", section["concurrency"]
+    lines = [
+        *head,
+        f"IngestEvents (real users' histories) and Recommend (kitchen from food, stored profiles, "
+        f"consent given) closed loop at concurrency {level}, then Recommend open loop at {rate}, "
+        f"{section['duration_s']:g} s each, through one client channel over the gateways "
+        "(round_robin, as devtools/fleet.py sets it up).",
+        "",
+        "| stack | ingest req/s | ingest p99 ms | Recommend req/s | Recommend p99 ms "
+        f"| Recommend p99 ms at {rate} | ingest req/s per gateway core | Recommend req/s per gateway core "
+        "| errors |",
+        "|" + " --- |" * 9,
+        *(f"| {label} | {st['ingest_rps']} | {st['ingest_p99_ms']} | {st['recommend_rps']} | "
+          f"{st['recommend_p99_ms']} | {st['recommend_p99_ms_at_200rps']} | "
+          f"{st['ingest_rps_per_gateway_core']} | {st['recommend_rps_per_gateway_core']} | "
+          f"{st['errors'] or ''} |" for label, st in stacks),
+        "",
+        f"CPU cores: ingest / Recommend at concurrency {level} / Recommend at {rate} (gateways summed; "
+        "each process's in results/bench.json)",
+        "",
+        "| stack | gateways | " + " | ".join(p.replace("_", " ") for p in others) + " |",
+        "|" + " --- |" * (2 + len(others)),
+        *(f"| {label} | " + " | ".join(
+            [" / ".join(f"{st['gateway_cores'][run]:.2f}" for run in SCALE_OUT_RUNS)]
+            + [" / ".join(f"{st['cpu'][run][p]:.2f}" for run in SCALE_OUT_RUNS) if p in st["cpu"]["ingest"]
+               else "" for p in others]) + " |" for label, st in stacks),
+        "",
+        section["notes"],
+        "",
+    ]
+    return lines
+
+
 def write_markdown(summary: dict[str, Any], path: Path) -> None:
     d = summary["details"]
     t = summary["targets"]
@@ -318,6 +369,7 @@ def write_markdown(summary: dict[str, Any], path: Path) -> None:
         "",
         *_mixed(d.get("mixed_runs")),
         *_fair_share(d.get("fair_share")),
+        *_scale_out(d.get("scale_out")),
         "## perf_analyzer (Triton alone, real tokenized titles, batch 1 per request)",
         "",
     ]

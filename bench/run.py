@@ -7,11 +7,13 @@ with real users' histories, runs perf_analyzer against Triton, and writes
 results/bench.json, results/bench.md and results/bench.png. The stack's share of the
 in-process limit is judged on paired rounds (`--paired-rounds`): each stack run at the
 saturating concurrency between two limit measurements, as this VM's speed drifts by a
-third within minutes.
+third within minutes. Last, the scale-out section (bench.scale_out): one gateway on SQLite
+beside two gateways sharing PostgreSQL, on one Triton.
 
     python -m bench.run [--duration 15] [--out results]
     python -m bench.run --recommend-only   # just the Recommend runs, for tuning them
     python -m bench.fair_share             # just the fair-share runs (bench.fair_share)
+    python -m bench.scale_out              # just the scale-out runs (bench.scale_out)
 """
 
 from __future__ import annotations
@@ -170,6 +172,23 @@ def ingest_request(u: UserSequence, i: int, food: Catalogue, kitchen: Catalogue)
     return pb.IngestEventsRequest(platform=side, events=events)
 
 
+def ingest_call(stub: pb_grpc.InterestGatewayStub, users: list[UserSequence], food: Catalogue,
+                kitchen: Catalogue) -> Any:
+    """IngestEvents of users[i % len(users)]'s food (even i) or kitchen (odd i) history."""
+    async def call(i: int) -> object:
+        return await stub.IngestEvents(ingest_request(users[i % len(users)], i, food, kitchen), timeout=30)
+
+    return call
+
+
+def load_workload(settings: Settings) -> tuple[list[UserSequence], Catalogue, Catalogue]:
+    """The held-out test users whose histories the bench sends, and the full food and kitchen
+    catalogues their items come from."""
+    users = load_sequences(settings.data_dir / settings.platforms["food"].dataset, "test.txt")
+    full = settings.model_copy(update={"catalogue_limit": None})
+    return users, load_catalogue(full, "food"), load_catalogue(full, "kitchen")
+
+
 def recommend_call(stub: pb_grpc.InterestGatewayStub, users: list[UserSequence], target: str) -> Any:
     """Recommend `target` items for users[i % len(users)] (profiles stored, consent given)."""
     async def call(i: int) -> object:
@@ -234,17 +253,14 @@ async def ingest_runs(
     concurrency 4 (with the cache's hits and misses), then open loop at INGEST_RATE."""
     log("ingest: real users' food and kitchen histories (item cache on)")
     before = cache_counts(metrics_port)
-
-    async def ingest_call(i: int) -> object:
-        return await stub.IngestEvents(ingest_request(users[i % len(users)], i, food, kitchen), timeout=30)
-
-    ingest = await measured(meter, closed_loop(ingest_call, 4, duration))
+    call = ingest_call(stub, users, food, kitchen)
+    ingest = await measured(meter, closed_loop(call, 4, duration))
     after = cache_counts(metrics_port)
     hits, misses = after["hit"] - before["hit"], after["miss"] - before["miss"]
     return [
         {**ingest.summary(), "cache_hits": hits, "cache_misses": misses,
          "cache_hit_rate": round(hits / max(hits + misses, 1), 4)},
-        (await measured(meter, open_loop(ingest_call, INGEST_RATE, duration))).summary(),
+        (await measured(meter, open_loop(call, INGEST_RATE, duration))).summary(),
     ]
 
 
@@ -258,17 +274,12 @@ async def mixed_runs(
     first RECOMMEND_USERS users (stored by `store_consented_profiles`), ingest writes the others."""
     readers, writers = users[:RECOMMEND_USERS], users[RECOMMEND_USERS:]
     log(f"mixed: Recommend at {RECOMMEND_TARGET_RATE:g}/s while IngestEvents runs at {INGEST_RATE:g}/s")
-
-    async def ingest_call(i: int) -> object:
-        return await stub.IngestEvents(ingest_request(writers[i % len(writers)], i, food, kitchen),
-                                       timeout=30)
-
     ingest: list[RunResult] = []
 
     async def both() -> RunResult:
         recommend, writes = await asyncio.gather(
             open_loop(recommend_call(stub, readers, "kitchen"), RECOMMEND_TARGET_RATE, duration),
-            open_loop(ingest_call, INGEST_RATE, duration))
+            open_loop(ingest_call(stub, writers, food, kitchen), INGEST_RATE, duration))
         ingest.append(writes)
         return recommend
 
@@ -321,10 +332,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         log("start-up: `make serve`'s stack (Triton, then the gateway) launched, until gRPC SERVING")
         startup = await asyncio.to_thread(measure_startup, logs, ROOT / "var" / "bench" / "startup")
         log(f"  SERVING {startup['serving_s']} s after launch")
-    folder = settings.data_dir / settings.platforms["food"].dataset
-    users = load_sequences(folder, "test.txt")
-    food = load_catalogue(settings.model_copy(update={"catalogue_limit": None}), "food")
-    kitchen = load_catalogue(settings.model_copy(update={"catalogue_limit": None}), "kitchen")
+    users, food, kitchen = load_workload(settings)
     encode_requests = [[food.titles[i] for i in u.items_a[-MAX_EVENTS:]] for u in users if u.items_a]
     texts = [t for req in encode_requests for t in req]
     mean_events = len(texts) / len(encode_requests)
@@ -475,6 +483,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     log(f"  again: {again}")
     results["limit_ort_runs"] = [{**limit, "when": "before"}, {**again, "when": "after"}]
     results["limit_ort"] = max(limit, again, key=lambda r: r["texts_per_s"])
+    log("scale-out: one gateway on SQLite, then two on PostgreSQL, on one Triton (bench.scale_out)")
+    results["scale_out"] = await asyncio.to_thread(run_scale_out, d)
     return {
         "revision": revision(),
         "machine": machine(),
@@ -521,6 +531,22 @@ async def paired_rounds(
     median = float(np.median([r["fraction"] for r in out]))
     log(f"  median fraction {median:.0%}")
     return {"concurrency": level, "rounds": out, "median_fraction": round(median, 3)}
+
+
+def run_scale_out(duration: float) -> dict[str, Any]:
+    """The scale-out section, or why it could not run (reported, not hidden). It runs as
+    `python -m bench.scale_out`, a process of its own with its own Triton: that module takes
+    this one's workload (users, requests), so this one cannot import it back (import-linter
+    forbids cycles), and its load generator starts clean."""
+    path = ROOT / "var" / "bench" / "scale_out.json"
+    path.unlink(missing_ok=True)
+    done = subprocess.run([sys.executable, "-m", "bench.scale_out", "--duration", str(duration)],
+                          cwd=ROOT, check=False)
+    if done.returncode != 0 or not path.exists():
+        log(f"  scale-out did not run (exit status {done.returncode})")
+        return {"error": f"python -m bench.scale_out exited with status {done.returncode}"}
+    section: dict[str, Any] = json.loads(path.read_text())["scale_out"]
+    return section
 
 
 def run_perf_analyzer_safely(triton: TritonServer, settings: Settings, texts: list[str]) -> dict[str, Any]:
