@@ -17,6 +17,7 @@ interest_core.errors.Unavailable (the gateway answers UNAVAILABLE), never a driv
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -25,7 +26,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from interest_core.errors import Unavailable
 from interest_core.profiles import ProfileCipher, ProfileStore, Tx
@@ -73,7 +74,7 @@ class PostgresProfileStore(ProfileStore):
         self.writers = pool_size
         self._pool = ConnectionPool(
             make_conninfo("", **params), min_size=1, max_size=pool_size, open=False, timeout=timeout_s,
-            reconnect_timeout=2 * timeout_s, check=ConnectionPool.check_connection,
+            reconnect_timeout=2 * timeout_s,
             kwargs={"autocommit": True}, name="profile-store")
         self._pool.open(wait=False)
         self._ready = False
@@ -119,19 +120,35 @@ class PostgresProfileStore(ProfileStore):
                  "requests_errors", "connections_lost")}
 
     def _query(self, sql: str, args: Sequence[object] = ()) -> list[Any]:
+        """One read on a pooled connection, taken unchecked (a check is a round trip of its own:
+        it doubled the reads' cost). A read is safe to run again, so a connection that turns out
+        broken (the database restarted since it was opened) costs one more try after the pool
+        has dropped every broken idle connection."""
         self.prepare()
-        try:
-            with self._pool.connection() as db:
-                return db.execute(_pg(sql), args).fetchall()
-        except psycopg.OperationalError as exc:
-            raise self._unavailable(exc) from exc
+        for attempt in (1, 2):
+            try:
+                with self._pool.connection() as db:
+                    return db.execute(_pg(sql), args).fetchall()
+            except PoolTimeout as exc:  # no connection to be had: the database is away
+                raise self._unavailable(exc) from exc
+            except psycopg.OperationalError as exc:
+                if attempt == 2:
+                    raise self._unavailable(exc) from exc
+                self._drop_broken()
+        raise AssertionError("unreachable")
 
     def _write(self, work: Callable[[Tx], T]) -> T:
+        """`work` in one transaction, on a connection checked first: a write that fails after it
+        began cannot be told apart from one whose COMMIT was lost, so it is never run again
+        on a broken connection, only on a conflict the database reports."""
         self.prepare()
         for attempt in range(1, RETRIES + 1):
             try:
-                with self._pool.connection() as db, db.transaction(), db.cursor() as cursor:
-                    return work(_PgTx(cursor))
+                with self._pool.connection() as db:
+                    if not self._usable(db):
+                        continue  # nothing was written; the broken connection leaves the pool
+                    with db.transaction(), db.cursor() as cursor:
+                        return work(_PgTx(cursor))
             except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as exc:
                 if attempt == RETRIES:
                     raise self._unavailable(exc) from exc
@@ -139,7 +156,21 @@ class PostgresProfileStore(ProfileStore):
                          type(exc).__name__)
             except psycopg.OperationalError as exc:
                 raise self._unavailable(exc) from exc
-        raise AssertionError("unreachable")
+        raise self._unavailable(psycopg.OperationalError(f"no usable connection in {RETRIES} tries"))
+
+    def _usable(self, db: psycopg.Connection[Any]) -> bool:
+        """Whether `db` answers an empty statement; when not, the pool's other idle connections
+        are checked too (a database restart breaks them all at once)."""
+        try:
+            ConnectionPool.check_connection(db)
+            return True
+        except psycopg.OperationalError:
+            self._drop_broken()
+            return False
+
+    def _drop_broken(self) -> None:
+        with contextlib.suppress(Exception):
+            self._pool.check()  # checks the idle connections, drops the broken ones
 
     def _items_value(self, items_json: str) -> bytes:
         return items_json.encode()

@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -434,6 +435,29 @@ def test_an_unreachable_database_is_unavailable_not_a_driver_error() -> None:
             store.add_events("u1", "food", np.ones(2, np.float32), 1, [], "v1")
     finally:
         store.close()
+
+
+def test_reads_and_writes_succeed_at_once_after_a_postgres_restart() -> None:
+    """Pooled connections are taken unchecked for reads (a check is a round trip): after the
+    server restarts, every idle connection is broken, yet the first read and the first write
+    afterwards succeed (the broken connections are dropped and the call runs on a new one)."""
+    server = start_postgres()
+    store = PostgresProfileStore(server.url(), pool_size=4, timeout_s=5.0)
+    try:
+        store.prepare()
+        store.add_events("u1", "food", np.ones(4, np.float32), 1, ["a"], "v1")
+        with ThreadPoolExecutor(4) as pool:  # four connections open in the pool
+            list(pool.map(lambda _: store.load("u1"), range(40)))
+        assert store.pool_stats()["pool_size"] >= 2
+        server.pg_ctl("-m", "fast", "-w", "stop")
+        server.start()
+        assert store.load("u1")["food"].events == 1
+        store.add_events("u1", "food", np.ones(4, np.float32), 2, ["b"], "v1")
+        assert store.load("u1")["food"].events == 3
+        store.ping()
+    finally:
+        store.close()
+        server.stop()
 
 
 async def test_a_gateway_waits_for_postgres_and_answers_unavailable_while_it_is_down(
