@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from bench.report import _limit_target, _paired_table
 
 STACK = {"throughput_rps": 80.0}
@@ -59,3 +61,62 @@ def test_startup_is_a_target_row_when_measured() -> None:
     (row,) = _startup_row({"serving_s": 3.18, "met": True})
     assert "to gRPC SERVING < 20 s | 3.18 s | True |" in row
     assert _startup_row(None) == []
+
+
+def scale_out_run(rps: float, p99: float, cores: dict[str, float], errors: dict[str, int] | None = None
+                  ) -> dict[str, object]:
+    return {"throughput_rps": rps, "p99_ms": p99, "errors": errors or {},
+            "processes": {name: {"cpu_cores": c, "peak_rss_mb": 100.0} for name, c in cores.items()}}
+
+
+def scale_out_stack(gateways: list[str], others: dict[str, float]) -> dict[str, Any]:
+    from bench.scale_out import stack_figures
+
+    def cores(gateway_core: float) -> dict[str, float]:
+        return {**{g: gateway_core for g in gateways}, **others, "load_generator": 0.2}
+
+    return stack_figures(gateways, {
+        "ingest": scale_out_run(600.0, 40.0, cores(0.5)),
+        "recommend": scale_out_run(500.0, 30.0, cores(0.625)),
+        "recommend_at_rate": scale_out_run(200.0, 8.0, cores(0.25), {"UNAVAILABLE": 2}),
+    })
+
+
+def test_scale_out_throughput_per_gateway_core_divides_by_the_gateways_summed() -> None:
+    two = scale_out_stack(["gateway_a", "gateway_b"], {"triton": 0.1, "postgres": 0.3})
+    assert (two["ingest_rps"], two["ingest_p99_ms"]) == (600.0, 40.0)
+    assert (two["recommend_rps"], two["recommend_p99_ms"]) == (500.0, 30.0)
+    assert two["recommend_p99_ms_at_200rps"] == 8.0
+    assert two["gateway_cores"] == {"ingest": 1.0, "recommend": 1.25, "recommend_at_rate": 0.5}
+    assert two["ingest_rps_per_gateway_core"] == 600.0  # not 1,200: both gateways' cores count
+    assert two["recommend_rps_per_gateway_core"] == 400.0
+    assert two["cpu"]["ingest"] == {"gateway_a": 0.5, "gateway_b": 0.5, "triton": 0.1, "postgres": 0.3,
+                                    "load_generator": 0.2}
+    assert two["errors"] == {"recommend_at_rate": {"UNAVAILABLE": 2}}
+    one = scale_out_stack(["gateway"], {"triton": 0.1})
+    assert one["ingest_rps_per_gateway_core"] == 1200.0
+
+
+def test_scale_out_section_tables_both_stacks_and_each_process() -> None:
+    from bench.report import _scale_out
+
+    section = {"duration_s": 15.0, "concurrency": 8, "open_rate_rps": 200.0, "notes": "shared cores",
+               "one_gateway_sqlite": scale_out_stack(["gateway"], {"triton": 0.1}),
+               "two_gateways_postgres": scale_out_stack(["gateway_a", "gateway_b"],
+                                                        {"triton": 0.1, "postgres": 0.3})}
+    lines = _scale_out(section)
+    one = [line for line in lines if line.startswith("| one gateway, SQLite |")]
+    two = [line for line in lines if line.startswith("| two gateways, PostgreSQL |")]
+    errors = "{'recommend_at_rate': {'UNAVAILABLE': 2}}"
+    assert one[0] == ("| one gateway, SQLite | 600.0 | 40.0 | 500.0 | 30.0 | 8.0 | 1200.0 | 800.0 "
+                      f"| {errors} |")
+    assert two[0].endswith(f"| 600.0 | 400.0 | {errors} |")
+    assert "| stack | gateways | triton | postgres | load generator |" in lines
+    assert one[1] == ("| one gateway, SQLite | 0.50 / 0.62 / 0.25 | 0.10 / 0.10 / 0.10 |  "  # no postgres
+                      "| 0.20 / 0.20 / 0.20 |")
+    assert two[1] == ("| two gateways, PostgreSQL | 1.00 / 1.25 / 0.50 | 0.10 / 0.10 / 0.10 "
+                      "| 0.30 / 0.30 / 0.30 | 0.20 / 0.20 / 0.20 |")
+    assert lines[-2] == "shared cores"
+    assert _scale_out(None) == []
+    assert _scale_out({"error": "python -m bench.scale_out exited with status 1"})[2] == (
+        "not run: python -m bench.scale_out exited with status 1")
