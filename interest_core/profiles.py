@@ -5,7 +5,8 @@ trail of every consent change and erasure, written in the transaction of the cha
 `ProfileStore` is the one store interface, with its SQL written once; two engines carry it
 out: embedded SQLite (store_sqlite.py, the default) and PostgreSQL (store_postgres.py, shared
 by several gateways); stores.open_store picks one from the `profile_store` setting. Rows are
-keyed by the pseudonymous user key; raw events and raw user ids never are stored.
+keyed by the pseudonymous user key; raw events and raw user ids never are stored. The same
+store keeps the platforms' catalogue change log (catalogue_log.py), which is not user data.
 The profile vector is the normalised mean of the user's event embeddings on that platform,
 in the embedding space of the model that made them (`model_version`; '' for rows written
 before versions were stored).
@@ -22,13 +23,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from interest_core.catalogue_log import CatalogueLog
 from interest_core.consent import ANY, ConsentRule
 
 T = TypeVar("T")
@@ -116,11 +118,12 @@ class StaleProfiles(Exception):
         self.keys = keys
 
 
-class ProfileStore(ABC):
-    """Profiles, consent rules and the audit trail; every write is one transaction (all or
-    nothing) committed before it returns. With a cipher, the vector and item list of every
-    row are stored encrypted. An engine supplies `_write` (a transaction), `_query` (a read)
-    and `close`; SQL here uses `?` placeholders."""
+class ProfileStore(CatalogueLog):
+    """Profiles, consent rules, the audit trail and (CatalogueLog) the catalogue change log;
+    every write is one transaction (all or nothing) committed before it returns. With a
+    cipher, the vector and item list of every profile row are stored encrypted. An engine
+    supplies `_write` (a transaction), `_query` (a read) and `close`; SQL here uses `?`
+    placeholders."""
 
     remote = False  # reads cross a network: callers keep them off their event loop
     writers = 1  # writes a caller may run at once (threads)

@@ -7,8 +7,9 @@ PostgreSQL keeps `items` as BYTEA, JSON or its ciphertext); a new version adds a
 
 Versions: 0 (no version kept) profiles + the one-switch `consent` table; 1 the same, with
 `profiles.model_version`; 2 consent per direction (`consent_rules`, the old switch becomes
-the rule ('*', '*')) and the append-only `audit` trail. PostgreSQL stores start at 1 (they
-never held the one-switch table).
+the rule ('*', '*')) and the append-only `audit` trail; 3 the catalogue change log
+(`catalogue_versions`, one row per platform, and `catalogue_items`, catalogue_log.py).
+PostgreSQL stores start at 1 (they never held the one-switch table).
 """
 
 from __future__ import annotations
@@ -20,11 +21,30 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import psycopg
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class SchemaTooNew(RuntimeError):
     """The database was written by a newer version of the gateway than this one."""
+
+
+# The catalogue change log, the same on both engines but for the types of two columns.
+_CATALOGUE_VERSIONS = """CREATE TABLE catalogue_versions (
+        platform TEXT NOT NULL PRIMARY KEY,
+        version  {bigint} NOT NULL)  -- the changes committed: the version of the latest"""
+_CATALOGUE_ITEMS = """CREATE TABLE catalogue_items (
+        platform      TEXT     NOT NULL,
+        item_id       TEXT     NOT NULL,
+        title         TEXT     NOT NULL,
+        attributes    TEXT     NOT NULL,  -- JSON object of strings
+        embedding     {blob},             -- float32 [dim]; NULL once removed
+        dim           INTEGER,
+        model_version TEXT     NOT NULL,  -- the model of the embedding
+        removed       INTEGER  NOT NULL,
+        version       {bigint} NOT NULL,  -- the platform's catalogue version that wrote the row
+        updated_ms    {bigint} NOT NULL,
+        PRIMARY KEY (platform, item_id))"""
+_CATALOGUE_INDEX = "CREATE INDEX catalogue_items_by_version ON catalogue_items (platform, version)"
 
 
 def _v1(db: sqlite3.Connection) -> None:
@@ -77,7 +97,14 @@ def _v2(db: sqlite3.Connection) -> None:
     db.execute("DROP TABLE consent")
 
 
-STEPS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2]  # STEPS[v] brings v to v + 1
+def _v3(db: sqlite3.Connection) -> None:
+    """The catalogue change log (catalogue_log.py)."""
+    db.execute(_CATALOGUE_VERSIONS.format(bigint="INTEGER"))
+    db.execute(_CATALOGUE_ITEMS.format(bigint="INTEGER", blob="BLOB"))
+    db.execute(_CATALOGUE_INDEX)
+
+
+STEPS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3]  # STEPS[v] brings v to v + 1
 assert len(STEPS) == SCHEMA_VERSION
 
 
@@ -151,7 +178,15 @@ def _pg_v2(db: psycopg.Connection[Any]) -> None:
                "FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only()")
 
 
-PG_STEPS: list[Callable[[psycopg.Connection[Any]], None]] = [_pg_v1, _pg_v2]  # PG_STEPS[v]: v -> v + 1
+def _pg_v3(db: psycopg.Connection[Any]) -> None:
+    """The catalogue change log (catalogue_log.py)."""
+    db.execute(_CATALOGUE_VERSIONS.format(bigint="BIGINT"))
+    db.execute(_CATALOGUE_ITEMS.format(bigint="BIGINT", blob="BYTEA"))
+    db.execute(_CATALOGUE_INDEX)
+
+
+# PG_STEPS[v] brings v to v + 1
+PG_STEPS: list[Callable[[psycopg.Connection[Any]], None]] = [_pg_v1, _pg_v2, _pg_v3]
 assert len(PG_STEPS) == SCHEMA_VERSION
 
 

@@ -3,9 +3,11 @@ PostgreSQL server (the session's throwaway cluster, a new database per test).
 
 Each test takes `store_engine` and runs once per engine: durable writes that are all or nothing,
 encryption at rest, consent rules and scoped erasure, the append-only audit trail, the
-versioned schema, model-version re-embedding, per-platform isolation, and updates from two
-OS processes at once that lose or double nothing. The ProfileBook and servicer tests of
-tests/unit/test_profile_versions.py and test_profile_writes.py run here again on each engine.
+versioned schema and its upgrade, model-version re-embedding, per-platform isolation, the
+catalogue change log, and updates from two OS processes at once that lose or double nothing
+(profiles) or commit their catalogue versions in order (the catalogue log). The ProfileBook
+and servicer tests of tests/unit/test_profile_versions.py and test_profile_writes.py run here
+again on each engine.
 """
 
 from __future__ import annotations
@@ -34,11 +36,13 @@ from devtools.triton_launcher import TritonServer, free_port
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.server import create_server
+from interest_core import store_schema
+from interest_core.catalogue_log import CatalogueRow, Upsert
 from interest_core.config import Settings
 from interest_core.consent import ANY, allowed
 from interest_core.errors import InvalidInput, PermissionDenied, Unavailable
 from interest_core.profile_book import ProfileBook
-from interest_core.profiles import Profile, ProfileCipher, ProfileDelta, ProfileStore
+from interest_core.profiles import Profile, ProfileCipher, ProfileDelta, ProfileStore, Tx
 from interest_core.store_postgres import PostgresProfileStore
 from interest_core.store_schema import SCHEMA_VERSION, SchemaTooNew
 from interest_core.stores import open_store
@@ -74,6 +78,18 @@ class Engine:
             yield db
         finally:
             db.close()
+
+    def tables(self) -> set[str]:
+        with self.raw() as db:
+            if self.postgres is None:
+                return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            return {r[0] for r in db.execute("SELECT tablename FROM pg_tables WHERE schemaname='public'")}
+
+    def schema_version(self) -> int:
+        with self.raw() as db:
+            if self.postgres is None:
+                return int(db.execute("PRAGMA user_version").fetchone()[0])
+            return int(db.execute("SELECT version FROM schema_version").fetchone()[0])
 
     def raw_bytes(self) -> bytes:
         """Everything the database keeps on disk (SQLite: the file and its WAL; PostgreSQL:
@@ -258,6 +274,31 @@ def test_a_store_of_a_newer_schema_is_refused(store_engine: Engine) -> None:
         store_engine.open()
 
 
+def test_a_version_2_store_is_upgraded_to_3_keeping_its_profiles(
+        store_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    with monkeypatch.context() as v2:  # the code of version 2: its steps only
+        v2.setattr(store_schema, "SCHEMA_VERSION", 2)
+        v2.setattr(store_schema, "STEPS", store_schema.STEPS[:2])
+        v2.setattr(store_schema, "PG_STEPS", store_schema.PG_STEPS[:2])
+        old = store_engine.open()
+        old.save_many([("u1", profile("food")), ("u2", profile("kitchen"))])
+        old.set_consent("u1", True, "food", ["kitchen"], actor="food")
+        old.close()
+    assert store_engine.schema_version() == 2
+    assert not {"catalogue_versions", "catalogue_items"} & store_engine.tables()
+    store = store_engine.open()
+    assert SCHEMA_VERSION == 3 and store_engine.schema_version() == 3
+    assert {"profiles", "consent_rules", "audit", "catalogue_versions",
+            "catalogue_items"} <= store_engine.tables()
+    assert store.count() == 2 and store.load("u1")["food"].items == ["food-1"]
+    np.testing.assert_array_equal(store.load("u2")["kitchen"].vec_sum, np.ones(4))
+    assert allowed(store.consent_rules("u1"), "food", "kitchen")
+    assert [e.action for e in store.audit("u1")] == ["SetConsent"]
+    assert store.update_catalogue("food", [("n1", "New", {}, unit([1, 0]))], [], "v1") == 1
+    store.close()
+    assert store_engine.open().catalogue_version("food") == 1  # opening again changes nothing
+
+
 async def _noop_embed(*args: object) -> np.ndarray:
     raise AssertionError("no model call")
 
@@ -392,6 +433,196 @@ def test_two_processes_adding_events_for_the_same_users_lose_and_double_nothing(
         assert got.events == 2 * ROUNDS
         np.testing.assert_array_equal(got.vec_sum, [total, total, 0, 0])
         assert sorted(got.items) == sorted(f"p{p}-r{r}" for p in (0, 1) for r in range(ROUNDS))
+
+
+# --- the catalogue change log ---------------------------------------------------------------
+
+def changes(store: ProfileStore, platform: str = "food", after: int = 0) -> list[tuple[str, int, bool]]:
+    return [(r.item_id, r.version, r.removed) for r in store.catalogue_changes(platform, after)]
+
+
+def test_catalogue_changes_round_trip_with_versions(store_engine: Engine) -> None:
+    store = store_engine.open()
+    assert store.catalogue_version("food") == 0 and store.catalogue_changes("food") == []
+    v1 = store.update_catalogue("food", [("b", "Green tea", {"brand": "Leaf"}, unit([1, 0, 0])),
+                                         ("a", "Rice", {}, unit([0, 1, 0]))], [], "m1")
+    assert v1 == 1 and store.catalogue_version("food") == 1
+    first = store.catalogue_changes("food")
+    assert [(r.item_id, r.title, r.attributes, r.model_version, r.removed, r.version) for r in first] == [
+        ("a", "Rice", {}, "m1", False, 1), ("b", "Green tea", {"brand": "Leaf"}, "m1", False, 1)]
+    assert first[1].embedding is not None and first[1].embedding.dtype == np.float32
+    np.testing.assert_array_equal(first[1].embedding, unit([1, 0, 0]))
+    assert first[0].platform == "food" and first[0].updated_ms > 0
+    # an upsert of a listed id replaces its title, attributes and embedding
+    assert store.update_catalogue("food", [("b", "Black tea", {}, unit([0, 0, 1, 0]))], [], "m1") == 2
+    b = store.catalogue_changes("food", 1)
+    assert [(r.item_id, r.title, r.attributes, r.version) for r in b] == [("b", "Black tea", {}, 2)]
+    assert b[0].embedding is not None and b[0].embedding.shape == (4,)
+    # a removal keeps the row, without its embedding; another platform's log is its own
+    assert store.update_catalogue("food", [], ["a"], "m1") == 3
+    assert store.update_catalogue("kitchen", [("a", "Pan", {}, unit([1, 1]))], [], "m1") == 1
+    removed = store.catalogue_changes("food", 2)
+    assert [(r.item_id, r.title, r.removed, r.embedding, r.version) for r in removed] == [
+        ("a", "Rice", True, None, 3)]
+    assert changes(store) == [("b", 2, False), ("a", 3, True)]
+    assert changes(store, "kitchen") == [("a", 1, False)] and store.catalogue_version("food") == 3
+    # listed again: back with a new embedding; an empty change writes nothing
+    assert store.update_catalogue("food", [("a", "Rice", {}, unit([1, 1, 0]))], [], "m1") == 4
+    assert store.update_catalogue("food", [], [], "m1") == 4
+    assert changes(store) == [("b", 2, False), ("a", 4, False)]
+    store.close()
+    reopened = store_engine.open()  # durable
+    assert reopened.catalogue_version("food") == 4 and changes(reopened) == [("b", 2, False), ("a", 4, False)]
+
+
+def test_removing_an_item_never_logged_keeps_it_removed(store_engine: Engine) -> None:
+    """An item of the installed catalogue (never in the log) stays removed after a restart."""
+    store = store_engine.open()
+    assert store.update_catalogue("food", [("new", "Oat milk", {}, unit([1, 0]))], ["installed-7"], "m1") == 1
+    store.close()
+    got = {r.item_id: r for r in store_engine.open().catalogue_changes("food")}
+    gone = got["installed-7"]
+    assert (gone.removed, gone.title, gone.attributes, gone.embedding) == (True, "", {}, None)
+    assert not got["new"].removed
+    # an id both upserted and removed in one change ends removed (removals come after upserts)
+    again = store_engine.open()
+    assert again.update_catalogue("food", [("x", "X", {}, unit([1, 0]))], ["x"], "m1") == 2
+    assert [(r.item_id, r.title, r.removed) for r in again.catalogue_changes("food", 1)] == [("x", "X", True)]
+
+
+def test_catalogue_changes_after_a_version_are_exactly_the_later_ones_in_order(store_engine: Engine) -> None:
+    store = store_engine.open()
+    for v in range(1, 6):  # change v lists item-v and removes item-(v-2)
+        assert store.update_catalogue("food", [(f"item-{v}", f"title {v}", {}, unit([v, 1]))],
+                                      [f"item-{v - 2}"] if v > 2 else [], "m1") == v
+    assert changes(store, after=5) == [] and changes(store, after=99) == []
+    assert changes(store, after=3) == [("item-2", 4, True), ("item-4", 4, False),
+                                       ("item-3", 5, True), ("item-5", 5, False)]
+    everything = changes(store)
+    assert everything == [("item-1", 3, True), ("item-2", 4, True), ("item-4", 4, False),
+                          ("item-3", 5, True), ("item-5", 5, False)]
+    # a poller from each version sees exactly what came after it
+    for seen in range(6):
+        assert changes(store, after=seen) == [c for c in everything if c[1] > seen]
+
+
+class _FailingTx:
+    """A transaction whose statements containing `marker` fail like a full disk."""
+
+    def __init__(self, tx: Tx, marker: str) -> None:
+        self._tx, self._marker = tx, marker
+
+    def execute(self, sql: str, args: Any = (), /) -> Any:
+        if self._marker in sql:
+            raise OSError("disk I/O error")
+        return self._tx.execute(sql, args)
+
+    def executemany(self, sql: str, rows: Any, /) -> object:
+        if self._marker in sql:
+            raise OSError("disk I/O error")
+        return self._tx.executemany(sql, rows)
+
+
+def test_a_failed_catalogue_change_writes_nothing_and_keeps_the_version(
+        store_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = store_engine.open()
+    assert store.update_catalogue("food", [("a", "Rice", {}, unit([1, 0]))], [], "m1") == 1
+    # a row the database refuses (NOT NULL title) after the lock and another row were written
+    with pytest.raises(INTEGRITY):
+        store.update_catalogue("food", [("b", "Tea", {}, unit([0, 1])),
+                                        ("c", None, {}, unit([1, 1]))], [], "m1")  # type: ignore[list-item]
+    with pytest.raises(INTEGRITY):
+        store.update_catalogue("new-platform", [("n", None, {}, unit([1, 1]))], [], "m1")  # type: ignore[list-item]
+    # the last statement failing: the items were written, the version not yet
+    real_write = store._write
+    monkeypatch.setattr(store, "_write", lambda work: real_write(
+        lambda tx: work(_FailingTx(tx, "UPDATE catalogue_versions"))))
+    with pytest.raises(OSError):
+        store.update_catalogue("food", [("a", "Brown rice", {}, unit([0, 1]))], ["z"], "m1")
+    with pytest.raises(OSError):
+        store.reembed_catalogue("food", [("a", "m1", unit([1, 1]))], "m2")
+    monkeypatch.undo()
+    for reader in (store, store_engine.open()):
+        assert reader.catalogue_version("food") == 1 and reader.catalogue_version("new-platform") == 0
+        rows = reader.catalogue_changes("food")
+        assert [(r.item_id, r.title, r.model_version, r.version) for r in rows] == [("a", "Rice", "m1", 1)]
+        assert rows[0].embedding is not None
+        np.testing.assert_array_equal(rows[0].embedding, unit([1, 0]))
+        assert reader.catalogue_changes("new-platform") == []
+    assert store.update_catalogue("food", [("b", "Tea", {}, unit([0, 1]))], [], "m1") == 2  # and goes on
+
+
+def test_reembed_catalogue_writes_only_rows_still_at_the_old_model(store_engine: Engine) -> None:
+    store = store_engine.open()
+    listed: list[Upsert] = [(i, f"title {i}", {}, unit([1, 0])) for i in ("a", "b", "c", "d")]
+    store.update_catalogue("food", listed, [], "m1")
+    store.update_catalogue("food", [("b", "retitled", {}, unit([0, 1, 0]))], [], "m2")  # at the new model
+    store.update_catalogue("food", [], ["c"], "m1")  # removed
+    assert store.catalogue_version("food") == 3
+    new = [(i, "m1", np.full(3, k, np.float32)) for k, i in enumerate(("a", "b", "c", "d", "never-listed"))]
+    assert store.reembed_catalogue("food", new, "m2") == 4
+    rows = {r.item_id: r for r in store.catalogue_changes("food")}
+    assert [(r.item_id, r.model_version, r.version) for r in store.catalogue_changes("food", 3)] == [
+        ("a", "m2", 4), ("d", "m2", 4)]
+    assert rows["a"].embedding is not None and rows["d"].embedding is not None
+    np.testing.assert_array_equal(rows["a"].embedding, [0, 0, 0])
+    np.testing.assert_array_equal(rows["d"].embedding, [3, 3, 3])
+    assert (rows["b"].title, rows["b"].version) == ("retitled", 2) and rows["b"].embedding is not None
+    np.testing.assert_array_equal(rows["b"].embedding, unit([0, 1, 0]))  # not overwritten
+    assert (rows["c"].removed, rows["c"].embedding, rows["c"].version) == (True, None, 3)  # not revived
+    assert "never-listed" not in rows
+    # nothing left at the old model: nothing written, the version stays
+    assert store.reembed_catalogue("food", new, "m2") == 4 and store.catalogue_version("food") == 4
+    assert store.reembed_catalogue("food", [], "m2") == 4 and store.reembed_catalogue("other", new, "m2") == 0
+
+
+CATALOGUE_CHANGES = 50  # per process
+
+
+def _update_catalogue_worker(url: str, proc: int, start: Any) -> None:
+    """One 'gateway': CATALOGUE_CHANGES changes to platform food, each listing its own item."""
+    store = open_store(url)
+    store.prepare()
+    start.wait(60)
+    versions = [store.update_catalogue("food", [(f"p{proc}-{i:02d}", f"item {i} of {proc}", {"by": str(proc)},
+                                                 np.full(DIM, i, np.float32))], [], "v1")
+                for i in range(CATALOGUE_CHANGES)]
+    assert versions == sorted(set(versions)), "a process's own changes take increasing versions"
+    store.close()
+
+
+def test_two_processes_changing_one_catalogue_commit_versions_in_order(store_engine: Engine) -> None:
+    """100 changes from two processes: versions 1..100, each once; a poller reading while they
+    run (`version > last seen`) sees every version, in order, with no gap."""
+    store = store_engine.open()
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(3)
+    procs = [ctx.Process(target=_update_catalogue_worker, args=(store_engine.url, p, start)) for p in (0, 1)]
+    for p in procs:
+        p.start()
+    start.wait(120)
+    seen: list[CatalogueRow] = []
+    while True:
+        running = any(p.is_alive() for p in procs)  # before the poll: a poll after the end follows
+        new = store.catalogue_changes("food", seen[-1].version if seen else 0)
+        last = seen[-1].version if seen else 0
+        assert [r.version for r in new] == list(range(last + 1, last + 1 + len(new))), "a version skipped"
+        seen += new
+        if not running:
+            break
+    for p in procs:
+        p.join(300)
+    assert [p.exitcode for p in procs] == [0, 0]
+    total = 2 * CATALOGUE_CHANGES
+    assert store.catalogue_version("food") == total
+    assert [r.version for r in seen] == list(range(1, total + 1))
+    everything = store.catalogue_changes("food")
+    assert [(r.item_id, r.version) for r in everything] == [(r.item_id, r.version) for r in seen]
+    assert sorted(r.item_id for r in everything) == sorted(
+        f"p{proc}-{i:02d}" for proc in (0, 1) for i in range(CATALOGUE_CHANGES))
+    for proc in (0, 1):  # each process's changes in its own order
+        mine = [r.item_id for r in everything if r.attributes == {"by": str(proc)}]
+        assert mine == [f"p{proc}-{i:02d}" for i in range(CATALOGUE_CHANGES)]
 
 
 # --- the ProfileBook and servicer tests of tests/unit, on each engine ------------------------
