@@ -1,14 +1,29 @@
-"""Each platform's catalogue index, from the catalogue `make engine` installed beside the model:
-its titles' embeddings were computed by the served model, so they also seed the encoder's item
-cache (a behaviour text equal to a catalogue title skips Triton)."""
+"""Each platform's catalogue as served: from the catalogue `make engine` installed beside the
+model (its titles' embeddings were computed by the served model, so they also seed the
+encoder's item cache: a behaviour text equal to a catalogue title skips Triton), plus the
+changes platforms made since through UpdateCatalogue, kept in the profile store's catalogue log
+and followed by every gateway (CatalogueFollower)."""
 
 from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from gateway.encoder import TritonEncoder
+from gateway.metrics import GatewayMetrics
 from interest_core.catalogue import InstalledCatalogue
+from interest_core.catalogue_log import CatalogueRow
+from interest_core.errors import Unavailable
+from interest_core.live_catalogue import LiveCatalogue
+from interest_core.profile_book import ProfileBook
 from interest_core.ranking.index import CatalogueIndex
+from interest_core.recommender import Recommender
+
+log = logging.getLogger("interest.gateway")
 
 SAME_MODEL_COSINE = 0.98  # INT8 vs the embeddings installed from the same engine: above 0.99 (docs/model.md)
 PROBE_TITLES = 4
@@ -46,3 +61,107 @@ def serve_index(encoder: TritonEncoder, installed: InstalledCatalogue) -> Catalo
     for title, vec in zip(installed.catalogue.titles, installed.embeddings):
         encoder.cache.put(title, vec)
     return CatalogueIndex(installed.catalogue, installed.embeddings)
+
+
+class CatalogueFollower:
+    """Serves each platform's catalogue as installed plus the store's catalogue log, and keeps
+    it so: `update` writes a platform's changes (UpdateCatalogue) and applies them here before
+    the call answers; `follow` reads the log every `period_s` for what other gateways wrote.
+    Recommend then ranks the new snapshot from its next call on (Recommender.serve).
+
+    Log entries embedded by another model (added before `make engine` installed the served
+    one) are embedded again through Triton when read, and written back for every gateway."""
+
+    def __init__(self, book: ProfileBook, recommender: Recommender, encoder: TritonEncoder,
+                 metrics: GatewayMetrics, installed: Mapping[str, InstalledCatalogue],
+                 titles: Mapping[str, dict[str, str]], model_version: str) -> None:
+        self.book = book
+        self.store = book.store
+        self.recommender = recommender
+        self.encoder = encoder
+        self.metrics = metrics
+        self.installed = installed
+        self.titles = titles  # the adapters' item-id -> title maps: new items resolve there too
+        self.model_version = model_version
+        self.live: dict[str, LiveCatalogue] = {}
+        self._locks = {name: asyncio.Lock() for name in installed}
+
+    async def start(self) -> None:
+        """Serve every installed catalogue (its titles seeded into the item cache), then catch
+        up with the log."""
+        for name, installed in self.installed.items():
+            index = serve_index(self.encoder, installed)
+            self.live[name] = LiveCatalogue(installed)
+            self.recommender.serve(name, await asyncio.to_thread(
+                self.recommender.prepare, name, index, self.live[name].popularity.copy()))
+            self.metrics.catalogue_items.labels(platform=name).set(len(index))
+            await self.sync(name)
+
+    async def sync(self, platform: str) -> int:
+        """Apply the log entries of `platform` this gateway has not seen; how many."""
+        live = self.live[platform]
+        async with self._locks[platform]:
+            rows = await asyncio.to_thread(self.store.catalogue_changes, platform, live.version)
+            if not rows:
+                return 0
+            rows = await self._in_served_space(platform, rows)
+            applied = live.apply(rows)
+            for row in rows:
+                if not row.removed:
+                    self.titles[platform][row.item_id] = row.title
+            index, popularity, added = live.snapshot()
+            served = await asyncio.to_thread(self.recommender.prepare, platform, index, popularity, added)
+            self.recommender.serve(platform, served)
+            self.metrics.catalogue_items.labels(platform=platform).set(len(index))
+            self.metrics.catalogue_version.labels(platform=platform).set(live.version)
+            log.info("catalogue %s: %d change(s) applied up to version %d; %d items rankable",
+                     platform, applied, live.version, len(index))
+            return applied
+
+    async def _in_served_space(self, platform: str, rows: list[CatalogueRow]) -> list[CatalogueRow]:
+        """`rows` with every live entry's embedding from the served model: entries of another
+        model are embedded again (item cache first) and written back where still unchanged."""
+        stale = [i for i, r in enumerate(rows) if not r.removed and r.model_version != self.model_version]
+        if not stale:
+            return rows
+        vectors = unit_rows(await self.encoder.embed([rows[i].title for i in stale], "CatalogueSync",
+                                                     platform))
+        out = list(rows)
+        for i, vec in zip(stale, vectors):
+            out[i] = dataclasses.replace(rows[i], embedding=vec, model_version=self.model_version)
+        await self.book.write("CatalogueSync", platform, self.store.reembed_catalogue, platform,
+                              [(rows[i].item_id, rows[i].model_version, out[i].embedding) for i in stale],
+                              self.model_version)
+        log.info("catalogue %s: %d item(s) added under another model re-embedded for %s", platform,
+                 len(stale), self.model_version)
+        return out
+
+    async def update(self, platform: str, upserts: Sequence[tuple[str, str, Mapping[str, str], np.ndarray]],
+                     removals: Sequence[str]) -> int:
+        """Write `platform`'s changes to the log (one transaction) and serve them here; the
+        platform's catalogue version after them."""
+        version: int = await self.book.write(
+            "UpdateCatalogue", platform, self.store.update_catalogue, platform, upserts, removals,
+            self.model_version)
+        await self.sync(platform)
+        self.metrics.catalogue_changes.labels(platform=platform, change="upsert").inc(len(upserts))
+        self.metrics.catalogue_changes.labels(platform=platform, change="remove").inc(len(removals))
+        return version
+
+    async def follow(self, period_s: float) -> None:
+        """Read every platform's log each `period_s`, for what other gateways wrote."""
+        while True:
+            await asyncio.sleep(period_s)
+            for platform in self.live:
+                try:
+                    await self.sync(platform)
+                except Unavailable:
+                    pass  # the store is away: health says so; the next round tries again
+                except Exception:
+                    log.exception("catalogue %s: reading the catalogue log failed", platform)
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (a zero row stays zero), float32."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)

@@ -109,6 +109,14 @@ class GatewayMetrics:
             ("platform", "outcome"), registry=self.registry)
         self.catalogue_items = Gauge("interest_catalogue_items", "Items in the ranking index.",
                                      ("platform",), registry=self.registry)
+        self.catalogue_version = Gauge(
+            "interest_catalogue_version",
+            "The platform's catalogue-log version this gateway serves (0: as installed); gateways "
+            "of one fleet agree within catalogue_poll_s.", ("platform",), registry=self.registry)
+        self.catalogue_changes = Counter(
+            "interest_catalogue_changes_total",
+            "Catalogue items changed through UpdateCatalogue on this gateway: upsert (new or "
+            "retitled) or remove.", ("platform", "change"), registry=self.registry)
         self.gc_pause = Histogram(
             "interest_gc_pause_seconds",
             "Python garbage-collector pauses by generation: every thread of the gateway stops for "

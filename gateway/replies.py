@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from interest_core.consent import ConsentRule
+from interest_core.live_catalogue import ItemProblem
 from interest_core.profiles import AuditEntry
 from interest_core.recommender import Category, Recommendation, RecommendedItem
 
@@ -48,3 +49,16 @@ def audit(entries: Iterable[AuditEntry]) -> pb.ListAuditResponse:
     return pb.ListAuditResponse(entries=[
         pb.AuditEntry(id=e.id, at_ms=e.at_ms, actor=e.actor, action=e.action, user_pseudonym=e.user_key,
                       platforms=e.platforms, change=e.change) for e in entries])
+
+
+def catalogue_updated(item_ids: list[str], problems: Mapping[int, ItemProblem], version: int, items: int,
+                      model_version: str) -> pb.UpdateCatalogueResponse:
+    """Per-change results in request order (upserts, then removals): applied, or the status
+    and what was wrong."""
+    results = [pb.ItemResult(index=i, item_id=item_id, applied=False, error_code=problems[i].code,
+                             error=problems[i].message)
+               if i in problems else pb.ItemResult(index=i, item_id=item_id, applied=True)
+               for i, item_id in enumerate(item_ids)]
+    return pb.UpdateCatalogueResponse(applied=len(item_ids) - len(problems), rejected=len(problems),
+                                      results=results, catalogue_version=version, catalogue_items=items,
+                                      model_version=model_version)

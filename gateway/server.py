@@ -44,7 +44,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from gateway.auth import KeyFileError, KeySource
-from gateway.catalogue import ModelMismatch, check_same_model, serve_index
+from gateway.catalogue import CatalogueFollower, ModelMismatch, check_same_model
 from gateway.encoder import TritonEncoder
 from gateway.errors import SHARED, ErrorAndMetricsInterceptor
 from gateway.metrics import GatewayMetrics
@@ -79,6 +79,7 @@ class Gateway:
     health: health_aio.HealthServicer
     metrics: GatewayMetrics
     catalogues: dict[str, InstalledCatalogue]
+    titles: dict[str, dict[str, str]]  # the adapters' item titles: catalogue updates add to them
     model_version: str
     keys: KeySource | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -116,6 +117,9 @@ class Gateway:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
         self.tasks.append(asyncio.create_task(self._watch_dependencies(), name="health-watch"))
+        if self.service.catalogues is not None:
+            self.tasks.append(asyncio.create_task(
+                self.service.catalogues.follow(self.settings.catalogue_poll_s), name="catalogue-follow"))
 
     async def _try_startup(self) -> bool:
         svc = self.service
@@ -138,9 +142,12 @@ class Gateway:
                 cosine = await check_same_model(svc.encoder, installed, self.model_version)
                 log.info("Triton serves the installed model %s (its embeddings of catalogue titles "
                          "agree to cosine %.4f)", self.model_version, cosine)
-            for name, installed in self.catalogues.items():
-                svc.set_index(name, serve_index(svc.encoder, installed))
-                self.metrics.catalogue_items.labels(platform=name).set(len(installed.catalogue))
+            follower = CatalogueFollower(svc.book, svc.recommender, svc.encoder, self.metrics,
+                                         self.catalogues, self.titles, self.model_version)
+            await follower.start()  # the installed catalogues plus the store's catalogue log
+            svc.catalogues = follower
+            for name in self.catalogues:
+                svc.mark_rank_paths(name)
             settle_heap()
             await self._set(health_pb2.HealthCheckResponse.SERVING)
             self.serving.set()
@@ -351,7 +358,7 @@ def create_server(
                     "by anyone who guesses user ids; set a secret key in production")
     if not service.auth.enabled:
         log.warning("no API keys configured: the gateway accepts every caller (development mode)")
-    return Gateway(server, bound, settings, service, health_servicer, metrics, catalogues,
+    return Gateway(server, bound, settings, service, health_servicer, metrics, catalogues, titles,
                    str(version["model_version"]), keys)
 
 

@@ -17,14 +17,16 @@ import numpy as np
 from gateway import replies
 from gateway.adapters import AdapterContext, PlatformAdapter, adapter_for
 from gateway.auth import ANY_PLATFORM, Authorizer
+from gateway.catalogue import CatalogueFollower, unit_rows
 from gateway.encoder import TritonEncoder
 from gateway.metrics import GatewayMetrics
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
 from interest_core.config import Settings
 from interest_core.consent import shares_somewhere, visible_rules
-from interest_core.errors import InterestError, InvalidInput, NotFound
+from interest_core.errors import InterestError, InvalidInput, NotFound, Unavailable
 from interest_core.events import UnifiedEvent
+from interest_core.live_catalogue import check_changes
 from interest_core.migration import MigrationMap
 from interest_core.privacy import Pseudonymiser
 from interest_core.profile_book import ProfileBook
@@ -65,7 +67,12 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
             settings.rank_max_batch, metrics.stage,
             on_path=lambda platform, path: metrics.rank_path.labels(platform=platform, path=path).inc(),
             batch_sizes=lambda platform: metrics.rank_batch.labels(platform=platform).observe)
-        self.indexes: dict[str, CatalogueIndex] = self.recommender.indexes
+        self.catalogues: CatalogueFollower | None = None  # set when the catalogues are served
+
+    @property
+    def indexes(self) -> dict[str, CatalogueIndex]:
+        """Each platform's catalogue index served now."""
+        return self.recommender.indexes
 
     @property
     def model_version(self) -> str:
@@ -77,8 +84,11 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
         self.book.model_version = version
 
     def set_index(self, platform: str, index: CatalogueIndex) -> None:
-        """Serve `index` for `platform`, precomputing its collaborative blend (start-up)."""
+        """Serve a fixed `index` for `platform`, precomputing its collaborative blend (tests)."""
         self.recommender.set_index(platform, index)
+        self.mark_rank_paths(platform)
+
+    def mark_rank_paths(self, platform: str) -> None:
         for path in ("bounded", "full"):  # both series exist from the start (dashboard ratios)
             self.metrics.rank_path.labels(platform=platform, path=path)
 
@@ -162,6 +172,38 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
                 self._user(request.user_id), target, request.k, request.exclude_item_ids,
                 lambda: self._timeout(context))
         return replies.recommendation(target, answer, self.model_version)
+
+    async def UpdateCatalogue(
+        self, request: pb.UpdateCatalogueRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateCatalogueResponse:
+        rpc = "UpdateCatalogue"
+        platform = self._authorise(context, request.platform)  # its own key, or the operator's
+        changes = len(request.upserts) + len(request.remove_item_ids)
+        if not changes:
+            raise InvalidInput("nothing to change: send upserts or remove_item_ids")
+        limit = self.settings.max_catalogue_changes_per_request
+        if changes > limit:
+            raise InvalidInput(f"{changes} catalogue changes in one request; the limit is {limit}: send "
+                               f"them in calls of at most {limit} (python -m devtools.catalogue_load does)")
+        follower = self.catalogues
+        if follower is None or platform not in follower.live:
+            raise Unavailable(f"the {platform} catalogue is still loading; retry shortly")
+        upserts = [(u.item_id, u.title, dict(u.attributes)) for u in request.upserts]
+        with self.metrics.stage("total", rpc, platform):
+            await follower.sync(platform)  # what other gateways listed: removable here at once
+            problems = check_changes(upserts, request.remove_item_ids, follower.live[platform],
+                                     self.settings.max_text_chars)
+            good = [u for i, u in enumerate(upserts) if i not in problems]
+            gone = [r for j, r in enumerate(request.remove_item_ids, start=len(upserts)) if j not in problems]
+            vectors = (unit_rows(await self._embed([title for _, title, _ in good], rpc, platform,
+                                                   self._timeout(context)))
+                       if good else np.zeros((0, self.migration.dim), np.float32))
+            rows = [(item_id, title, attrs, vec) for (item_id, title, attrs), vec in zip(good, vectors)]
+            version = (await follower.update(platform, rows, gone) if rows or gone
+                       else follower.live[platform].version)
+        ids = [*(u.item_id for u in request.upserts), *request.remove_item_ids]
+        return replies.catalogue_updated(ids, problems, version, len(follower.live[platform]),
+                                         self.model_version)
 
     async def SetConsent(
         self, request: pb.SetConsentRequest, context: grpc.aio.ServicerContext

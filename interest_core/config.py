@@ -179,6 +179,15 @@ class Settings(BaseSettings):
         "of the gateway's CPU on refusals that other platforms need; 0 = refuse at once",
     )
     max_events_per_request: int = 512
+    max_catalogue_changes_per_request: int = Field(
+        default=1000, ge=1,
+        description="UpdateCatalogue upserts plus removals per call; more is refused whole "
+                    "(INVALID_ARGUMENT)",
+    )
+    catalogue_poll_s: float = Field(
+        default=0.5, gt=0,
+        description="how often a gateway reads the store's catalogue log for other gateways' changes",
+    )
     max_text_chars: int = 1000
     max_k: int = 200
     max_exclude_ids: int = 10_000

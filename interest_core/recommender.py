@@ -65,8 +65,22 @@ class Recommendation:
     withheld: list[Withheld] = field(default_factory=list)  # sources not used, with the reason
 
 
+@dataclass(frozen=True)
+class ServedCatalogue:
+    """Everything Recommend ranks one platform's catalogue with, made together and swapped in
+    as one (a catalogue update replaces it whole): a call takes one snapshot and never mixes
+    the positions of two versions of the catalogue."""
+
+    index: CatalogueIndex
+    scorer: BatchScorer
+    popularity: np.ndarray | None  # per-item fallback scores, in the index's order
+    categories: tuple[np.ndarray, np.ndarray] | None  # each item's top category (index, probability)
+    blend: ServedBlend | None  # the collaborative blend over this index; None without assets
+
+
 class Recommender:
-    """Ranks each served platform's catalogue (`set_index`) for a user of `book`.
+    """Ranks each served platform's catalogue (`set_index`, or `prepare` + `serve` for a
+    catalogue that changes while serving) for a user of `book`.
 
     `on_path(platform, 'bounded' | 'full')` counts how each personalised ranking was made;
     `batch_sizes(platform)` gives the observer of that catalogue's scoring batch sizes.
@@ -81,47 +95,55 @@ class Recommender:
         self.book = book
         self.migration = migration
         self.assets = assets  # trained ranking: collaborative blend and interest categories
-        self.popularity = popularity  # per-item fallback scores when nothing may be used
+        self.popularity = popularity  # per platform, in the installed catalogue's order
         self.rank_candidates = rank_candidates
         self.rank_max_batch = rank_max_batch
         self.timer = timer
         self.on_path = on_path
         self.batch_sizes = batch_sizes
-        self.indexes: dict[str, CatalogueIndex] = {}
-        self.scorers: dict[str, BatchScorer] = {}  # per platform: batched catalogue scoring
+        self.served: dict[str, ServedCatalogue] = {}
         self.bound_gates: dict[str, BoundGate] = defaultdict(BoundGate)  # per target platform
         self._asset_pos = ({p: {item: i for i, item in enumerate(ids)}
                             for p, ids in assets.item_ids.items()} if assets is not None else {})
-        self._served: dict[str, tuple[CatalogueIndex, ServedBlend]] = {}
-        # per platform: each catalogue item's own top interest category (index, probability)
-        self._item_categories: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    @property
+    def indexes(self) -> dict[str, CatalogueIndex]:
+        """Each served platform's index now."""
+        return {platform: served.index for platform, served in self.served.items()}
 
     def set_index(self, platform: str, index: CatalogueIndex) -> None:
-        """Serve `index` for `platform`, precomputing its collaborative blend (start-up)."""
-        self.indexes[platform] = index
-        old = self.scorers.get(platform)
-        self.scorers[platform] = BatchScorer(index.embeddings, self.rank_max_batch,
-                                             on_batch=self.batch_sizes(platform))
-        if old is not None:
-            old.close()
+        """Serve `index` for `platform` with the popularity given at creation (start-up)."""
+        self.serve(platform, self.prepare(platform, index, self.popularity.get(platform)))
+
+    def prepare(self, platform: str, index: CatalogueIndex, popularity: np.ndarray | None,
+                added: np.ndarray | None = None) -> ServedCatalogue:
+        """Everything `index` is ranked with: its scorer (a transposed copy), each item's
+        category and the precomputed blend (`added`: items added while serving, ServedBlend).
+        Reads no mutable state: callable off the event loop."""
         categories = self.assets.item_categories(index.embeddings) if self.assets is not None else None
-        if categories is None:
-            self._item_categories.pop(platform, None)
-        else:
-            self._item_categories[platform] = categories
-        if self.assets is not None:
-            blend = self.served_blend(platform, index)
-            log.info("ranking assets know %d of the %d %s catalogue items%s", blend.known, len(index),
-                     platform, "" if blend.known else ": NO collaborative blend for this platform")
+        blend = (ServedBlend(self.assets, platform, index.catalogue.item_ids, added)
+                 if self.assets is not None else None)
+        scorer = BatchScorer(index.embeddings, self.rank_max_batch, on_batch=self.batch_sizes(platform))
+        return ServedCatalogue(index, scorer, popularity, categories, blend)
+
+    def serve(self, platform: str, served: ServedCatalogue) -> None:
+        """Rank `platform` with `served` from the next call on (calls under way finish with
+        the one they took)."""
+        old = self.served.get(platform)
+        self.served[platform] = served
+        if old is not None:
+            old.scorer.close()
+        if served.blend is not None and (old is None or len(old.index) != len(served.index)):
+            log.info("ranking assets know %d of the %d %s catalogue items%s", served.blend.known,
+                     len(served.index), platform,
+                     "" if served.blend.known else ": NO collaborative blend for this platform")
 
     def served_blend(self, target: str, index: CatalogueIndex) -> ServedBlend:
-        """The precomputed blend of `index` (made once per served index)."""
-        assert self.assets is not None
-        cached = self._served.get(target)
-        if cached is None or cached[0] is not index:
-            cached = (index, ServedBlend(self.assets, target, index.catalogue.item_ids))
-            self._served[target] = cached
-        return cached[1]
+        """The precomputed blend of the served `index` (made once per served index)."""
+        served = self.served.get(target)
+        if served is None or served.index is not index or served.blend is None:
+            raise KeyError(f"{target}: this index is not served with a blend")
+        return served.blend
 
     async def recommend(self, user_key: str, target: str, k: int, exclude_ids: Sequence[str],
                         time_left: Callable[[], float], rpc: str = "Recommend") -> Recommendation:
@@ -133,9 +155,10 @@ class Recommender:
             if not profiles:
                 raise NotFound("no interest profile for this user: ingest their events first")
             profiles = await self.book.current(user_key, profiles, rpc, time_left())
-        index = self.indexes.get(target)
-        if index is None:
+        served = self.served.get(target)
+        if served is None:
             raise Unavailable(f"the {target} catalogue is still loading; retry shortly")
+        index = served.index
         rules = await self.book.consent_rules(user_key)
         used = {p: v for p, v in profiles.items() if p == target or allowed(rules, p, target)}
         withheld = [Withheld(p, withheld_reason(rules, p, target)) for p in sorted(profiles) if p not in used]
@@ -143,19 +166,19 @@ class Recommender:
         exclude = [*owned, *exclude_ids]
         if not used:
             with self.timer("rank", rpc, target):
-                ranked = index.top_k(None, k, exclude, scores=self.popularity.get(target))
+                ranked = index.top_k(None, k, exclude, scores=served.popularity)
             return Recommendation(
-                self.items(target, index, ranked), [], False, interests=[], withheld=withheld,
+                self.items(served, ranked), [], False, interests=[], withheld=withheld,
                 explanation=(f"not personalised: {_withheld_text(withheld)} and there is no {target} "
                              "activity; most popular items"))
         with self.timer("migrate", rpc, target):
             query = self.migration.migrate({p: (prof.vector, prof.events) for p, prof in used.items()},
                                            target)
         with self.timer("rank", rpc, target):
-            blend = self.blend(target, index, used)
+            blend = self.blend(served, target, used)
             if blend is not None and not blend.any():
                 blend = None  # zero blend weights: the model's own ranking
-            ranked = await self._rank(target, index, query, blend, k, exclude)
+            ranked = await self._rank(target, served, query, blend, k, exclude)
         sources = sorted(p for p in used if p != target)
         explanation = (f"interests migrated from {', '.join(sources)}" if sources
                        else f"from this user's {target} activity")
@@ -166,14 +189,15 @@ class Recommender:
         interests = self.interests(query)
         if interests:
             explanation += "; interests: " + ", ".join(f"{c.name} ({c.weight:.0%})" for c in interests)
-        return Recommendation(self.items(target, index, ranked), sources, True, explanation, interests,
+        return Recommendation(self.items(served, ranked), sources, True, explanation, interests,
                               withheld)
 
-    async def _rank(self, target: str, index: CatalogueIndex, query: np.ndarray,
+    async def _rank(self, target: str, served: ServedCatalogue, query: np.ndarray,
                     blend: np.ndarray | None, k: int, exclude: list[str]) -> list[Ranked]:
         """The exact top k of item . query + blend: bounded when the gate lets it try and the
         bound holds, else the whole catalogue, batched."""
         ranked = None
+        index = served.index
         gate = self.bound_gates[target]
         if blend is not None and self.rank_candidates and gate.should_try():
             ranked = index.top_k_bounded(  # exact, from the largest-blend items only
@@ -181,16 +205,16 @@ class Recommender:
             gate.record(ranked is not None)
         self.on_path(target, "full" if ranked is None else "bounded")
         if ranked is None:
-            scores = await self.scorers[target].scores(query)  # item . query, batched
+            scores = await served.scorer.scores(query)  # item . query, batched
             if blend is not None:  # the served score: model cosine + the trained blend
                 scores += blend
             ranked = index.top_k(None, k, exclude, scores=scores, copy=False)
         return ranked
 
-    def blend(self, target: str, index: CatalogueIndex, used: Mapping[str, Profile]) -> np.ndarray | None:
+    def blend(self, served: ServedCatalogue, target: str, used: Mapping[str, Profile]) -> np.ndarray | None:
         """The collaborative blend [N] of the user's (consented) source-platform items, or None
         without assets or without a source platform (target-only users get the model alone)."""
-        if self.assets is None:
+        if served.blend is None:
             return None
         histories: dict[str, np.ndarray] = {}
         for platform, profile in used.items():
@@ -199,7 +223,7 @@ class Recommender:
             pos = self._asset_pos.get(platform, {})
             histories[platform] = np.fromiter(
                 (pos[i] for i in profile.items if i in pos), dtype=np.int64)
-        return self.served_blend(target, index)(histories)
+        return served.blend(histories)
 
     def interests(self, vector: np.ndarray) -> list[Category]:
         """The top named interest categories of a unit profile vector; [] without assets."""
@@ -209,14 +233,14 @@ class Recommender:
         return [Category(name, float(np.float32(weight)))
                 for name, weight in self.assets.categories(vector, INTEREST_TOP)]
 
-    def items(self, target: str, index: CatalogueIndex, ranked: list[Ranked]) -> list[RecommendedItem]:
+    def items(self, served: ServedCatalogue, ranked: list[Ranked]) -> list[RecommendedItem]:
         """The ranked items, each with its own top interest category when assets name them."""
-        categories = self._item_categories.get(target)
+        categories = served.categories
         names = self.assets.category_names if self.assets is not None else []
         out = []
         for n, r in enumerate(ranked):
             category = None
-            pos = index.position(r.item_id) if categories is not None else None
+            pos = served.index.position(r.item_id) if categories is not None else None
             if categories is not None and pos is not None:
                 category = Category(names[int(categories[0][pos])], float(categories[1][pos]))
             out.append(RecommendedItem(r.item_id, r.title, r.score, n + 1, category))

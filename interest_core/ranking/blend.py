@@ -68,9 +68,12 @@ class ServedBlend:
     The co-occurrence matrices get their columns moved into the served catalogue's order
     (catalogue items the assets do not know get no blend) and log1p(popularity) is reordered
     the same way, so a request only sums the co-occurrence rows of the user's own items.
+    `added` (bool [N]) marks items added while serving: no co-occurrence, and the median
+    popularity term of the known items (an item not seen yet is not an item nobody wants).
     """
 
-    def __init__(self, assets: BlendAssets, target: str, catalogue_ids: Sequence[str]) -> None:
+    def __init__(self, assets: BlendAssets, target: str, catalogue_ids: Sequence[str],
+                 added: np.ndarray | None = None) -> None:
         self.target = target
         self.size = len(catalogue_ids)
         order = assets.reorder(target, catalogue_ids)  # asset position of each catalogue item
@@ -92,6 +95,11 @@ class ServedBlend:
         if target in assets.popularity:
             self.popularity = np.zeros(self.size, np.float32)
             self.popularity[known] = np.log1p(assets.popularity[target])[order[known]]
+            if added is not None and added.any() and self.known:
+                # Items added while serving (UpdateCatalogue) have not been seen yet, which is
+                # not the same as not being bought: they get the median popularity term of the
+                # items the assets know, not the least, until `make train` counts them.
+                self.popularity[added & ~known] = np.median(self.popularity[known])
 
     def __call__(self, histories: Mapping[str, np.ndarray]) -> np.ndarray | None:
         """The blend float32 [N] (catalogue order) of a user whose items per source platform

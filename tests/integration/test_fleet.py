@@ -358,3 +358,36 @@ def test_fleet_logs_name_the_store(fleet: Fleet) -> None:
     for gw in fleet.gateways:
         log = Path(gw.log_path).read_text()
         assert "the profile store (PostgreSQL at 127.0.0.1:" in log, gw.log_tail()
+
+
+async def test_a_catalogue_change_through_one_gateway_is_served_by_the_other_within_a_second(
+        fleet: Fleet) -> None:
+    """An item added through gateway a is rankable through b within a second of a's reply (b
+    reads the store's catalogue log every catalogue_poll_s, 0.5 s); removed through b, a stops
+    ranking it as fast."""
+    a, b = fleet.stubs
+    user = "fleet-catalogue"
+    item = pb.CatalogueItem(item_id="FLEET-TEA-SET", title="Green tea gift set with honey and a tea infuser")
+    # a kitchen activity of exactly that text: once the item is listed it ranks first for this
+    # user (target-only: the model term alone), so its presence is what the lag measures
+    await a.IngestEvents(pb.IngestEventsRequest(platform="kitchen", events=[
+        pb.BehaviorEvent(user_id=user, item_text=item.title, event_type="view")]), timeout=60)
+
+    async def seen_within(stub: pb_grpc.InterestGatewayStub, present: bool, since: float) -> float:
+        while True:
+            reply = await stub.Recommend(pb.RecommendRequest(user_id=user, target_platform="kitchen", k=5),
+                                         timeout=30)
+            if (item.item_id in [i.item_id for i in reply.items]) == present:
+                return time.monotonic() - since
+            assert time.monotonic() - since < 5.0, f"{'not ' if present else ''}seen after 5 s"
+            await asyncio.sleep(0.02)
+
+    added = await a.UpdateCatalogue(pb.UpdateCatalogueRequest(platform="kitchen", upserts=[item]), timeout=30)
+    assert added.applied == 1
+    lag_b = await seen_within(b, True, time.monotonic())
+    assert await seen_within(a, True, time.monotonic()) < 0.1  # a: served before it replied
+    removed = await b.UpdateCatalogue(pb.UpdateCatalogueRequest(platform="kitchen",
+                                                                remove_item_ids=[item.item_id]), timeout=30)
+    assert removed.applied == 1
+    lag_a = await seen_within(a, False, time.monotonic())
+    assert lag_b < 1.0 and lag_a < 1.0, (lag_b, lag_a)

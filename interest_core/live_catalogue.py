@@ -1,0 +1,165 @@
+"""A platform's catalogue as it changes while serving: what `make engine` installed, plus the
+changes platforms have made since through UpdateCatalogue, read back from the profile store's
+catalogue log in version order.
+
+Items are never moved: an item keeps its position for good, a new one is appended, a removed
+one is only marked, and `snapshot()` makes the index of the live items for Recommend (a
+removed item is not in it, so it can never be recommended). A new item knows no
+co-occurrence and no popularity: it is ranked by the model term, which is what the text
+model is for (the new-items task, docs/model.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from interest_core.catalogue import Catalogue, InstalledCatalogue
+from interest_core.ranking.index import CatalogueIndex
+
+
+class CatalogueChange(Protocol):
+    """One entry of the store's catalogue log (interest_core.catalogue_log.CatalogueRow)."""
+
+    @property
+    def item_id(self) -> str: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def embedding(self) -> np.ndarray | None: ...
+    @property
+    def removed(self) -> bool: ...
+    @property
+    def version(self) -> int: ...
+
+
+class LiveCatalogue:
+    """One platform's items by position: ids, titles, unit embeddings [capacity, D], popularity
+    (0 for items added while serving) and which are live; `version` is the last catalogue-log
+    version applied."""
+
+    def __init__(self, installed: InstalledCatalogue) -> None:
+        self.platform = installed.catalogue.platform
+        self.ids = list(installed.catalogue.item_ids)
+        self.titles = list(installed.catalogue.titles)
+        self.embeddings = np.ascontiguousarray(installed.embeddings, dtype=np.float32)
+        self.popularity = np.asarray(installed.popularity, dtype=np.float32)
+        self.live = np.ones(len(self.ids), dtype=bool)
+        self.position = {item: i for i, item in enumerate(self.ids)}
+        self.installed = len(self.ids)  # positions from here on were added while serving
+        self.version = 0
+
+    def __len__(self) -> int:
+        """Live items."""
+        return int(self.live.sum())
+
+    def __contains__(self, item_id: object) -> bool:
+        pos = self.position.get(item_id) if isinstance(item_id, str) else None
+        return pos is not None and bool(self.live[pos])
+
+    def apply(self, changes: Iterable[CatalogueChange]) -> int:
+        """Apply log entries (their embeddings in the served model's space, unit rows) in
+        order; entries at or below `version` were applied before and are skipped. Returns
+        how many were applied."""
+        fresh = [c for c in changes if c.version > self.version]
+        if not fresh:
+            return 0
+        dim = self.embeddings.shape[1]
+        new_ids = list(dict.fromkeys(c.item_id for c in fresh
+                                     if not c.removed and c.item_id not in self.position))
+        if new_ids:  # room for the new items first, not live until their entry is applied
+            start = len(self.ids)
+            self.position.update({item: start + j for j, item in enumerate(new_ids)})
+            self.ids += new_ids
+            self.titles += [""] * len(new_ids)
+            self.embeddings = np.concatenate([self.embeddings, np.zeros((len(new_ids), dim), np.float32)])
+            self.popularity = np.concatenate([self.popularity, np.zeros(len(new_ids), np.float32)])
+            self.live = np.concatenate([self.live, np.zeros(len(new_ids), dtype=bool)])
+        for change in fresh:
+            pos = self.position.get(change.item_id)
+            if change.removed:
+                if pos is not None:
+                    self.live[pos] = False
+                continue
+            assert pos is not None
+            if change.embedding is None:
+                raise ValueError(f"catalogue log entry {change.version} of {change.item_id!r} has no "
+                                 "embedding")
+            vec = np.asarray(change.embedding, dtype=np.float32)
+            if vec.shape != (dim,):
+                raise ValueError(f"catalogue log entry {change.version} of {change.item_id!r} has "
+                                 f"{vec.shape} values, the served model {dim}")
+            self.embeddings[pos] = vec
+            self.titles[pos] = change.title
+            self.live[pos] = True
+        self.version = max(c.version for c in fresh)
+        return len(fresh)
+
+    def snapshot(self) -> tuple[CatalogueIndex, np.ndarray, np.ndarray]:
+        """The index of the live items, their popularity and which were added while serving
+        (bool), in position order (copies: later changes do not touch them)."""
+        keep = np.flatnonzero(self.live)
+        catalogue = Catalogue(self.platform, tuple(self.ids[i] for i in keep),
+                              tuple(self.titles[i] for i in keep))
+        return (CatalogueIndex(catalogue, self.embeddings[keep]), self.popularity[keep].copy(),
+                keep >= self.installed)
+
+
+MAX_ID_CHARS = 128
+MAX_ATTRIBUTES = 32
+MAX_ATTRIBUTE_CHARS = 512
+
+
+@dataclass(frozen=True)
+class ItemProblem:
+    """Why one upsert or removal of an UpdateCatalogue call was not applied."""
+
+    code: str  # the gRPC status name: INVALID_ARGUMENT or NOT_FOUND
+    message: str
+
+
+def check_changes(upserts: Sequence[tuple[str, str, Mapping[str, str]]], removals: Sequence[str],
+                  live: LiveCatalogue, max_title_chars: int) -> dict[int, ItemProblem]:
+    """What is wrong with each change of one call, by its index (upserts 0.., then removals
+    len(upserts)..); the others may be applied. An id may appear once per call; a removal must
+    name an item of the live catalogue."""
+    problems: dict[int, ItemProblem] = {}
+    seen: dict[str, int] = {}
+
+    def bad_id(item_id: str) -> str | None:
+        if not item_id.strip():
+            return "item_id is empty"
+        if len(item_id) > MAX_ID_CHARS:
+            return f"item_id longer than {MAX_ID_CHARS} characters"
+        if item_id != item_id.strip() or not item_id.isprintable():
+            return "item_id has surrounding spaces or control characters"
+        if item_id in seen:
+            return f"item_id {item_id!r} appears earlier in this request (change {seen[item_id]})"
+        return None
+
+    for i, (item_id, title, attributes) in enumerate(upserts):
+        problem = bad_id(item_id)
+        if problem is None and not title.strip():
+            problem = f"item {item_id!r}: title is empty (the model ranks new items by their title)"
+        elif problem is None and len(title) > max_title_chars:
+            problem = f"item {item_id!r}: title longer than {max_title_chars} characters"
+        elif problem is None and len(attributes) > MAX_ATTRIBUTES:
+            problem = f"item {item_id!r}: more than {MAX_ATTRIBUTES} attributes"
+        elif problem is None and any(len(k) > MAX_ATTRIBUTE_CHARS or len(v) > MAX_ATTRIBUTE_CHARS
+                                     for k, v in attributes.items()):
+            problem = (f"item {item_id!r}: an attribute name or value longer than {MAX_ATTRIBUTE_CHARS} "
+                       "characters")
+        if problem is not None:
+            problems[i] = ItemProblem("INVALID_ARGUMENT", problem)
+        seen.setdefault(item_id, i)
+    for j, item_id in enumerate(removals, start=len(upserts)):
+        problem = bad_id(item_id)
+        if problem is not None:
+            problems[j] = ItemProblem("INVALID_ARGUMENT", problem)
+        elif item_id not in live:
+            problems[j] = ItemProblem("NOT_FOUND", f"no item {item_id!r} in the {live.platform} catalogue")
+        seen.setdefault(item_id, j)
+    return problems
