@@ -134,7 +134,7 @@ bench: engine  ## benchmark: seed vs in-process limit vs this stack, perf_analyz
 	$(PY) -m bench.run
 	$(MAKE) --no-print-directory fuzz
 
-fuzz: setup  ## 2,500 fuzzed examples x 7 RPCs = 17,500 bad-input cases against the real stack
+fuzz: setup  ## 2,500 fuzzed examples x 8 RPCs = 20,000 bad-input cases against the real stack
 	FUZZ_EXAMPLES=2500 $(PY) -m pytest -q -p no:cacheprovider tests/integration/test_reliability.py \
 	  -k fuzzed --hypothesis-show-statistics
 

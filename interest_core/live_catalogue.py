@@ -58,7 +58,8 @@ class LiveCatalogue:
 
     def __contains__(self, item_id: object) -> bool:
         pos = self.position.get(item_id) if isinstance(item_id, str) else None
-        return pos is not None and bool(self.live[pos])
+        live = self.live  # one snapshot: `apply` may be replacing it on another thread
+        return pos is not None and pos < len(live) and bool(live[pos])
 
     def apply(self, changes: Iterable[CatalogueChange]) -> int:
         """Apply log entries (their embeddings in the served model's space, unit rows) in
@@ -146,6 +147,8 @@ def check_changes(upserts: Sequence[tuple[str, str, Mapping[str, str]]], removal
             problem = f"item {item_id!r}: title is empty (the model ranks new items by their title)"
         elif problem is None and len(title) > max_title_chars:
             problem = f"item {item_id!r}: title longer than {max_title_chars} characters"
+        elif problem is None and ("\x00" in title or any("\x00" in k + v for k, v in attributes.items())):
+            problem = f"item {item_id!r}: a NUL character in the title or an attribute"
         elif problem is None and len(attributes) > MAX_ATTRIBUTES:
             problem = f"item {item_id!r}: more than {MAX_ATTRIBUTES} attributes"
         elif problem is None and any(len(k) > MAX_ATTRIBUTE_CHARS or len(v) > MAX_ATTRIBUTE_CHARS

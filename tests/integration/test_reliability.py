@@ -263,6 +263,9 @@ def test_fuzzed_requests_never_crash_or_answer_internal(
                                                          target_platforms=targets), timeout=30),
             lambda: stub.ListAudit(pb.ListAuditRequest(user_id=user, limit=k, since_ms=since), timeout=30),
             lambda: stub.DeleteUser(pb.DeleteUserRequest(user_id=user, all_platforms=flag), timeout=30),
+            lambda: stub.UpdateCatalogue(pb.UpdateCatalogueRequest(
+                platform=platform, upserts=[pb.CatalogueItem(item_id=x, title=user, attributes={x: user})
+                                            for x in excludes], remove_item_ids=targets), timeout=30),
         ]
         for call in calls:
             try:
@@ -273,4 +276,7 @@ def test_fuzzed_requests_never_crash_or_answer_internal(
             if isinstance(reply, pb.IngestEventsResponse):
                 assert reply.accepted + reply.rejected == len(events)
                 assert all(r.accepted or r.error for r in reply.results)
+            if isinstance(reply, pb.UpdateCatalogueResponse):
+                assert reply.applied + reply.rejected == len(excludes) + len(targets) == len(reply.results)
+                assert all(r.applied or (r.error and r.error_code) for r in reply.results)
     assert gateway_process.proc.poll() is None, "the gateway is still up"

@@ -92,16 +92,18 @@ def test_each_bad_change_gets_its_own_reason() -> None:
     live = LiveCatalogue(installed())
     upserts: list[tuple[str, str, dict[str, str]]] = [
         ("k9", "Matcha whisk", {}), ("", "No id", {}), ("k8", "   ", {}), ("k7", "x" * 1001, {}),
-        ("k9", "Again", {}), (" k6", "Spaces", {}), ("k5", "Many", {str(i): "v" for i in range(33)})]
+        ("k9", "Again", {}), (" k6", "Spaces", {}), ("k5", "Many", {str(i): "v" for i in range(33)}),
+        ("k4", "Tea\x00pot", {})]
     problems = check_changes(upserts, ["k0", "nope", "k9"], live, max_title_chars=1000)
+    assert "NUL character" in problems[7].message  # PostgreSQL text cannot hold one
     reasons = {i: (p.code, p.message) for i, p in problems.items()}
-    assert 0 not in reasons and 7 not in reasons  # a good upsert, a removal of a listed item
+    assert 0 not in reasons and 8 not in reasons  # a good upsert, a removal of a listed item
     assert reasons[1] == ("INVALID_ARGUMENT", "item_id is empty")
     assert "title is empty" in reasons[2][1] and "longer than 1000" in reasons[3][1]
     assert "appears earlier in this request (change 0)" in reasons[4][1]
     assert "surrounding spaces" in reasons[5][1] and "more than 32 attributes" in reasons[6][1]
-    assert reasons[8] == ("NOT_FOUND", "no item 'nope' in the kitchen catalogue")
-    assert "appears earlier" in reasons[9][1]  # k9 upserted and removed in one call
+    assert reasons[9] == ("NOT_FOUND", "no item 'nope' in the kitchen catalogue")
+    assert "appears earlier" in reasons[10][1]  # k9 upserted and removed in one call
 
 
 # --- UpdateCatalogue through the servicer, on a real SQLite store ----------------------------
