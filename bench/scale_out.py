@@ -46,7 +46,7 @@ from bench.run import (
     store_consented_profiles,
 )
 from devtools.fleet import SERVICE, GatewayProcess, client_channel, gateway_process
-from devtools.postgres_launcher import PostgresServer, pg_binary, start_postgres, wait_accepting
+from devtools.postgres_launcher import PostgresServer, pg_binary, running_postgres
 from devtools.provenance import machine, revision
 from devtools.triton_launcher import TritonServer, free_port, start_triton
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
@@ -185,17 +185,13 @@ async def scale_out_run(triton: TritonServer, duration: float, concurrency: int 
                                                         [triton_watch], workload, concurrency, duration)
 
     log("scale-out: two gateways, profiles in one PostgreSQL")
-    server = start_postgres()
-    try:
-        wait_accepting(server)
+    with running_postgres() as server:
         url = fresh_database(server)
         postgres = ProcessTree("postgres", postmaster_pid(server))
         async with running_gateways(["postgres-a", "postgres-b"], triton, url) as (a, b):
             out["two_gateways_postgres"] = await measure_stack(
                 "two gateways (PostgreSQL)", {"gateway_a": a, "gateway_b": b}, [triton_watch, postgres],
                 workload, concurrency, duration)
-    finally:
-        server.stop()
     out["notes"] = (
         f"Measured on one machine ({os.cpu_count()} CPU cores) that every process shares: the "
         "gateways, one Triton, PostgreSQL and the load generator, so two gateways here add no "

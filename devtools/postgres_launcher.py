@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,6 +123,17 @@ def wait_accepting(server: PostgresServer, timeout_s: float = 30.0) -> None:
         time.sleep(0.2)
     raise PostgresStartError(f"PostgreSQL on port {server.port} not accepting connections; log:\n"
                              f"{tail(server.log_path)}")
+
+
+@contextlib.contextmanager
+def running_postgres() -> Iterator[PostgresServer]:
+    """A new cluster accepting connections for the `with` block, stopped and removed after it."""
+    server = start_postgres()
+    try:
+        wait_accepting(server)
+        yield server
+    finally:
+        server.stop()
 
 
 def main() -> int:

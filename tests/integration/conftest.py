@@ -21,7 +21,7 @@ import pytest_asyncio
 from grpc_health.v1 import health_pb2_grpc
 from prometheus_client import start_http_server
 
-from devtools.postgres_launcher import PostgresServer, start_postgres, wait_accepting
+from devtools.postgres_launcher import PostgresServer, running_postgres
 from devtools.readiness import wait_serving
 from devtools.triton_launcher import TritonServer, free_port, start_triton
 from gateway.metrics import GatewayMetrics
@@ -65,12 +65,8 @@ def metric_total(samples: dict[str, float], metric: str, **labels: str) -> float
 def postgres() -> Iterator[PostgresServer]:
     """A real PostgreSQL server for the session: a new cluster in a temporary folder on a free
     port (devtools/postgres_launcher.py), stopped and removed at the end."""
-    server = start_postgres()
-    try:
-        wait_accepting(server)
+    with running_postgres() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

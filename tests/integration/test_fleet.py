@@ -26,7 +26,7 @@ import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devtools.fleet import GatewayProcess, client_channel, gateway_process
-from devtools.postgres_launcher import PostgresServer, start_postgres, wait_accepting
+from devtools.postgres_launcher import PostgresServer, running_postgres
 from devtools.readiness import wait_serving
 from devtools.triton_launcher import TritonServer
 from gateway.proto.interest.v1 import gateway_pb2 as pb
@@ -75,12 +75,8 @@ class Fleet:
 @pytest.fixture(scope="module")
 def fleet_postgres() -> Iterator[PostgresServer]:
     """This module's own PostgreSQL: one test stops and restarts it."""
-    server = start_postgres()
-    try:
-        wait_accepting(server)
+    with running_postgres() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
