@@ -23,7 +23,7 @@ PROTO_OUT := gateway/proto/interest/v1/gateway_pb2.py gateway/proto/interest/v1/
 STAMP   := $(VENV)/.installed
 MODEL   := model_repository/interest_encoder/VERSION.json
 
-.PHONY: help up setup proto data train eval engine ngc-repo serve demo test unit integration lint clean bench fuzz tools FORCE
+.PHONY: help up setup proto data train eval engine ngc-repo serve demo test unit integration lint clean bench ann-compare fuzz tools FORCE
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -133,6 +133,10 @@ bench: engine  ## benchmark: seed vs in-process limit vs this stack, perf_analyz
 	bash build/install-postgresql.sh
 	$(PY) -m bench.run
 	$(MAKE) --no-print-directory fuzz
+
+ann-compare: engine  ## faiss-cpu, hnswlib and usearch side by side on 10^4..10^6 items made from the real catalogue: var/bench/ann_compare.json (docs/ranking.md)
+	HNSWLIB_NO_NATIVE=1 $(PIP) install --quiet -r build/ann-requirements.txt
+	$(PY) -m bench.ann_compare
 
 fuzz: setup  ## 2,500 fuzzed examples x 8 RPCs = 20,000 bad-input cases against the real stack
 	FUZZ_EXAMPLES=2500 $(PY) -m pytest -q -p no:cacheprovider tests/integration/test_reliability.py \
