@@ -77,6 +77,10 @@ class PostgresProfileStore(ProfileStore):
             reconnect_timeout=2 * timeout_s,
             kwargs={"autocommit": True}, name="profile-store")
         self._pool.open(wait=False)
+        # How long a call waits for a pooled connection: while the database is away no
+        # connection comes, and a call should answer UNAVAILABLE soon, not hang (the pool's own
+        # `timeout` is for `prepare`, which start-up retries anyway).
+        self._wait_s = min(2.0, timeout_s)
         self._ready = False
         self._prepare_lock = threading.Lock()
 
@@ -127,7 +131,7 @@ class PostgresProfileStore(ProfileStore):
         self.prepare()
         for attempt in (1, 2):
             try:
-                with self._pool.connection() as db:
+                with self._pool.connection(timeout=self._wait_s) as db:
                     return db.execute(_pg(sql), args).fetchall()
             except PoolTimeout as exc:  # no connection to be had: the database is away
                 raise self._unavailable(exc) from exc
@@ -142,11 +146,15 @@ class PostgresProfileStore(ProfileStore):
         began cannot be told apart from one whose COMMIT was lost, so it is never run again
         on a broken connection, only on a conflict the database reports."""
         self.prepare()
+        broken = 0
         for attempt in range(1, RETRIES + 1):
             try:
-                with self._pool.connection() as db:
-                    if not self._usable(db):
-                        continue  # nothing was written; the broken connection leaves the pool
+                with self._pool.connection(timeout=self._wait_s) as db:
+                    if not self._usable(db):  # nothing was written; it leaves the pool
+                        broken += 1
+                        if broken == 2:  # a fresh connection broken too: the database is away
+                            raise self._unavailable(psycopg.OperationalError("two connections broken"))
+                        continue
                     with db.transaction(), db.cursor() as cursor:
                         return work(_PgTx(cursor))
             except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as exc:
@@ -156,7 +164,7 @@ class PostgresProfileStore(ProfileStore):
                          type(exc).__name__)
             except psycopg.OperationalError as exc:
                 raise self._unavailable(exc) from exc
-        raise self._unavailable(psycopg.OperationalError(f"no usable connection in {RETRIES} tries"))
+        raise AssertionError("unreachable")
 
     def _usable(self, db: psycopg.Connection[Any]) -> bool:
         """Whether `db` answers an empty statement; when not, the pool's other idle connections

@@ -267,10 +267,11 @@ async def test_postgres_stopped_under_load_answers_unavailable_and_both_recover(
         await asyncio.to_thread(fleet.postgres.pg_ctl, "-m", "fast", "-w", "stop")
         down_at = time.monotonic()
         seen_down = [False, False]
-        while time.monotonic() - down_at < 4.0 or not all(seen_down):
+        # down for at least 4 s, and until both gateways said NOT_SERVING and a call has failed
+        while time.monotonic() - down_at < 4.0 or not all(seen_down) or not load.failures:
             for i in range(2):
                 seen_down[i] = seen_down[i] or await status(fleet.health(i)) == NOT_SERVING
-            assert time.monotonic() - down_at < 15.0, f"health NOT_SERVING seen: {seen_down}"
+            assert time.monotonic() - down_at < 20.0, (seen_down, load.failures)
             await asyncio.sleep(0.2)
         failed_while_down = len(load.failures)
         await asyncio.to_thread(fleet.postgres.start)
@@ -286,7 +287,7 @@ async def test_postgres_stopped_under_load_answers_unavailable_and_both_recover(
     for code, message, took in load.failures:
         assert code == grpc.StatusCode.UNAVAILABLE, (code, message)
         assert "profile store (PostgreSQL)" in message, message
-        assert took < 12.0, f"a call took {took:.1f}s to fail"
+        assert took < 8.0, f"a call took {took:.1f}s to fail"  # it waits 2 s for a connection
     stored = fleet.events_in_store(users)
     for user in users:  # a commit cut off at COMMIT may have happened: at most what was sent
         assert load.acked[user] <= stored[user] <= load.sent[user], (user, stored[user])

@@ -79,6 +79,19 @@ def gateway_process(stack: Stack, tmp_path: Path) -> Iterator[GatewayProcess]:
         gw.stop()
 
 
+@pytest.fixture
+def own_store_gateway(stack: Stack, tmp_path: Path) -> Iterator[GatewayProcess]:
+    """A gateway process with a profile store (and so a catalogue log) of its own: what the
+    fuzzed calls write (profiles, consents, catalogue items) never reaches the session's stack."""
+    own = {"INTEREST_VAR_DIR": str(tmp_path / "var")}
+    gw = GatewayProcess(stack, tmp_path / "gateway.log", extra_env=own)
+    try:
+        gw.wait_serving()
+        yield gw
+    finally:
+        gw.stop()
+
+
 def unseen_events(tag: str, n: int, long: bool = False) -> list[pb.BehaviorEvent]:
     """n texts no cache has seen; `long` ones are ~60 tokens each, so BERT takes a while."""
     extra = " with a glazed finish, gift box, dishwasher safe, microwave safe, 12 ounce" * 3 if long else ""
@@ -247,10 +260,10 @@ BAD = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
        targets=st.lists(_platform, max_size=3), flag=st.booleans(),
        since=st.integers(-(2**63), 2**63 - 1))
 def test_fuzzed_requests_never_crash_or_answer_internal(
-    gateway_process: GatewayProcess, platform: str, events: list[pb.BehaviorEvent], user: str, k: int,
+    own_store_gateway: GatewayProcess, platform: str, events: list[pb.BehaviorEvent], user: str, k: int,
     excludes: list[str], targets: list[str], flag: bool, since: int,
 ) -> None:
-    with grpc.insecure_channel(gateway_process.target) as channel:
+    with grpc.insecure_channel(own_store_gateway.target) as channel:
         stub = pb_grpc.InterestGatewayStub(channel)
         calls = [
             lambda: stub.IngestEvents(pb.IngestEventsRequest(platform=platform, events=events), timeout=30),
@@ -279,4 +292,4 @@ def test_fuzzed_requests_never_crash_or_answer_internal(
             if isinstance(reply, pb.UpdateCatalogueResponse):
                 assert reply.applied + reply.rejected == len(excludes) + len(targets) == len(reply.results)
                 assert all(r.applied or (r.error and r.error_code) for r in reply.results)
-    assert gateway_process.proc.poll() is None, "the gateway is still up"
+    assert own_store_gateway.proc.poll() is None, "the gateway is still up"
