@@ -101,7 +101,7 @@ class CatalogueFollower:
         """Apply the log entries of `platform` this gateway has not seen; how many."""
         live = self.live[platform]
         async with self._locks[platform]:
-            rows = await asyncio.to_thread(self.store.catalogue_changes, platform, live.version)
+            rows = await self.book.query(self.store.catalogue_changes, platform, live.version)
             if not rows:
                 return 0
             rows = await self._in_served_space(platform, rows)

@@ -186,7 +186,10 @@ class Gateway:
     async def _store_answers(self, timeout_s: float = 3.0) -> bool:
         store = self.service.store
         try:
-            await asyncio.wait_for(asyncio.to_thread(store.ping), timeout_s)
+            if store.remote:
+                await asyncio.wait_for(asyncio.to_thread(store.ping), timeout_s)
+            else:  # SQLite: a local file answers at once, and no thread outlives a close
+                store.ping()
             up = True
         except (TimeoutError, Unavailable):
             up = False

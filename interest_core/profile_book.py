@@ -169,8 +169,13 @@ class ProfileBook:
         stored = await self._read(self.store.load, user_key)
         return {p: prof for p, prof in stored.items() if p in self.catalogue_text}
 
+    async def query(self, read: Callable[..., T], *args: object) -> T:
+        """Any other store read (the catalogue log, a health check), run as the book's own are."""
+        return await self._read(read, *args)
+
     async def _read(self, read: Callable[..., T], *args: object) -> T:
-        """A store read: at once for a local store, on a reader thread for a remote one."""
+        """A store read: at once for a local store (SQLite: no thread may still be reading it
+        when the store closes), on a reader thread for a remote one."""
         if self._readers is None:
             return read(*args)
         return await asyncio.get_running_loop().run_in_executor(self._readers, read, *args)
