@@ -95,6 +95,9 @@ class CatalogueFollower:
             self.recommender.serve(name, await asyncio.to_thread(
                 self.recommender.prepare, name, index, self.live[name].popularity.copy()))
             self.metrics.catalogue_items.labels(platform=name).set(len(index))
+            self.metrics.catalogue_version.labels(platform=name).set(0)  # as installed
+            for change in ("upsert", "remove"):  # zero series from the start (dashboard rates)
+                self.metrics.catalogue_changes.labels(platform=name, change=change)
             await self.sync(name)
 
     async def sync(self, platform: str) -> int:
