@@ -108,6 +108,14 @@ STEPS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3]  # STEPS[v] 
 assert len(STEPS) == SCHEMA_VERSION
 
 
+def refuse_newer(version: int, where: str) -> None:
+    """SchemaTooNew when the store at `where` was written by a newer gateway (both engines)."""
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"{where} has schema version {version}, newer than this gateway's {SCHEMA_VERSION}: "
+            f"run the gateway version that wrote it (or a later one)")
+
+
 def version_of(db: sqlite3.Connection) -> int:
     return int(db.execute("PRAGMA user_version").fetchone()[0])
 
@@ -120,10 +128,7 @@ def upgrade(db: sqlite3.Connection, path: object) -> None:
     db.execute("BEGIN IMMEDIATE")
     try:
         version = version_of(db)
-        if version > SCHEMA_VERSION:
-            raise SchemaTooNew(
-                f"the profile store {path} has schema version {version}, newer than this gateway's "
-                f"{SCHEMA_VERSION}: run the gateway version that wrote it (or a later one)")
+        refuse_newer(version, f"the profile store {path}")
         for step in STEPS[version:]:
             step(db)
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -198,10 +203,7 @@ def upgrade_postgres(db: psycopg.Connection[Any], where: str) -> int:
         db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         row = db.execute("SELECT version FROM schema_version").fetchone()
         version = 0 if row is None else int(row[0])
-        if version > SCHEMA_VERSION:
-            raise SchemaTooNew(
-                f"{where} has schema version {version}, newer than this gateway's {SCHEMA_VERSION}: "
-                f"run the gateway version that wrote it (or a later one)")
+        refuse_newer(version, where)
         for step in PG_STEPS[version:]:
             step(db)
         if row is None:
