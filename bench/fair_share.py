@@ -28,6 +28,7 @@ import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.loadgen import closed_loop, open_loop
+from bench.outputs import write_json
 from bench.procstat import CpuMeter, Watched
 from devtools.provenance import machine, revision
 from devtools.readiness import wait_serving
@@ -237,9 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(summary), flush=True)
         return 0
     data = asyncio.run(standalone(args))
-    path = ROOT / "var" / "bench" / "fair_share.json"
-    path.write_text(json.dumps(data, indent=2))
-    log(f"wrote {path}")
+    log(f"wrote {write_json('fair_share.json', data)}")
     return 0
 
 

@@ -38,6 +38,7 @@ from bench.fair_share import add_arguments as add_fair_share_arguments
 from bench.fair_share import fair_share_run
 from bench.limit import ort_limit
 from bench.loadgen import RunResult, closed_loop, open_loop
+from bench.outputs import BENCH_VAR, write_json
 from bench.procstat import CpuMeter, Watched
 from bench.report import RECOMMEND_TARGET_RATE, write_report
 from bench.startup import measure_startup
@@ -538,7 +539,7 @@ def run_scale_out(duration: float) -> dict[str, Any]:
     `python -m bench.scale_out`, a process of its own with its own Triton: that module takes
     this one's workload (users, requests), so this one cannot import it back (import-linter
     forbids cycles), and its load generator starts clean."""
-    path = ROOT / "var" / "bench" / "scale_out.json"
+    path = BENCH_VAR / "scale_out.json"
     path.unlink(missing_ok=True)
     done = subprocess.run([sys.executable, "-m", "bench.scale_out", "--duration", str(duration)],
                           cwd=ROOT, check=False)
@@ -623,9 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--recommend-only and --ingest-only exclude each other")
     data = asyncio.run(run(args))
     if args.recommend_only or args.ingest_only:
-        path = ROOT / "var" / "bench" / ("recommend.json" if args.recommend_only else "ingest.json")
-        path.write_text(json.dumps(data, indent=2))
-        log(f"wrote {path}")
+        log(f"wrote {write_json('recommend.json' if args.recommend_only else 'ingest.json', data)}")
         return 0
     write_report(data, args.out)
     log(f"wrote {args.out}/bench.json, bench.md, bench.png")

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import sys
@@ -32,6 +31,7 @@ from typing import Any
 import psycopg
 
 from bench.loadgen import closed_loop, open_loop
+from bench.outputs import write_json
 from bench.procstat import CpuMeter, ProcessTree, Watched
 from bench.report import RECOMMEND_TARGET_RATE
 from bench.run import (
@@ -225,9 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="closed-loop calls in flight for IngestEvents and Recommend")
     args = parser.parse_args(argv)
     data = asyncio.run(standalone(args))
-    path = ROOT / "var" / "bench" / "scale_out.json"
-    path.write_text(json.dumps(data, indent=2))
-    log(f"wrote {path}")
+    log(f"wrote {write_json('scale_out.json', data)}")
     return 0
 
 

@@ -7,7 +7,6 @@ Triton, then the gateway) to the gateway's gRPC health answering SERVING, on fre
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -19,6 +18,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.outputs import write_json
 from devtools.triton_launcher import free_port
 from interest_core.config import ROOT
 
@@ -84,8 +84,7 @@ def measure_startup(logs: Path, var: Path, timeout_s: float = 300.0) -> dict[str
 
 def main() -> int:
     result = measure_startup(ROOT / "var" / "bench" / "logs", ROOT / "var" / "bench" / "startup")
-    path = ROOT / "var" / "bench" / "startup.json"
-    path.write_text(json.dumps(result, indent=2))
+    path = write_json("startup.json", result)
     print(f"stack SERVING {result['serving_s']:.2f} s after launch (target < {STARTUP_TARGET_S:g} s); "
           f"wrote {path}")
     return 0
