@@ -43,8 +43,7 @@ async def check_same_model(encoder: TritonEncoder, installed: InstalledCatalogue
     if n == 0:
         return 1.0
     titles = list(installed.catalogue.titles[:n])
-    served = await encoder.embed_uncached(titles, "Startup", installed.catalogue.platform)
-    served = served / np.maximum(np.linalg.norm(served, axis=1, keepdims=True), 1e-12)
+    served = unit_rows(await encoder.embed_uncached(titles, "Startup", installed.catalogue.platform))
     cosine = float(np.min(np.sum(served * installed.embeddings[:n], axis=1)))
     if cosine < SAME_MODEL_COSINE:
         raise ModelMismatch(
@@ -56,11 +55,10 @@ async def check_same_model(encoder: TritonEncoder, installed: InstalledCatalogue
     return cosine
 
 
-def serve_index(encoder: TritonEncoder, installed: InstalledCatalogue) -> CatalogueIndex:
-    """The ranking index of an installed catalogue, with its titles put in the encoder's cache."""
+def seed_cache(encoder: TritonEncoder, installed: InstalledCatalogue) -> None:
+    """Put an installed catalogue's titles in the encoder's cache: the served model embedded them."""
     for title, vec in zip(installed.catalogue.titles, installed.embeddings):
         encoder.cache.put(title, vec)
-    return CatalogueIndex(installed.catalogue, installed.embeddings)
 
 
 class CatalogueFollower:
@@ -87,18 +85,21 @@ class CatalogueFollower:
         self._locks = {name: asyncio.Lock() for name in installed}
 
     async def start(self) -> None:
-        """Serve every installed catalogue (its titles seeded into the item cache), then catch
-        up with the log."""
+        """Serve every catalogue as installed plus the log's changes (one snapshot each, made
+        once), its installed titles seeded into the item cache."""
         for name, installed in self.installed.items():
-            index = serve_index(self.encoder, installed)
+            seed_cache(self.encoder, installed)
             self.live[name] = LiveCatalogue(installed)
-            self.recommender.serve(name, await asyncio.to_thread(
-                self.recommender.prepare, name, index, self.live[name].popularity.copy()))
-            self.metrics.catalogue_items.labels(platform=name).set(len(index))
             self.metrics.catalogue_version.labels(platform=name).set(0)  # as installed
             for change in ("upsert", "remove"):  # zero series from the start (dashboard rates)
                 self.metrics.catalogue_changes.labels(platform=name, change=change)
-            await self.sync(name)
+            if await self.sync(name):
+                continue
+            # nothing in the log for it: the installed catalogue as it is, no copy
+            index = CatalogueIndex(installed.catalogue, installed.embeddings)
+            self.recommender.serve(name, await asyncio.to_thread(
+                self.recommender.prepare, name, index, installed.popularity))
+            self.metrics.catalogue_items.labels(platform=name).set(len(index))
 
     async def sync(self, platform: str) -> int:
         """Apply the log entries of `platform` this gateway has not seen; how many."""

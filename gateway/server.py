@@ -138,8 +138,9 @@ class Gateway:
                 await asyncio.sleep(1.0)
             # The version the catalogues were installed with, whose embeddings they hold.
             svc.model_version = self.model_version
-            for installed in list(self.catalogues.values())[:1]:
-                cosine = await check_same_model(svc.encoder, installed, self.model_version)
+            probe = next(iter(self.catalogues.values()), None)  # one catalogue tells
+            if probe is not None:
+                cosine = await check_same_model(svc.encoder, probe, self.model_version)
                 log.info("Triton serves the installed model %s (its embeddings of catalogue titles "
                          "agree to cosine %.4f)", self.model_version, cosine)
             follower = CatalogueFollower(svc.book, svc.recommender, svc.encoder, self.metrics,

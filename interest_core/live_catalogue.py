@@ -5,7 +5,8 @@ catalogue log in version order.
 Items are never moved: an item keeps its position for good, a new one is appended, a removed
 one is only marked, and `snapshot()` makes the index of the live items for Recommend (a
 removed item is not in it, so it can never be recommended). A new item knows no
-co-occurrence and no popularity: it is ranked by the model term, which is what the text
+co-occurrence and no interactions (its fallback popularity is 0; the blend gives it the
+median popularity term, ServedBlend): it is ranked by the model term, which is what the text
 model is for (the new-items task, docs/model.md).
 """
 
@@ -45,7 +46,10 @@ class LiveCatalogue:
         self.platform = installed.catalogue.platform
         self.ids = list(installed.catalogue.item_ids)
         self.titles = list(installed.catalogue.titles)
+        # the installed array, shared with the index served at start: copied before the first
+        # change writes into it, so a snapshot in use never changes under a call
         self.embeddings = np.ascontiguousarray(installed.embeddings, dtype=np.float32)
+        self._shared = True
         self.popularity = np.asarray(installed.popularity, dtype=np.float32)
         self.live = np.ones(len(self.ids), dtype=bool)
         self.position = {item: i for i, item in enumerate(self.ids)}
@@ -69,6 +73,8 @@ class LiveCatalogue:
         if not fresh:
             return 0
         dim = self.embeddings.shape[1]
+        if self._shared:
+            self.embeddings, self._shared = self.embeddings.copy(), False
         new_ids = list(dict.fromkeys(c.item_id for c in fresh
                                      if not c.removed and c.item_id not in self.position))
         if new_ids:  # room for the new items first, not live until their entry is applied

@@ -61,7 +61,9 @@ def installed() -> InstalledCatalogue:
 # --- LiveCatalogue -------------------------------------------------------------------------
 
 def test_live_catalogue_adds_retitles_removes_and_skips_what_it_has_seen() -> None:
-    live = LiveCatalogue(installed())
+    served = installed()
+    before = served.embeddings.copy()
+    live = LiveCatalogue(served)
     applied = live.apply([Change("k9", "Matcha whisk", unit(1, 0, 0, 1), False, 1),
                           Change("k1", "Cast iron pan", unit(0, 1, 1, 0), False, 2),
                           Change("k2", "", None, True, 3)])
@@ -71,6 +73,7 @@ def test_live_catalogue_adds_retitles_removes_and_skips_what_it_has_seen() -> No
     assert added.tolist() == [False, False, True]
     assert index.catalogue.titles == ("Tea kettle", "Cast iron pan", "Matcha whisk")
     np.testing.assert_allclose(index.embeddings[1], unit(0, 1, 1, 0))
+    np.testing.assert_array_equal(served.embeddings, before)  # served at start: never written
     np.testing.assert_array_equal(popularity, [3, 2, 0])  # a new item has no popularity
     assert live.apply([Change("k2", "", None, True, 3)]) == 0  # seen before
     live.apply([Change("k2", "Chef knife, new", unit(0, 0, 1, 0), False, 4)])  # listed again
