@@ -20,6 +20,7 @@ from interest_core.catalogue_log import CatalogueRow
 from interest_core.errors import Unavailable
 from interest_core.live_catalogue import LiveCatalogue
 from interest_core.profile_book import ProfileBook
+from interest_core.ranking.ann import AnnIndex
 from interest_core.ranking.index import CatalogueIndex
 from interest_core.recommender import Recommender, ServedCatalogue
 
@@ -72,7 +73,8 @@ class CatalogueFollower:
 
     def __init__(self, book: ProfileBook, recommender: Recommender, encoder: TritonEncoder,
                  metrics: GatewayMetrics, installed: Mapping[str, InstalledCatalogue],
-                 titles: Mapping[str, dict[str, str]], model_version: str) -> None:
+                 titles: Mapping[str, dict[str, str]], model_version: str,
+                 indexes: Mapping[str, AnnIndex] | None = None) -> None:
         self.book = book
         self.store = book.store
         self.recommender = recommender
@@ -81,6 +83,7 @@ class CatalogueFollower:
         self.installed = installed
         self.titles = titles  # the adapters' item-id -> title maps: new items resolve there too
         self.model_version = model_version
+        self.indexes = dict(indexes or {})  # the catalogues ranked through a nearest-neighbour index
         self.live: dict[str, LiveCatalogue] = {}
         self._locks = {name: asyncio.Lock() for name in installed}
 
@@ -88,17 +91,24 @@ class CatalogueFollower:
         """Serve every catalogue as installed plus the log's changes (one snapshot each, made
         once), its installed titles seeded into the item cache."""
         for name, installed in self.installed.items():
-            seed_cache(self.encoder, installed)
+            if name in self.indexes:  # (seeding would read every vector of a catalogue this large)
+                log.info("catalogue %s: its %d titles are not seeded into the item cache", name,
+                         len(installed.catalogue))
+            else:
+                seed_cache(self.encoder, installed)
             self.live[name] = LiveCatalogue(installed)
             self.metrics.catalogue_version.labels(platform=name).set(0)  # as installed
             for change in ("upsert", "remove"):  # zero series from the start (dashboard rates)
                 self.metrics.catalogue_changes.labels(platform=name, change=change)
             if await self.sync(name):
                 continue
-            # nothing in the log for it: the installed catalogue as it is, no copy
-            index = CatalogueIndex(installed.catalogue, installed.embeddings)
-            self.recommender.serve(name, await asyncio.to_thread(
-                self.recommender.prepare, name, index, installed.popularity))
+            if name in self.indexes:
+                served = await asyncio.to_thread(self._prepare, name)
+                index = served.index
+            else:  # nothing in the log for it: the installed catalogue as it is, no copy
+                index = CatalogueIndex(installed.catalogue, installed.embeddings)
+                served = await asyncio.to_thread(self.recommender.prepare, name, index, installed.popularity)
+            self.recommender.serve(name, served)
             self.metrics.catalogue_items.labels(platform=name).set(len(index))
 
     async def sync(self, platform: str) -> int:
@@ -113,9 +123,7 @@ class CatalogueFollower:
             def rebuild() -> tuple[int, ServedCatalogue]:
                 # off the event loop: copying the catalogue and precomputing its blend takes
                 # 0.1-0.3 s at 27,637 items (docs/catalogue.md); calls meanwhile rank the old one
-                applied = live.apply(rows)
-                index, popularity, added = live.snapshot()
-                return applied, self.recommender.prepare(platform, index, popularity, added)
+                return live.apply(rows), self._prepare(platform)
 
             applied, served = await asyncio.to_thread(rebuild)
             for row in rows:
@@ -128,6 +136,16 @@ class CatalogueFollower:
             log.info("catalogue %s: %d change(s) applied up to version %d; %d items rankable",
                      platform, applied, live.version, len(index))
             return applied
+
+    def _prepare(self, platform: str) -> ServedCatalogue:
+        """What Recommend ranks `platform` with, made from its live catalogue now: through its
+        nearest-neighbour index when it has one (no copy of the installed embeddings)."""
+        live = self.live[platform]
+        if platform in self.indexes:
+            index, popularity, added, ann = live.ann_snapshot(self.indexes[platform])
+            return self.recommender.prepare(platform, index, popularity, added, ann)
+        index, popularity, added = live.snapshot()
+        return self.recommender.prepare(platform, index, popularity, added)
 
     async def _in_served_space(self, platform: str, rows: list[CatalogueRow]) -> list[CatalogueRow]:
         """`rows` with every live entry's embedding from the served model: entries of another

@@ -100,7 +100,8 @@ class GatewayMetrics:
                                     registry=self.registry)
         self.rank_path = Counter("interest_rank_path_total",
                                  "Personalised Recommend rankings by how they were computed: bounded "
-                                 "(exact from the largest-blend items) or full (whole catalogue).",
+                                 "(exact from the largest-blend items), full (whole catalogue) or ann "
+                                 "(candidates from a large catalogue's nearest-neighbour index).",
                                  ("platform", "path"), registry=self.registry)
         self.profiles_reembedded = Counter(
             "interest_profiles_reembedded_total",

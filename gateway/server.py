@@ -34,6 +34,8 @@ import gc
 import logging
 import signal
 import sys
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +59,7 @@ from interest_core.contract import ASSETS_FILE, read_version
 from interest_core.errors import Unavailable
 from interest_core.migration import MigrationMap
 from interest_core.profiles import ProfileCipher
+from interest_core.ranking.ann import AnnIndex
 from interest_core.ranking.assets import RankingAssets
 from interest_core.stores import open_store
 
@@ -143,8 +146,9 @@ class Gateway:
                 cosine = await check_same_model(svc.encoder, probe, self.model_version)
                 log.info("Triton serves the installed model %s (its embeddings of catalogue titles "
                          "agree to cosine %.4f)", self.model_version, cosine)
+            indexes = await asyncio.to_thread(open_indexes, self.settings, self.catalogues)
             follower = CatalogueFollower(svc.book, svc.recommender, svc.encoder, self.metrics,
-                                         self.catalogues, self.titles, self.model_version)
+                                         self.catalogues, self.titles, self.model_version, indexes)
             await follower.start()  # the installed catalogues plus the store's catalogue log
             svc.catalogues = follower
             for name in self.catalogues:
@@ -244,6 +248,27 @@ def load_catalogues(settings: Settings, version: dict[str, object]) -> dict[str,
                                f"catalogues together") from exc
         log.info("catalogue %s: %d items and their embeddings, as installed with model %s", name,
                  len(out[name].catalogue), version.get("model_version"))
+    return out
+
+
+def open_indexes(settings: Settings, catalogues: Mapping[str, InstalledCatalogue]) -> dict[str, AnnIndex]:
+    """The nearest-neighbour index of each catalogue of at least settings.ann_min_items items,
+    memory-mapped from the file `make engine` stored beside it (not rebuilt)."""
+    out: dict[str, AnnIndex] = {}
+    for name, installed in catalogues.items():
+        n = len(installed.catalogue)
+        if n < settings.ann_min_items:
+            continue
+        if installed.index_path is None:
+            log.warning("catalogue %s: %d items (>= ann_min_items %d) but no nearest-neighbour index is "
+                        "installed: every Recommend scores it whole (slow at this size); run `make "
+                        "engine` to build the index", name, n, settings.ann_min_items)
+            continue
+        started = time.monotonic()
+        out[name] = AnnIndex.load(installed.index_path, settings.ann_ef_search)
+        log.info("catalogue %s: ranked through its index %s (%d items, efSearch %d, %d candidates), "
+                 "mapped in %.2fs", name, installed.index_path.name, len(out[name]), settings.ann_ef_search,
+                 settings.ann_candidates, time.monotonic() - started)
     return out
 
 

@@ -66,7 +66,8 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
             self.book, migration, assets, popularity or {}, settings.rank_candidates,
             settings.rank_max_batch, metrics.stage,
             on_path=lambda platform, path: metrics.rank_path.labels(platform=platform, path=path).inc(),
-            batch_sizes=lambda platform: metrics.rank_batch.labels(platform=platform).observe)
+            batch_sizes=lambda platform: metrics.rank_batch.labels(platform=platform).observe,
+            ann_candidates=settings.ann_candidates)
         self.catalogues: CatalogueFollower | None = None  # set when the catalogues are served
 
     @property
@@ -89,7 +90,7 @@ class InterestGatewayService(pb_grpc.InterestGatewayServicer):
         self.mark_rank_paths(platform)
 
     def mark_rank_paths(self, platform: str) -> None:
-        for path in ("bounded", "full"):  # both series exist from the start (dashboard ratios)
+        for path in ("bounded", "full", "ann"):  # every series exists from the start (dashboard ratios)
             self.metrics.rank_path.labels(platform=platform, path=path)
 
     def close(self) -> None:

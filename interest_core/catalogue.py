@@ -3,20 +3,21 @@ and the files `make engine` installs beside the model so the gateway serves it a
 
 Per platform, two files in the model directory (names in interest_core.contract): a JSON of
 item ids, titles and popularity, and the item embeddings float32 [N, D] as .npy, computed by
-the installed model. VERSION.json records each file's digest; a file that does not match it
-was not installed with the served model and is refused.
+the installed model; a large catalogue also gets a nearest-neighbour index over the embeddings
+(interest_core.ranking.ann). VERSION.json records each file's digest; a file that does not
+match it was not installed with the served model and is refused.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from interest_core.contract import CATALOGUE_EMBEDDINGS, CATALOGUE_ITEMS, file_digest
+from interest_core.contract import CATALOGUE_EMBEDDINGS, CATALOGUE_INDEX, CATALOGUE_ITEMS, file_digest
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class InstalledCatalogue:
     catalogue: Catalogue
     embeddings: np.ndarray
     popularity: np.ndarray
+    index_path: Path | None = None  # its nearest-neighbour index, when `make engine` built one
 
     def __post_init__(self) -> None:
         n = len(self.catalogue)
@@ -62,7 +64,7 @@ class InstalledCatalogue:
             return self
         c = self.catalogue
         return InstalledCatalogue(Catalogue(c.platform, c.item_ids[:limit], c.titles[:limit]),
-                                  self.embeddings[:limit], self.popularity[:limit])
+                                  self.embeddings[:limit], self.popularity[:limit])  # no index: it holds all
 
 
 def catalogue_paths(model_dir: Path, platform: str) -> tuple[Path, Path]:
@@ -71,17 +73,32 @@ def catalogue_paths(model_dir: Path, platform: str) -> tuple[Path, Path]:
             model_dir / CATALOGUE_EMBEDDINGS.format(platform=platform))
 
 
-def write_installed(model_dir: Path, installed: InstalledCatalogue) -> dict[str, object]:
-    """Write one platform's catalogue files; returns its VERSION.json entry (item count and
-    each file's digest)."""
+def index_path(model_dir: Path, platform: str) -> Path:
+    return model_dir / CATALOGUE_INDEX.format(platform=platform)
+
+
+IndexWriter = Callable[[np.ndarray, Path], dict[str, object]]
+
+
+def write_installed(model_dir: Path, installed: InstalledCatalogue,
+                    index: IndexWriter | None = None) -> dict[str, object]:
+    """Write one platform's catalogue files, and its nearest-neighbour index when given
+    `index(embeddings, path)`, which writes it there and describes it
+    (interest_core.ranking.ann.store_index); returns its VERSION.json entry (item count, each
+    file's digest, the index's description)."""
     items_path, embeddings_path = catalogue_paths(model_dir, installed.catalogue.platform)
     items = {"platform": installed.catalogue.platform, "item_ids": list(installed.catalogue.item_ids),
              "titles": list(installed.catalogue.titles),
              "popularity": [float(x) for x in installed.popularity.astype(np.float32)]}
     items_path.write_text(json.dumps(items, ensure_ascii=False))
     np.save(embeddings_path, np.ascontiguousarray(installed.embeddings, dtype=np.float32))
-    return {"items": len(installed.catalogue), "dim": int(installed.embeddings.shape[1]),
-            "items_digest": file_digest(items_path), "embeddings_digest": file_digest(embeddings_path)}
+    entry: dict[str, object] = {
+        "items": len(installed.catalogue), "dim": int(installed.embeddings.shape[1]),
+        "items_digest": file_digest(items_path), "embeddings_digest": file_digest(embeddings_path)}
+    if index is not None:
+        path = index_path(model_dir, installed.catalogue.platform)
+        entry["index"] = {**index(installed.embeddings, path), "digest": file_digest(path)}
+    return entry
 
 
 def read_installed(model_dir: Path, platform: str, version: Mapping[str, object],
@@ -101,6 +118,14 @@ def read_installed(model_dir: Path, platform: str, version: Mapping[str, object]
         if file_digest(path) != entry.get(key):
             raise CatalogueNotInstalled(f"{path} does not match the digest VERSION.json records for it "
                                         f"(changed since it was installed)")
+    indexed: Path | None = None
+    if isinstance(entry.get("index"), dict):
+        indexed = index_path(model_dir, platform)
+        if not indexed.exists():
+            raise CatalogueNotInstalled(f"{indexed} is missing (VERSION.json records an index)")
+        if file_digest(indexed) != entry["index"].get("digest"):
+            raise CatalogueNotInstalled(f"{indexed} does not match the digest VERSION.json records for it "
+                                        f"(changed since it was installed)")
     items = json.loads(items_path.read_text())
     embeddings = np.asarray(np.load(embeddings_path, mmap_mode="r"))
     if embeddings.dtype != np.float32:
@@ -111,4 +136,4 @@ def read_installed(model_dir: Path, platform: str, version: Mapping[str, object]
                                     f"but the installed model embeds into {dim} dimensions")
     catalogue = Catalogue(platform, tuple(items["item_ids"]), tuple(items["titles"]))
     popularity = np.asarray(items["popularity"], dtype=np.float32)
-    return InstalledCatalogue(catalogue, embeddings, popularity).head(limit)
+    return InstalledCatalogue(catalogue, embeddings, popularity, indexed).head(limit)

@@ -155,6 +155,23 @@ class Settings(BaseSettings):
         "blend (at least 8*k) and keeps the result when a bound proves it exact; 0 turns it off",
     )
 
+    ann_min_items: int = Field(
+        default=100_000, ge=1,
+        description="catalogues of at least this many items are ranked through an approximate "
+        "nearest-neighbour index that `make engine` builds beside them (smaller ones are scored "
+        "whole, exactly: faster there, docs/ranking.md); a larger value makes the gateway score "
+        "even an indexed catalogue whole",
+    )
+    ann_ef_search: int = Field(
+        default=1024, ge=16,
+        description="how wide the index search looks (faiss HNSW efSearch): recall against time",
+    )
+    ann_candidates: int = Field(
+        default=100, ge=10,
+        description="items the index supplies for the model term (at least k), scored exactly "
+        "together with the collaborative candidates",
+    )
+
     # limits
     max_in_flight: int = Field(
         default=256, ge=1,

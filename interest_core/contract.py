@@ -24,6 +24,9 @@ ASSETS_FILE = "interest_assets.npz"  # trained ranking assets (interest_core.ran
 # the item embeddings float32 [N, D] as .npy, so the gateway can map them without a copy.
 CATALOGUE_ITEMS = "catalogue-{platform}.json"
 CATALOGUE_EMBEDDINGS = "catalogue-{platform}.npy"
+# A catalogue of at least Settings.ann_min_items items also gets a nearest-neighbour index over
+# those embeddings (interest_core.ranking.ann), memory-mapped by the gateway.
+CATALOGUE_INDEX = "catalogue-{platform}.faiss"
 
 
 def backbone_dir() -> Path:

@@ -19,6 +19,7 @@ from typing import Protocol
 import numpy as np
 
 from interest_core.catalogue import Catalogue, InstalledCatalogue
+from interest_core.ranking.ann import AnnIndex, AnnSnapshot, bitmap
 from interest_core.ranking.index import CatalogueIndex
 
 
@@ -38,18 +39,18 @@ class CatalogueChange(Protocol):
 
 
 class LiveCatalogue:
-    """One platform's items by position: ids, titles, unit embeddings [capacity, D], popularity
-    (0 for items added while serving) and which are live; `version` is the last catalogue-log
-    version applied."""
+    """One platform's items by position: ids, titles, unit embeddings, popularity (0 for items
+    added while serving) and which are live; `version` is the last catalogue-log version
+    applied. The installed embeddings (`base`, possibly memory-mapped) are never written:
+    the vector of every item added or changed since is kept in `changed`."""
 
     def __init__(self, installed: InstalledCatalogue) -> None:
         self.platform = installed.catalogue.platform
         self.ids = list(installed.catalogue.item_ids)
         self.titles = list(installed.catalogue.titles)
-        # the installed array, shared with the index served at start: copied before the first
-        # change writes into it, so a snapshot in use never changes under a call
-        self.embeddings = np.ascontiguousarray(installed.embeddings, dtype=np.float32)
-        self._shared = True
+        self.base = installed.embeddings
+        self.dim = int(installed.embeddings.shape[1])
+        self.changed: dict[int, np.ndarray] = {}  # position -> its vector, where not base's
         self.popularity = np.asarray(installed.popularity, dtype=np.float32)
         self.live = np.ones(len(self.ids), dtype=bool)
         self.position = {item: i for i, item in enumerate(self.ids)}
@@ -72,9 +73,6 @@ class LiveCatalogue:
         fresh = [c for c in changes if c.version > self.version]
         if not fresh:
             return 0
-        dim = self.embeddings.shape[1]
-        if self._shared:
-            self.embeddings, self._shared = self.embeddings.copy(), False
         new_ids = list(dict.fromkeys(c.item_id for c in fresh
                                      if not c.removed and c.item_id not in self.position))
         if new_ids:  # room for the new items first, not live until their entry is applied
@@ -82,26 +80,28 @@ class LiveCatalogue:
             self.position.update({item: start + j for j, item in enumerate(new_ids)})
             self.ids += new_ids
             self.titles += [""] * len(new_ids)
-            self.embeddings = np.concatenate([self.embeddings, np.zeros((len(new_ids), dim), np.float32)])
             self.popularity = np.concatenate([self.popularity, np.zeros(len(new_ids), np.float32)])
             self.live = np.concatenate([self.live, np.zeros(len(new_ids), dtype=bool)])
+        live = self.live.copy()  # swapped in whole below: a reader never sees it half applied
         for change in fresh:
             pos = self.position.get(change.item_id)
             if change.removed:
                 if pos is not None:
-                    self.live[pos] = False
+                    live[pos] = False
+                    self.changed.pop(pos, None)
                 continue
             assert pos is not None
             if change.embedding is None:
                 raise ValueError(f"catalogue log entry {change.version} of {change.item_id!r} has no "
                                  "embedding")
             vec = np.asarray(change.embedding, dtype=np.float32)
-            if vec.shape != (dim,):
+            if vec.shape != (self.dim,):
                 raise ValueError(f"catalogue log entry {change.version} of {change.item_id!r} has "
-                                 f"{vec.shape} values, the served model {dim}")
-            self.embeddings[pos] = vec
+                                 f"{vec.shape} values, the served model {self.dim}")
+            self.changed[pos] = vec
             self.titles[pos] = change.title
-            self.live[pos] = True
+            live[pos] = True
+        self.live = live
         self.version = max(c.version for c in fresh)
         return len(fresh)
 
@@ -111,8 +111,34 @@ class LiveCatalogue:
         keep = np.flatnonzero(self.live)
         catalogue = Catalogue(self.platform, tuple(self.ids[i] for i in keep),
                               tuple(self.titles[i] for i in keep))
-        return (CatalogueIndex(catalogue, self.embeddings[keep]), self.popularity[keep].copy(),
+        embeddings = np.empty((len(keep), self.dim), np.float32)
+        from_base = int(np.searchsorted(keep, self.installed))  # live installed items come first
+        embeddings[:from_base] = self.base[keep[:from_base]]
+        for pos, vec in self.changed.items():
+            row = int(np.searchsorted(keep, pos))
+            if row < len(keep) and keep[row] == pos:
+                embeddings[row] = vec
+        return (CatalogueIndex(catalogue, embeddings), self.popularity[keep].copy(),
                 keep >= self.installed)
+
+    def ann_snapshot(self, index: AnnIndex) -> tuple[CatalogueIndex, np.ndarray, np.ndarray, AnnSnapshot]:
+        """snapshot() for a catalogue ranked through `index` (built over the installed items):
+        every position kept (removed ones masked: never ranked, popularity -inf), no copy of
+        the installed embeddings; the items added or changed since are scored exactly."""
+        if len(index) != self.installed:
+            raise ValueError(f"the {self.platform} index holds {len(index)} items, the installed "
+                             f"catalogue {self.installed}")
+        live = self.live.copy()
+        catalogue = Catalogue(self.platform, tuple(self.ids), tuple(self.titles))
+        delta = np.array(sorted(p for p in self.changed if live[p]), dtype=np.int64)
+        vectors = (np.stack([self.changed[int(p)] for p in delta]) if len(delta)
+                   else np.zeros((0, self.dim), np.float32))
+        stale = ~live[:self.installed]
+        stale[delta[delta < self.installed]] = True  # changed since the build: scored from delta
+        served = AnnSnapshot(index, live, bitmap(stale) if stale.any() else None, delta, vectors)
+        popularity = np.where(live, self.popularity, -np.inf).astype(np.float32)
+        return (CatalogueIndex(catalogue, None), popularity, np.arange(len(live)) >= self.installed,
+                served)
 
 
 MAX_ID_CHARS = 128

@@ -11,15 +11,20 @@ the user's consent to share its data with the target is on (interest_core/consen
 others are named in `withheld`, with the reason. The top k of that score is exact
 either way: from the items of largest blend when a bound proves no other item can get in
 (CatalogueIndex.top_k_bounded, tried while its BoundGate says it pays), else from the whole
-catalogue, scored in batches with concurrent requests (BatchScorer). A user with nothing that
+catalogue, scored in batches with concurrent requests (BatchScorer). A catalogue of at least
+`ann_min_items` items is instead ranked approximately: candidates from its nearest-neighbour
+index (ranking/ann.py) for the model term, the items of largest blend, and the items added or
+changed since the index was built, scored exactly together. A user with nothing that
 may be used (no consented source and no activity on the target) gets the most popular items.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,9 +34,11 @@ from interest_core.errors import NotFound, Unavailable
 from interest_core.migration import MigrationMap
 from interest_core.profile_book import ProfileBook, StageTimer
 from interest_core.profiles import Profile
+from interest_core.ranking.ann import AnnSnapshot
 from interest_core.ranking.assets import RankingAssets
-from interest_core.ranking.blend import ServedBlend
+from interest_core.ranking.blend import ServedBlend, SparseBlend
 from interest_core.ranking.index import CatalogueIndex, Ranked
+from interest_core.ranking.linalg import small_matvec
 from interest_core.ranking.scoring import BatchScorer, BoundGate
 
 log = logging.getLogger("interest.gateway")
@@ -72,10 +79,11 @@ class ServedCatalogue:
     the positions of two versions of the catalogue."""
 
     index: CatalogueIndex
-    scorer: BatchScorer
+    scorer: BatchScorer | None  # None when ranked through `ann`
     popularity: np.ndarray | None  # per-item fallback scores, in the index's order
     categories: tuple[np.ndarray, np.ndarray] | None  # each item's top category (index, probability)
     blend: ServedBlend | None  # the collaborative blend over this index; None without assets
+    ann: AnnSnapshot | None = None  # a large catalogue's nearest-neighbour index (ranked approximately)
 
 
 class Recommender:
@@ -91,6 +99,7 @@ class Recommender:
         popularity: Mapping[str, np.ndarray], rank_candidates: int, rank_max_batch: int,
         timer: StageTimer, on_path: Callable[[str, str], None] = lambda platform, path: None,
         batch_sizes: Callable[[str], Callable[[int], None] | None] = lambda platform: None,
+        ann_candidates: int = 100,
     ) -> None:
         self.book = book
         self.migration = migration
@@ -101,6 +110,8 @@ class Recommender:
         self.timer = timer
         self.on_path = on_path
         self.batch_sizes = batch_sizes
+        self.ann_candidates = ann_candidates
+        self._ann_pool: ThreadPoolExecutor | None = None  # index searches (faiss releases the GIL)
         self.served: dict[str, ServedCatalogue] = {}
         self.bound_gates: dict[str, BoundGate] = defaultdict(BoundGate)  # per target platform
         self._asset_pos = ({p: {item: i for i, item in enumerate(ids)}
@@ -116,13 +127,16 @@ class Recommender:
         self.serve(platform, self.prepare(platform, index, self.popularity.get(platform)))
 
     def prepare(self, platform: str, index: CatalogueIndex, popularity: np.ndarray | None,
-                added: np.ndarray | None = None) -> ServedCatalogue:
+                added: np.ndarray | None = None, ann: AnnSnapshot | None = None) -> ServedCatalogue:
         """Everything `index` is ranked with: its scorer (a transposed copy), each item's
-        category and the precomputed blend (`added`: items added while serving, ServedBlend).
+        category and the precomputed blend (`added`: items added while serving, ServedBlend);
+        with `ann`, no scorer and each ranked item's category when it is ranked.
         Reads no mutable state: callable off the event loop."""
-        categories = self.assets.item_categories(index.embeddings) if self.assets is not None else None
         blend = (ServedBlend(self.assets, platform, index.catalogue.item_ids, added)
                  if self.assets is not None else None)
+        if ann is not None:
+            return ServedCatalogue(index, None, popularity, None, blend, ann)
+        categories = self.assets.item_categories(index.embeddings) if self.assets is not None else None
         scorer = BatchScorer(index.embeddings, self.rank_max_batch, on_batch=self.batch_sizes(platform))
         return ServedCatalogue(index, scorer, popularity, categories, blend)
 
@@ -131,7 +145,7 @@ class Recommender:
         the one they took)."""
         old = self.served.get(platform)
         self.served[platform] = served
-        if old is not None:
+        if old is not None and old.scorer is not None:
             old.scorer.close()
         if served.blend is not None and (old is None or len(old.index) != len(served.index)):
             log.info("ranking assets know %d of the %d %s catalogue items%s", served.blend.known,
@@ -175,14 +189,20 @@ class Recommender:
             query = self.migration.migrate({p: (prof.vector, prof.events) for p, prof in used.items()},
                                            target)
         with self.timer("rank", rpc, target):
-            blend = self.blend(served, target, used)
-            if blend is not None and not blend.any():
-                blend = None  # zero blend weights: the model's own ranking
-            ranked = await self._rank(target, served, query, blend, k, exclude)
+            if served.ann is not None:
+                sparse = self.sparse_blend(served, target, used)
+                blended = sparse is not None and sparse.any()
+                ranked = await self._rank_ann(target, served, query, sparse if blended else None, k, exclude)
+            else:
+                blend = self.blend(served, target, used)
+                if blend is not None and not blend.any():
+                    blend = None  # zero blend weights: the model's own ranking
+                blended = blend is not None
+                ranked = await self._rank(target, served, query, blend, k, exclude)
         sources = sorted(p for p in used if p != target)
         explanation = (f"interests migrated from {', '.join(sources)}" if sources
                        else f"from this user's {target} activity")
-        if blend is not None:
+        if blended:
             explanation += " plus the trained co-occurrence/popularity blend"
         if withheld:
             explanation += f"; {_withheld_text(withheld)}"
@@ -205,25 +225,71 @@ class Recommender:
             gate.record(ranked is not None)
         self.on_path(target, "full" if ranked is None else "bounded")
         if ranked is None:
+            assert served.scorer is not None  # (an indexed catalogue is ranked by _rank_ann)
             scores = await served.scorer.scores(query)  # item . query, batched
             if blend is not None:  # the served score: model cosine + the trained blend
                 scores += blend
             ranked = index.top_k(None, k, exclude, scores=scores, copy=False)
         return ranked
 
+    async def _rank_ann(self, target: str, served: ServedCatalogue, query: np.ndarray,
+                        blend: SparseBlend | None, k: int, exclude: list[str]) -> list[Ranked]:
+        """The top k of item . query + blend from the candidates of an indexed catalogue, on
+        a worker thread (the search takes milliseconds at 10^6 items; the loop goes on)."""
+        self.on_path(target, "ann")
+        if self._ann_pool is None:
+            self._ann_pool = ThreadPoolExecutor(2, thread_name_prefix="ann-search")
+        banned = np.array(sorted(p for p in (served.index.position(i) for i in exclude) if p is not None),
+                          dtype=np.int64)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._ann_pool, self.ann_top_k, served, query, blend, k, banned)
+
+    def ann_top_k(self, served: ServedCatalogue, query: np.ndarray, blend: SparseBlend | None, k: int,
+                  banned: np.ndarray) -> list[Ranked]:
+        """The exact top k of item . query + blend over the union of: the index's
+        `ann_candidates` nearest items (more by the banned count, so that k still come back),
+        the items added or changed since the build, and the max(rank_candidates, 8k) items of
+        largest blend; never a removed or `banned` position."""
+        ann = served.ann
+        assert ann is not None
+        n = max(self.ann_candidates, k) + len(banned)
+        parts = [ann.index.search(query, min(n, len(ann.index)), ann.banned), ann.delta]
+        if blend is not None:
+            parts.append(blend.leaders(max(self.rank_candidates, 8 * k)))
+        union = np.unique(np.concatenate(parts))
+        union = union[ann.live[union] & ~np.isin(union, banned)]
+        scores = small_matvec(ann.vectors(union), query)
+        if blend is not None:
+            scores += blend.at(union)
+        k = min(k, len(union))
+        if k <= 0:
+            return []
+        top = np.argpartition(-scores, k - 1)[:k]
+        return served.index.ranked(union[top], scores[top])
+
+    def histories(self, target: str, used: Mapping[str, Profile]) -> dict[str, np.ndarray]:
+        """The user's (consented) items per source platform, as positions in the assets."""
+        out: dict[str, np.ndarray] = {}
+        for platform, profile in used.items():
+            if platform == target:
+                continue
+            pos = self._asset_pos.get(platform, {})
+            out[platform] = np.fromiter((pos[i] for i in profile.items if i in pos), dtype=np.int64)
+        return out
+
     def blend(self, served: ServedCatalogue, target: str, used: Mapping[str, Profile]) -> np.ndarray | None:
         """The collaborative blend [N] of the user's (consented) source-platform items, or None
         without assets or without a source platform (target-only users get the model alone)."""
         if served.blend is None:
             return None
-        histories: dict[str, np.ndarray] = {}
-        for platform, profile in used.items():
-            if platform == target:
-                continue
-            pos = self._asset_pos.get(platform, {})
-            histories[platform] = np.fromiter(
-                (pos[i] for i in profile.items if i in pos), dtype=np.int64)
-        return served.blend(histories)
+        return served.blend(self.histories(target, used))
+
+    def sparse_blend(self, served: ServedCatalogue, target: str,
+                     used: Mapping[str, Profile]) -> SparseBlend | None:
+        """blend() kept sparse, for an indexed catalogue."""
+        if served.blend is None:
+            return None
+        return served.blend.sparse(self.histories(target, used))
 
     def interests(self, vector: np.ndarray) -> list[Category]:
         """The top named interest categories of a unit profile vector; [] without assets."""
@@ -235,16 +301,29 @@ class Recommender:
 
     def items(self, served: ServedCatalogue, ranked: list[Ranked]) -> list[RecommendedItem]:
         """The ranked items, each with its own top interest category when assets name them."""
-        categories = served.categories
         names = self.assets.category_names if self.assets is not None else []
+        found = self.item_categories(served, [served.index.position(r.item_id) for r in ranked])
         out = []
         for n, r in enumerate(ranked):
             category = None
-            pos = served.index.position(r.item_id) if categories is not None else None
-            if categories is not None and pos is not None:
-                category = Category(names[int(categories[0][pos])], float(categories[1][pos]))
+            if found is not None:
+                category = Category(names[int(found[0][n])], float(found[1][n]))
             out.append(RecommendedItem(r.item_id, r.title, r.score, n + 1, category))
         return out
+
+    def item_categories(self, served: ServedCatalogue,
+                        positions: list[int | None]) -> tuple[np.ndarray, np.ndarray] | None:
+        """(category index, probability) of the items at `positions`: precomputed for a catalogue
+        scored whole, computed from the ranked items' vectors for an indexed one; None without
+        named categories."""
+        if self.assets is None or not positions or any(p is None for p in positions):
+            return None
+        at = np.array(positions, dtype=np.int64)
+        if served.categories is not None:
+            return served.categories[0][at], served.categories[1][at]
+        if served.ann is not None:
+            return self.assets.item_categories(served.ann.vectors(at))
+        return None
 
 
 def _withheld_text(withheld: Sequence[Withheld]) -> str:

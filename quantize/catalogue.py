@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from interest_core.catalogue import Catalogue, InstalledCatalogue, catalogue_paths, write_installed
 from interest_core.config import Settings
-from interest_core.contract import CATALOGUE_EMBEDDINGS, CATALOGUE_ITEMS
+from interest_core.contract import CATALOGUE_EMBEDDINGS, CATALOGUE_INDEX, CATALOGUE_ITEMS
+from interest_core.ranking.ann import IndexParams, store_index
 from interest_core.ranking.assets import RankingAssets
 from interest_core.tokenizer import BehaviourTokenizer
 from interest_model.corpus import item_popularity, load_catalogue
@@ -69,9 +70,29 @@ def embed_titles(runtime: OnnxInterestRuntime, tokenizer: BehaviourTokenizer, ti
 
 def remove_installed_catalogues(model_dir: Path) -> None:
     """Delete every platform's catalogue files (a reinstall writes those configured now)."""
-    for pattern in (CATALOGUE_ITEMS, CATALOGUE_EMBEDDINGS):
+    for pattern in (CATALOGUE_ITEMS, CATALOGUE_EMBEDDINGS, CATALOGUE_INDEX):
         for path in model_dir.glob(pattern.format(platform="*")):
             path.unlink()
+
+
+def index_for(settings: Settings, installed: InstalledCatalogue) -> Callable[
+        [np.ndarray, Path], dict[str, object]] | None:
+    """write_installed's `index`: a nearest-neighbour index, with progress logging, for a
+    catalogue of at least settings.ann_min_items items; none for a smaller one (scored whole)."""
+    name, n = installed.catalogue.platform, len(installed.catalogue)
+    if n < settings.ann_min_items:
+        return None
+    params = IndexParams()
+    log.info("catalogue %s: %d items >= ann_min_items %d: building its nearest-neighbour index (%s, "
+             "efConstruction %d; minutes at 10^6 items)", name, n, settings.ann_min_items, params.factory,
+             params.ef_construction)
+
+    def progress(done: int, total: int, seconds: float) -> None:
+        left = seconds * (total - done) / max(done, 1)
+        log.info("catalogue %s: indexed %d/%d items (%.0f items/s, ~%.0fs left)", name, done, total,
+                 done / max(seconds, 1e-6), left)
+
+    return lambda embeddings, path: store_index(embeddings, path, params, progress)
 
 
 def install_catalogues(settings: Settings, onnx_path: Path, model_dir: Path,
@@ -87,7 +108,7 @@ def install_catalogues(settings: Settings, onnx_path: Path, model_dir: Path,
     for name, catalogue in catalogues.items():
         embeddings = embed_titles(runtime, tokenizer, catalogue.titles, name)
         installed = InstalledCatalogue(catalogue, embeddings, popularity[name])
-        entries[name] = write_installed(model_dir, installed)
+        entries[name] = write_installed(model_dir, installed, index_for(settings, installed))
         log.info("catalogue %s: %d items installed as %s", name, len(catalogue),
                  ", ".join(p.name for p in catalogue_paths(model_dir, name)))
     return entries

@@ -91,6 +91,7 @@ class ServedBlend:
             moved = (matrix.tocsr() @ move).tocsr()
             moved.sum_duplicates()
             self.cooc[source] = moved
+        self._pop_order: np.ndarray | None = None  # popularity_order(), made on first use
         self.popularity: np.ndarray | None = None  # log1p(popularity) float32 [N]
         if target in assets.popularity:
             self.popularity = np.zeros(self.size, np.float32)
@@ -111,6 +112,81 @@ class ServedBlend:
             matrix = self.cooc.get(source)
             sums[source] = None if matrix is None or len(rows) == 0 else _row_sum(matrix, rows)
         return blend_terms(self.blends, sums, self.popularity, (self.size,))
+
+
+    def sparse(self, histories: Mapping[str, np.ndarray]) -> SparseBlend | None:
+        """The same blend as __call__, kept sparse for a catalogue too large to fill [N] per
+        request (one indexed through ranking/ann.py): values at chosen positions, and the
+        positions of largest blend. None without any source platform."""
+        if not histories:
+            return None
+        sums: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
+        for source, rows in histories.items():
+            matrix = self.cooc.get(source)
+            sums[source] = None if matrix is None or len(rows) == 0 else _sparse_row_sum(matrix, rows)
+        return SparseBlend(self, sums)
+
+    def popularity_order(self) -> np.ndarray:
+        """Positions by falling popularity term (made once, on first use)."""
+        if self._pop_order is None:
+            assert self.popularity is not None
+            self._pop_order = np.argsort(-self.popularity, kind="stable")
+        return self._pop_order
+
+
+class SparseBlend:
+    """One user's blend (ServedBlend.sparse): the co-occurrence sums kept as (positions, sums)
+    per source; every item outside them has only the popularity term."""
+
+    def __init__(self, served: ServedBlend, sums: Mapping[str, tuple[np.ndarray, np.ndarray] | None]) -> None:
+        self.served = served
+        self.sums = sums
+        parts = [cols for pair in sums.values() if pair is not None for cols in pair[:1]]
+        self.touched = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+    def any(self) -> bool:
+        """Whether this blend is nonzero anywhere (dense: blend.any())."""
+        weights = [self.served.blends.get(s, Blend()) for s in self.sums]
+        popularity = self.served.popularity
+        cooc = (w.cooc and pair is not None and pair[1].any() for w, pair in zip(weights, self.sums.values()))
+        return (any(cooc)
+                or (max((w.pop for w in weights), default=0.0) != 0.0 and popularity is not None
+                    and bool(popularity.any())))
+
+    def at(self, positions: np.ndarray) -> np.ndarray:
+        """The blend float32 at `positions`: the dense blend's entries there (the same formula,
+        blend_terms, over the chosen entries only; sums added in another order may differ in
+        the last bit)."""
+        picked: dict[str, np.ndarray | None] = {}
+        for source, pair in self.sums.items():
+            if pair is None:
+                picked[source] = None
+                continue
+            cols, values = pair
+            where = np.minimum(np.searchsorted(cols, positions), len(cols) - 1)
+            picked[source] = np.where(cols[where] == positions, values[where], 0.0)
+        popularity = self.served.popularity
+        return blend_terms(self.served.blends, picked,
+                           None if popularity is None else popularity[positions], (len(positions),))
+
+    def leaders(self, m: int) -> np.ndarray:
+        """Positions of the m largest blends, in no order. Outside the touched entries the blend
+        is the popularity term alone, so they are among the touched entries and the m most
+        popular items."""
+        pool = self.touched
+        if self.served.popularity is not None:
+            pool = np.union1d(pool, self.served.popularity_order()[:m])
+        if len(pool) <= m:
+            return pool
+        return pool[np.argpartition(-self.at(pool), m - 1)[:m]]
+
+
+def _sparse_row_sum(matrix: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sum of the given CSR rows as (columns, sums), the columns sorted, none zero-summed
+    away: _row_sum without the dense [n_cols] result."""
+    sub = matrix[rows]
+    cols, inverse = np.unique(sub.indices, return_inverse=True)
+    return cols, np.bincount(inverse, weights=sub.data, minlength=len(cols))
 
 
 # Stored entries up to which gather + bincount beats scipy's row slicing (docs/ranking.md).

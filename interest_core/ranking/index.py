@@ -20,17 +20,31 @@ class Ranked:
 
 
 class CatalogueIndex:
-    """Item embeddings float32 [N, D] (unit rows) for one platform's catalogue."""
+    """Item embeddings float32 [N, D] (unit rows) for one platform's catalogue. An indexed
+    catalogue (ranking/ann.py) has none here (`embeddings` None): the caller passes scores."""
 
-    def __init__(self, catalogue: Catalogue, embeddings: np.ndarray) -> None:
-        if embeddings.shape[0] != len(catalogue):
+    def __init__(self, catalogue: Catalogue, embeddings: np.ndarray | None) -> None:
+        if embeddings is not None and embeddings.shape[0] != len(catalogue):
             raise ValueError(f"{embeddings.shape[0]} embeddings for {len(catalogue)} items")
         self.catalogue = catalogue
-        self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        self._embeddings = (None if embeddings is None
+                            else np.ascontiguousarray(embeddings, dtype=np.float32))
         self._pos = catalogue.index()
         # |item . query| <= max_norm * |query| for every item: the bound of top_k_bounded
-        self.max_norm = float(np.sqrt(np.einsum("ij,ij->i", self.embeddings, self.embeddings).max(
-            initial=0.0))) * (1 + 1e-5)
+        self.max_norm = 1.0 if embeddings is None else float(np.sqrt(np.einsum(
+            "ij,ij->i", self.embeddings, self.embeddings).max(initial=0.0))) * (1 + 1e-5)
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        if self._embeddings is None:
+            raise ValueError(f"the {self.catalogue.platform} catalogue is ranked through its "
+                             "nearest-neighbour index: it keeps no embeddings here")
+        return self._embeddings
+
+    @property
+    def exact(self) -> bool:
+        """Whether the embeddings are here to score the catalogue whole."""
+        return self._embeddings is not None
 
     def __len__(self) -> int:
         return len(self.catalogue)
@@ -55,7 +69,7 @@ class CatalogueIndex:
         if k <= 0:
             return []
         top = np.argpartition(-scores, k - 1)[:k]
-        return self._ranked(top, scores[top])
+        return self.ranked(top, scores[top])
 
     def top_k_bounded(self, query: np.ndarray, blend: np.ndarray, k: int, exclude: Iterable[str] = (),
                       candidates: int = 1024, first: int = 256) -> list[Ranked] | None:
@@ -90,7 +104,7 @@ class CatalogueIndex:
             kth = np.partition(scores, m - k)[m - k]  # -inf while fewer than k live items
             if kth > reach + outside[m - 1]:
                 top = np.argpartition(-scores, k - 1)[:k]
-                return self._ranked(head[top], scores[top])
+                return self.ranked(head[top], scores[top])
             if m == limit:
                 return None
             m = min(4 * m, limit)
@@ -98,7 +112,7 @@ class CatalogueIndex:
     def _banned(self, exclude: Iterable[str]) -> list[int]:
         return [p for p in (self._pos.get(i) for i in exclude) if p is not None]
 
-    def _ranked(self, items: np.ndarray, scores: np.ndarray) -> list[Ranked]:
+    def ranked(self, items: np.ndarray, scores: np.ndarray) -> list[Ranked]:
         """Items (catalogue positions) with their scores, best first, ties by catalogue order."""
         order = np.lexsort((items, -scores))
         return [Ranked(self.catalogue.item_ids[i], self.catalogue.titles[i], float(scores[j]))

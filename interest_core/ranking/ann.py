@@ -1,0 +1,162 @@
+"""An approximate nearest-neighbour index over a catalogue too large to score whole per request.
+
+At a million items the exact scan (ranking/scoring.py) reads 1.5 GB per query. Above
+`Settings.ann_min_items` items `make engine` builds a graph index over the item embeddings and
+stores it beside the catalogue; the gateway maps the file read-only at start (not rebuilt) and
+Recommend asks it for the candidates of the model term, which it merges with the
+collaborative candidates and scores exactly (interest_core.recommender). The library and its
+settings were picked by measurement (`make ann-compare`, docs/ranking.md):
+
+- faiss-cpu HNSW (graph search, M links a node, efConstruction candidates while building,
+  efSearch while searching), the vectors stored as float16 inside the index: one copy of the
+  catalogue in 2 bytes a value, 768 MB at 10^6 x 384, scores within about 1e-4 of float32,
+  and rows read back from it for exact re-scoring.
+- The file is memory-mapped (faiss IO_FLAG_MMAP_IFC): start-up reads no vectors, and the pages
+  a host's gateways touch are shared through the page cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("interest.ann")
+
+LIBRARY = "faiss-cpu HNSW, float16 vectors"
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    """How an index is built (recorded in VERSION.json beside its file)."""
+
+    m: int = 24  # graph links a node (level 0 holds 2m): 2m * 4 bytes a node
+    ef_construction: int = 200
+
+    @property
+    def factory(self) -> str:
+        return f"HNSW{self.m},SQfp16"
+
+    def describe(self) -> dict[str, object]:
+        return {"library": LIBRARY, "factory": self.factory, "m": self.m,
+                "ef_construction": self.ef_construction}
+
+
+def _faiss() -> Any:
+    import faiss  # imported here: only catalogues above ann_min_items need it
+
+    return faiss
+
+
+def build_index(embeddings: np.ndarray, params: IndexParams = IndexParams(), threads: int | None = None,
+                progress: Callable[[int, int, float], None] | None = None,
+                chunk: int = 50_000) -> Any:
+    """A faiss HNSW index (inner product) over unit rows float32 [N, D]; item i gets id i.
+    `progress(done, total, seconds)` after each chunk added (a 10^6 build takes minutes)."""
+    faiss = _faiss()
+    if threads is not None:
+        faiss.omp_set_num_threads(threads)
+    index = faiss.index_factory(embeddings.shape[1], params.factory, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = params.ef_construction
+    start = time.monotonic()
+    for first in range(0, len(embeddings), chunk):
+        index.add(np.ascontiguousarray(embeddings[first:first + chunk], dtype=np.float32))
+        if progress is not None:
+            progress(min(first + chunk, len(embeddings)), len(embeddings), time.monotonic() - start)
+    return index
+
+
+def store_index(embeddings: np.ndarray, path: Path, params: IndexParams = IndexParams(),
+                progress: Callable[[int, int, float], None] | None = None) -> dict[str, object]:
+    """Build the index of `embeddings` and write it to `path`; its description for
+    VERSION.json (catalogue.write_installed's `index`)."""
+    started = time.monotonic()
+    _faiss().write_index(build_index(embeddings, params, progress=progress), str(path))
+    return {**params.describe(), "build_s": round(time.monotonic() - started, 1)}
+
+
+class AnnIndex:
+    """A stored index, mapped read-only: `search` for candidate positions, `vectors` for their
+    rows (float16 in the index, returned as float32) to score exactly."""
+
+    def __init__(self, index: Any, ef_search: int) -> None:
+        self.index = index
+        self.ef_search = ef_search
+        self.dim = int(index.d)
+
+    @classmethod
+    def load(cls, path: Path, ef_search: int) -> AnnIndex:
+        faiss = _faiss()
+        faiss.omp_set_num_threads(1)  # one query a call: OpenMP would only add hand-offs
+        return cls(faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC), ef_search)
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def search(self, query: np.ndarray, n: int, banned: np.ndarray | None = None) -> np.ndarray:
+        """Positions of about the `n` items of largest item . query (fewer only when the
+        index holds fewer), best first, none whose bit is set in `banned` (a bitmap, uint8
+        [ceil(N / 8)], little-endian bit order as np.packbits(..., bitorder="little")).
+        Releases the GIL while it searches."""
+        faiss = _faiss()
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = max(self.ef_search, n)
+        if banned is not None:
+            # kept referenced until the search returns: faiss reads the bitmap through a pointer
+            inner = faiss.IDSelectorBitmap(len(self), faiss.swig_ptr(banned))
+            params.sel = selector = faiss.IDSelectorNot(inner)
+        _, found = self.index.search(np.ascontiguousarray(query[None], dtype=np.float32), n, params=params)
+        if banned is not None:
+            del selector, inner
+        out: np.ndarray = found[0]
+        return out[out >= 0]
+
+    def vectors(self, positions: np.ndarray) -> np.ndarray:
+        """float32 [len(positions), D]: the indexed rows (float16 precision)."""
+        if len(positions) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        rows: np.ndarray = self.index.reconstruct_batch(np.asarray(positions, dtype=np.int64))
+        return rows
+
+
+def bitmap(mask: np.ndarray) -> np.ndarray:
+    """The faiss IDSelectorBitmap layout of a bool mask [N]: bit i of byte i // 8 (LSB first)."""
+    return np.packbits(mask.astype(bool), bitorder="little")
+
+
+@dataclass(frozen=True)
+class AnnSnapshot:
+    """An indexed catalogue as one Recommend call sees it. Positions are the live catalogue's
+    (interest_core.live_catalogue): the first len(index) are the indexed items, in the index's
+    id order; items added or changed since the build are not in the index as they are now and
+    are scored exactly from `delta_vectors`; `banned` masks in the index what was removed or
+    changed (None: nothing)."""
+
+    index: AnnIndex
+    live: np.ndarray  # bool [N] over all positions
+    banned: np.ndarray | None  # bitmap over the index's ids (bitmap())
+    delta: np.ndarray  # int64, sorted: live positions scored from delta_vectors
+    delta_vectors: np.ndarray  # float32 [len(delta), D]
+
+    @classmethod
+    def whole(cls, index: AnnIndex) -> AnnSnapshot:
+        """The index as built: every item live, none changed."""
+        return cls(index, np.ones(len(index), dtype=bool), None, np.zeros(0, np.int64),
+                   np.zeros((0, index.dim), np.float32))
+
+    def vectors(self, positions: np.ndarray) -> np.ndarray:
+        """float32 [len(positions), D]: each position's current vector."""
+        out = np.empty((len(positions), self.index.dim), np.float32)
+        if len(self.delta):
+            where = np.minimum(np.searchsorted(self.delta, positions), len(self.delta) - 1)
+            changed = self.delta[where] == positions
+        else:
+            where, changed = np.zeros(len(positions), np.int64), np.zeros(len(positions), bool)
+        out[changed] = self.delta_vectors[where[changed]]
+        out[~changed] = self.index.vectors(positions[~changed])
+        return out

@@ -1,0 +1,162 @@
+"""Ranking a catalogue through its nearest-neighbour index (interest_core.ranking.ann): the real
+faiss index built over a small random catalogue, ranked by the Recommender against the exact
+path on the same profiles, and the catalogue changed under it."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from interest_core.catalogue import Catalogue, InstalledCatalogue
+from interest_core.live_catalogue import LiveCatalogue
+from interest_core.migration import MigrationMap
+from interest_core.profiles import Profile
+from interest_core.ranking.ann import AnnIndex, IndexParams, bitmap, store_index
+from interest_core.ranking.assets import Blend, RankingAssets
+from interest_core.ranking.blend import ServedBlend
+from interest_core.recommender import Recommender
+from tests.unit.test_recommender import Stages, make_book
+
+N, N_FOOD, DIM = 3000, 60, 32
+
+
+@dataclass(frozen=True)
+class Change:
+    item_id: str
+    title: str
+    embedding: np.ndarray | None
+    removed: bool
+    version: int
+
+
+def random_world(tmp_path: Path) -> tuple[InstalledCatalogue, RankingAssets, AnnIndex]:
+    rng = np.random.default_rng(5)
+    ids = [f"k{i}" for i in range(N)]
+    emb = rng.standard_normal((N, DIM)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    counts = sp.random(N_FOOD, N, density=0.01, random_state=rng, format="csr",
+                       data_rvs=lambda m: np.asarray(rng.integers(1, 30, m), np.float32))
+    assets = RankingAssets(
+        item_ids={"food": [f"f{i}" for i in range(N_FOOD)], "kitchen": ids},
+        migration={("food", "kitchen"): np.eye(DIM, dtype=np.float32)},
+        cooccurrence={("food", "kitchen"): counts},  # type: ignore[dict-item]
+        popularity={"kitchen": rng.integers(0, 50, N).astype(np.float32)},
+        blend={("food", "kitchen"): Blend(0.3, 0.02)})
+    installed = InstalledCatalogue(Catalogue("kitchen", tuple(ids), tuple(i.upper() for i in ids)), emb,
+                                   rng.integers(0, 50, N).astype(np.float32))
+    path = tmp_path / "kitchen.faiss"
+    described = store_index(emb, path, IndexParams(m=16, ef_construction=100))
+    assert described["factory"] == "HNSW16,SQfp16"
+    return installed, assets, AnnIndex.load(path, ef_search=512)
+
+
+def recommender(tmp_path: Path, assets: RankingAssets) -> Recommender:
+    book = make_book(tmp_path)
+    rng = np.random.default_rng(8)
+    for u in range(20):
+        vec = rng.standard_normal(DIM).astype(np.float32)
+        book.store.save_many([
+            (f"u{u}", Profile("food", vec / np.linalg.norm(vec), 3,
+                              [f"f{i}" for i in rng.choice(N_FOOD, 3, replace=False)])),
+            (f"u{u}", Profile("kitchen", vec, 2, [f"k{i}" for i in rng.choice(N, 2, replace=False)]))])
+        book.store.set_consent(f"u{u}", True)
+    return Recommender(book, MigrationMap(DIM, assets.migration), assets, {}, 1024, 16, Stages(),
+                       ann_candidates=50)
+
+
+def serve(rec: Recommender, live: LiveCatalogue, index: AnnIndex | None) -> None:
+    if index is None:
+        cat, popularity, added = live.snapshot()
+        rec.serve("kitchen", rec.prepare("kitchen", cat, popularity, added))
+    else:
+        cat, popularity, added, ann = live.ann_snapshot(index)
+        rec.serve("kitchen", rec.prepare("kitchen", cat, popularity, added, ann))
+
+
+def top(rec: Recommender, user: str, k: int = 10, exclude: tuple[str, ...] = ()) -> list[str]:
+    found = asyncio.run(rec.recommend(user, "kitchen", k, list(exclude), lambda: 5.0))
+    return [i.item_id for i in found.items]
+
+
+def test_the_index_ranks_as_the_exact_path_on_a_small_catalogue(tmp_path: Path) -> None:
+    installed, assets, index = random_world(tmp_path)
+    approximate, exact = recommender(tmp_path / "a", assets), recommender(tmp_path / "e", assets)
+    paths: list[str] = []
+    approximate.on_path = lambda platform, path: paths.append(path)
+    serve(approximate, LiveCatalogue(installed), index)
+    serve(exact, LiveCatalogue(installed), None)
+    for u in range(20):
+        a = asyncio.run(approximate.recommend(f"u{u}", "kitchen", 10, ["k1", "k2"], lambda: 5.0))
+        b = asyncio.run(exact.recommend(f"u{u}", "kitchen", 10, ["k1", "k2"], lambda: 5.0))
+        assert [i.item_id for i in a.items] == [i.item_id for i in b.items]
+        assert [i.score for i in a.items] == pytest.approx([i.score for i in b.items], abs=2e-3)  # float16
+        assert [i.category for i in a.items] == [i.category for i in b.items]
+        assert a.explanation == b.explanation and "blend" in a.explanation
+    assert paths == ["ann"] * 20
+
+
+def test_exclusions_hold_and_k_items_come_back(tmp_path: Path) -> None:
+    installed, assets, index = random_world(tmp_path)
+    rec = recommender(tmp_path, assets)
+    serve(rec, LiveCatalogue(installed), index)
+    first = top(rec, "u3", k=200)
+    assert len(first) == len(set(first)) == 200  # more than ann_candidates (50): still k
+    owned = set(rec.book.store.load("u3")["kitchen"].items)
+    assert not owned & set(first)
+    again = top(rec, "u3", k=200, exclude=tuple(first[:150]))
+    assert len(again) == 200 and not set(first[:150]) & set(again)
+
+
+def test_removed_changed_and_added_items_under_the_index(tmp_path: Path) -> None:
+    installed, assets, index = random_world(tmp_path)
+    rec = recommender(tmp_path, assets)
+    live = LiveCatalogue(installed)
+    serve(rec, live, index)
+    before = top(rec, "u4")
+    profiles = rec.book.store.load("u4")
+    query = rec.migration.migrate({p: (v.vector, v.events) for p, v in profiles.items()}, "kitchen")
+    far = -query / np.linalg.norm(query)
+    # the best item removed, the second moved away from the user, a new item on the user's query
+    live.apply([Change(before[0], "", None, True, 1),
+                Change(before[1], "MOVED", far, False, 2),
+                Change("new", "NEW", query / np.linalg.norm(query), False, 3)])
+    serve(rec, live, index)
+    after = top(rec, "u4", k=50)
+    assert "new" in after and before[0] not in after and before[1] not in after
+    assert before[0] not in top(rec, "u4", k=200)
+    assert installed.embeddings.flags.writeable is False or np.array_equal(
+        installed.embeddings[int(before[1][1:])], live.base[int(before[1][1:])])  # the base untouched
+    cat, _, _, ann = live.ann_snapshot(index)
+    assert ann.banned is not None and len(ann.delta) == 2  # the moved and the new item
+    moved = cat.position(before[1])
+    assert moved is not None
+    np.testing.assert_allclose(ann.vectors(np.array([moved]))[0], far, atol=1e-6)
+
+
+def test_the_sparse_blend_equals_the_dense_one(tmp_path: Path) -> None:
+    installed, assets, _ = random_world(tmp_path)
+    served = ServedBlend(assets, "kitchen", installed.catalogue.item_ids)
+    rng = np.random.default_rng(2)
+    for _ in range(10):
+        history = {"food": rng.choice(N_FOOD, 4, replace=False).astype(np.int64)}
+        dense = served(history)
+        sparse = served.sparse(history)
+        assert dense is not None and sparse is not None and sparse.any()
+        positions = np.arange(N)
+        np.testing.assert_allclose(sparse.at(positions), dense, rtol=1e-6)
+        leaders = sparse.leaders(64)
+        # the 64 largest blends (popularity counts tie: which of equal items is not fixed)
+        assert len(set(leaders)) == 64
+        np.testing.assert_array_equal(np.sort(dense[leaders]), np.sort(dense)[-64:])
+
+
+def test_bitmap_is_the_faiss_layout() -> None:
+    mask = np.zeros(20, bool)
+    mask[[0, 9, 19]] = True
+    bits = bitmap(mask)
+    assert list(bits) == [0b00000001, 0b00000010, 0b00001000]
