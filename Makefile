@@ -23,7 +23,7 @@ PROTO_OUT := gateway/proto/interest/v1/gateway_pb2.py gateway/proto/interest/v1/
 STAMP   := $(VENV)/.installed
 MODEL   := model_repository/interest_encoder/VERSION.json
 
-.PHONY: help up setup proto data train eval engine ngc-repo serve demo test unit integration lint clean bench ann-compare fuzz tools FORCE
+.PHONY: help up setup proto data train eval engine ngc-repo serve demo test unit integration lint clean bench catalogue-scale ann-compare fuzz tools FORCE
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -128,11 +128,14 @@ tools:  ## Debian's prometheus server (the monitoring test scrapes the real stac
 	bash build/install-prometheus.sh
 	bash build/install-postgresql.sh
 
-bench: engine  ## benchmark: seed vs in-process limit vs this stack, perf_analyzer, one gateway vs two on PostgreSQL; writes results/bench.*
+bench: engine  ## benchmark: seed vs in-process limit vs this stack, perf_analyzer, one gateway vs two on PostgreSQL, catalogues of 10^4..10^6 items; writes results/bench.*
 	bash build/install-perf-analyzer.sh
 	bash build/install-postgresql.sh
 	$(PY) -m bench.run
 	$(MAKE) --no-print-directory fuzz
+
+catalogue-scale: engine  ## only make bench's catalogue part: Recommend on 10^4, 10^5 and 10^6 kitchen items (the 10^6 index is built once, minutes): var/bench/catalogue_scale.*
+	$(PY) -m bench.catalogue_scale
 
 ann-compare: engine  ## faiss-cpu, hnswlib and usearch side by side on 10^4..10^6 items made from the real catalogue: var/bench/ann_compare.json (docs/ranking.md)
 	HNSWLIB_NO_NATIVE=1 $(PIP) install --quiet -r build/ann-requirements.txt

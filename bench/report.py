@@ -78,6 +78,9 @@ def summarise(data: dict[str, Any]) -> dict[str, Any]:
         targets["victim_p99_flooded_within_2x_of_alone"] = {
             k: fair[k] for k in ("victim_p99_alone_ms", "victim_p99_flooded_ms", "p99_ratio", "victim_errors",
                                  "flooder_refused", "met")}
+    million = (data.get("catalogue_scale") or {}).get("catalogue_1m")
+    if million:
+        targets["catalogue_1m"] = catalogue_1m_target(million)
     startup = data.get("startup") or {}
     if "serving_s" in startup:
         targets["startup_serving_under_20s"] = {"serving_s": startup["serving_s"],
@@ -110,10 +113,99 @@ def summarise(data: dict[str, Any]) -> dict[str, Any]:
         "startup": startup,
         "fair_share": {k: v for k, v in fair.items() if k != "runs"} if fair else None,
         "scale_out": data.get("scale_out"),
+        "catalogue_1m": million,
         "perf_analyzer": data.get("perf_analyzer", {}),
         "targets": targets,
         "details": data,
     }
+
+
+CATALOGUE_1M_TARGETS = {"p99_ms": RECOMMEND_TARGET_P99_MS, "overlap_at_10": 0.98,
+                        "resident_mib": 1e9 / 2**20, "serving_s": 30.0}  # 1 GB read as 10^9 bytes
+
+
+def catalogue_1m_target(million: dict[str, Any]) -> dict[str, Any]:
+    """Each of the million-item catalogue's targets met or not (None: not measured)."""
+    t = CATALOGUE_1M_TARGETS
+    overlap = million.get("overlap_at_10")
+    parts = {
+        "p99_under_15ms_at_200rps": million["rate_rps"] >= RECOMMEND_TARGET_RATE
+        and million["p99_ms"] < t["p99_ms"] and not million.get("errors"),
+        "overlap_at_10_at_least_0.98": None if overlap is None else overlap >= t["overlap_at_10"],
+        "index_and_vectors_at_most_1GB": million["resident_mib"] <= t["resident_mib"],
+        "serving_within_30s": million["serving_s"] <= t["serving_s"],
+    }
+    return {**parts, "met": all(v is True for v in parts.values())}
+
+
+def _catalogue_scale(section: dict[str, Any] | None) -> list[str]:
+    """The catalogue-scale section (bench.catalogue_scale): each size's figures and the rank cost."""
+    if not section:
+        return []
+    if "error" in section:
+        return ["## Catalogue scale", "", f"not run: {section['error']}", ""]
+    lines = [
+        "## Catalogue scale (Recommend kitchen from food, k = 10, 200 req/s open loop)",
+        "",
+        f"Kitchen catalogues grown from the real one (real items, then noisy variants: "
+        f"bench/catalogue_scale.py); {section['queries']} users; settings {section['settings']}.",
+        "",
+        "| items | ranked | SERVING s | p99 ms at 200/s | achieved req/s | gateway cores | "
+        "index + vectors MiB | gateway RSS MiB | overlap@10 vs exact |",
+        "| --: | --- | --: | --: | --: | --: | --: | --: | --: |",
+    ]
+
+    def row(n: int, path: str, run: dict[str, Any], overlap: Any) -> str:
+        load = run.get("load") or {}
+        cores = (load.get("processes") or {}).get("gateway", {}).get("cpu_cores", "")
+        return (f"| {n:,} | {path} | {run['serving_s']} | {load.get('p99_ms', 'not run')} | "
+                f"{load.get('throughput_rps', '')} | {cores} | {run['index_and_vectors_mib']} | "
+                f"{run['resident_mib']['total']} | {overlap} |")
+
+    for r in section["sizes"]:
+        lines.append(row(r["items"], r["path"], r, r.get("overlap_at_10", "exact")))
+        if "exact" in r:
+            lines.append(row(r["items"], "exact (forced)", r["exact"], "(the truth)"))
+    lines += ["", "Rank cost per query in-process, one at a time (exact scan vs index search + re-scoring):",
+              "", "| items | exact ms | index ms | index build s |", "| --: | --: | --: | --: |"]
+    lines += [f"| {c['items']:,} | {c['exact_ms']} | {c['ann_ms']} | {c['index_build_s']} |"
+              for c in section["rank_cost"]]
+    lines += ["", "![catalogue scale](catalogue_scale.png)", ""]
+    return lines
+
+
+def plot_catalogue_scale(section: dict[str, Any], path: Path, title: str) -> None:
+    """Recommend's p99 at 200/s, the resident index + vectors, and the rank cost against N."""
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.5))
+    for path_name, style in (("ann", "s-"), ("exact", "o--")):
+        points = []
+        for r in section["sizes"]:
+            run = r if r["path"] == path_name else r.get("exact") if path_name == "exact" else None
+            if run is not None:
+                points.append((r["items"], run.get("load"), run["index_and_vectors_mib"]))
+        if not points:
+            continue
+        loaded = [(n, load["p99_ms"]) for n, load, _ in points if load]
+        if loaded:
+            ax1.plot(*zip(*loaded), style, label=f"{path_name}: p99 at 200/s")
+        ax2.plot([n for n, _, _ in points], [m for _, _, m in points], style, label=path_name)
+    ax1.axhline(RECOMMEND_TARGET_P99_MS, color="red", ls=":", label="p99 target 15 ms")
+    ax1.set(xscale="log", yscale="log", xlabel="catalogue items", ylabel="ms",
+            title="Recommend p99 at 200 req/s")
+    ax2.axhline(1e9 / 2**20, color="red", ls=":", label="1 GB")
+    ax2.set(xscale="log", yscale="log", xlabel="catalogue items", ylabel="MiB",
+            title="resident: index + vectors")
+    cost = section["rank_cost"]
+    ax3.plot([c["items"] for c in cost], [c["exact_ms"] for c in cost], "o--", label="exact scan")
+    ax3.plot([c["items"] for c in cost], [c["ann_ms"] for c in cost], "s-", label="index + re-scoring")
+    ax3.set(xscale="log", xlabel="catalogue items", ylabel="ms per query",
+            title="rank cost, one query at a time")
+    for ax in (ax1, ax2, ax3):
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _limit_target(stack: dict[str, Any], limit: dict[str, Any], paired: dict[str, Any] | None
@@ -370,6 +462,7 @@ def write_markdown(summary: dict[str, Any], path: Path) -> None:
         *_mixed(d.get("mixed_runs")),
         *_fair_share(d.get("fair_share")),
         *_scale_out(d.get("scale_out")),
+        *_catalogue_scale(d.get("catalogue_scale")),
         "## perf_analyzer (Triton alone, real tokenized titles, batch 1 per request)",
         "",
     ]
@@ -431,4 +524,8 @@ def write_report(data: dict[str, Any], out: Path) -> dict[str, Any]:
     (out / "bench.json").write_text(json.dumps(summary, indent=2))
     write_markdown(summary, out / "bench.md")
     plot(summary, out / "bench.png")
+    scale = data.get("catalogue_scale")
+    if scale and "sizes" in scale:
+        plot_catalogue_scale(scale, out / "catalogue_scale.png",
+                             f"{summary['machine'][:90]} — rev {summary['revision']}")
     return summary

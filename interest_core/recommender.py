@@ -234,38 +234,80 @@ class Recommender:
 
     async def _rank_ann(self, target: str, served: ServedCatalogue, query: np.ndarray,
                         blend: SparseBlend | None, k: int, exclude: list[str]) -> list[Ranked]:
-        """The top k of item . query + blend from the candidates of an indexed catalogue, on
-        a worker thread (the search takes milliseconds at 10^6 items; the loop goes on)."""
-        self.on_path(target, "ann")
+        """The top k of item . query + blend of an indexed catalogue, on a worker thread (an
+        index search takes milliseconds at 10^6 items; the loop goes on): exact from the items
+        of largest blend when the bound holds (as _rank), else from the index's candidates."""
         if self._ann_pool is None:
             self._ann_pool = ThreadPoolExecutor(2, thread_name_prefix="ann-search")
         banned = np.array(sorted(p for p in (served.index.position(i) for i in exclude) if p is not None),
                           dtype=np.int64)
-        return await asyncio.get_running_loop().run_in_executor(
-            self._ann_pool, self.ann_top_k, served, query, blend, k, banned)
+        gate = self.bound_gates[target]
+        try_bound = blend is not None and self.rank_candidates > 0 and gate.should_try()
+        ranked, bounded = await asyncio.get_running_loop().run_in_executor(
+            self._ann_pool, self.ann_top_k, served, query, blend, k, banned, try_bound)
+        if try_bound:
+            gate.record(bounded)
+        self.on_path(target, "bounded" if bounded else "ann")
+        return ranked
 
     def ann_top_k(self, served: ServedCatalogue, query: np.ndarray, blend: SparseBlend | None, k: int,
-                  banned: np.ndarray) -> list[Ranked]:
-        """The exact top k of item . query + blend over the union of: the index's
-        `ann_candidates` nearest items (more by the banned count, so that k still come back),
-        the items added or changed since the build, and the max(rank_candidates, 8k) items of
-        largest blend; never a removed or `banned` position."""
+                  banned: np.ndarray, try_bound: bool = False) -> tuple[list[Ranked], bool]:
+        """(the top k of item . query + blend, whether a bound proved it). Never a removed or
+        `banned` position. With `try_bound`, first the items of largest blend as
+        CatalogueIndex.top_k_bounded does it; else (or when that proves nothing) the exact
+        scores of the union of: the index's `ann_candidates` nearest items (more by the banned
+        count, so that k still come back), the items added or changed since the build, and the
+        max(rank_candidates, 8k) items of largest blend."""
         ann = served.ann
         assert ann is not None
+        if try_bound and blend is not None:
+            ranked = self._ann_bounded(served, query, blend, k, banned)
+            if ranked is not None:
+                return ranked, True
         n = max(self.ann_candidates, k) + len(banned)
         parts = [ann.index.search(query, min(n, len(ann.index)), ann.banned), ann.delta]
         if blend is not None:
-            parts.append(blend.leaders(max(self.rank_candidates, 8 * k)))
+            parts.append(blend.leaders(max(self.rank_candidates, 8 * k))[0])
         union = np.unique(np.concatenate(parts))
         union = union[ann.live[union] & ~np.isin(union, banned)]
         scores = small_matvec(ann.vectors(union), query)
         if blend is not None:
             scores += blend.at(union)
-        k = min(k, len(union))
+        return self._top(served, union, scores, k), False
+
+    def _ann_bounded(self, served: ServedCatalogue, query: np.ndarray, blend: SparseBlend, k: int,
+                     banned: np.ndarray) -> list[Ranked] | None:
+        """CatalogueIndex.top_k_bounded on an indexed catalogue, its blend kept sparse: the top
+        k of the m items of largest blend when its k-th score beats what any other item can
+        reach, |query| (unit rows; 0.1% more for the float16 vectors) plus the largest blend
+        outside the m; m = max(256, 4k), then 4x as many, up to max(rank_candidates, 8k)."""
+        ann = served.ann
+        assert ann is not None
+        reach = float(np.linalg.norm(query)) * 1.001
+        limit = min(max(self.rank_candidates, 8 * k), len(ann.live) - 1)
+        m = min(max(256, 4 * k), limit)
+        while m >= k:
+            order, values = blend.leaders(m + 1)
+            outside = float(values[m]) if len(values) > m else -np.inf
+            head, values = order[:m], values[:m]
+            alive = ann.live[head] & ~np.isin(head, banned)
+            head, values = head[alive], values[alive]
+            if len(head) >= k:
+                scores = small_matvec(ann.vectors(head), query) + values
+                if np.partition(scores, len(scores) - k)[len(scores) - k] > reach + outside:
+                    return self._top(served, head, scores, k)
+            if m == limit or len(order) <= m:
+                return None
+            m = min(4 * m, limit)
+        return None
+
+    @staticmethod
+    def _top(served: ServedCatalogue, positions: np.ndarray, scores: np.ndarray, k: int) -> list[Ranked]:
+        k = min(k, len(positions))
         if k <= 0:
             return []
         top = np.argpartition(-scores, k - 1)[:k]
-        return served.index.ranked(union[top], scores[top])
+        return served.index.ranked(positions[top], scores[top])
 
     def histories(self, target: str, used: Mapping[str, Profile]) -> dict[str, np.ndarray]:
         """The user's (consented) items per source platform, as positions in the assets."""

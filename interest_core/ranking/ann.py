@@ -92,7 +92,6 @@ class AnnIndex:
     @classmethod
     def load(cls, path: Path, ef_search: int) -> AnnIndex:
         faiss = _faiss()
-        faiss.omp_set_num_threads(1)  # one query a call: OpenMP would only add hand-offs
         return cls(faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC), ef_search)
 
     def __len__(self) -> int:
@@ -104,6 +103,9 @@ class AnnIndex:
         [ceil(N / 8)], little-endian bit order as np.packbits(..., bitorder="little")).
         Releases the GIL while it searches."""
         faiss = _faiss()
+        # OpenMP's thread count is per calling thread: without this a worker thread's first
+        # search would start a team of one thread per core, spinning beside the other worker
+        faiss.omp_set_num_threads(1)
         params = faiss.SearchParametersHNSW()
         params.efSearch = max(self.ef_search, n)
         if banned is not None:

@@ -169,16 +169,20 @@ class SparseBlend:
         return blend_terms(self.served.blends, picked,
                            None if popularity is None else popularity[positions], (len(positions),))
 
-    def leaders(self, m: int) -> np.ndarray:
-        """Positions of the m largest blends, in no order. Outside the touched entries the blend
-        is the popularity term alone, so they are among the touched entries and the m most
-        popular items."""
+    def leaders(self, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """(positions, blends) of the m largest blends, largest first (fewer when the blend
+        reaches fewer items). Outside the touched entries the blend is the popularity term
+        alone, so they are among the touched entries and the m most popular items; every item
+        not returned has a blend at most the last one returned."""
         pool = self.touched
         if self.served.popularity is not None:
             pool = np.union1d(pool, self.served.popularity_order()[:m])
-        if len(pool) <= m:
-            return pool
-        return pool[np.argpartition(-self.at(pool), m - 1)[:m]]
+        values = self.at(pool)
+        if len(pool) > m:
+            keep = np.argpartition(-values, m - 1)[:m]
+            pool, values = pool[keep], values[keep]
+        order = np.argsort(-values, kind="stable")
+        return pool[order], values[order]
 
 
 def _sparse_row_sum(matrix: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

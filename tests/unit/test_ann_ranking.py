@@ -55,7 +55,7 @@ def random_world(tmp_path: Path) -> tuple[InstalledCatalogue, RankingAssets, Ann
     return installed, assets, AnnIndex.load(path, ef_search=512)
 
 
-def recommender(tmp_path: Path, assets: RankingAssets) -> Recommender:
+def recommender(tmp_path: Path, assets: RankingAssets, candidates: int = 1024) -> Recommender:
     book = make_book(tmp_path)
     rng = np.random.default_rng(8)
     for u in range(20):
@@ -65,7 +65,7 @@ def recommender(tmp_path: Path, assets: RankingAssets) -> Recommender:
                               [f"f{i}" for i in rng.choice(N_FOOD, 3, replace=False)])),
             (f"u{u}", Profile("kitchen", vec, 2, [f"k{i}" for i in rng.choice(N, 2, replace=False)]))])
         book.store.set_consent(f"u{u}", True)
-    return Recommender(book, MigrationMap(DIM, assets.migration), assets, {}, 1024, 16, Stages(),
+    return Recommender(book, MigrationMap(DIM, assets.migration), assets, {}, candidates, 16, Stages(),
                        ann_candidates=50)
 
 
@@ -83,9 +83,11 @@ def top(rec: Recommender, user: str, k: int = 10, exclude: tuple[str, ...] = ())
     return [i.item_id for i in found.items]
 
 
-def test_the_index_ranks_as_the_exact_path_on_a_small_catalogue(tmp_path: Path) -> None:
+@pytest.mark.parametrize("candidates", [0, 1024])  # 0: never the bound, always the index
+def test_the_index_ranks_as_the_exact_path_on_a_small_catalogue(tmp_path: Path, candidates: int) -> None:
     installed, assets, index = random_world(tmp_path)
-    approximate, exact = recommender(tmp_path / "a", assets), recommender(tmp_path / "e", assets)
+    approximate = recommender(tmp_path / "a", assets, candidates)
+    exact = recommender(tmp_path / "e", assets)
     paths: list[str] = []
     approximate.on_path = lambda platform, path: paths.append(path)
     serve(approximate, LiveCatalogue(installed), index)
@@ -97,7 +99,10 @@ def test_the_index_ranks_as_the_exact_path_on_a_small_catalogue(tmp_path: Path) 
         assert [i.score for i in a.items] == pytest.approx([i.score for i in b.items], abs=2e-3)  # float16
         assert [i.category for i in a.items] == [i.category for i in b.items]
         assert a.explanation == b.explanation and "blend" in a.explanation
-    assert paths == ["ann"] * 20
+    if candidates == 0:
+        assert paths == ["ann"] * 20
+    else:  # the bound proves some top 10s from the largest-blend items, the index answers the rest
+        assert set(paths) == {"ann", "bounded"} and len(paths) == 20
 
 
 def test_exclusions_hold_and_k_items_come_back(tmp_path: Path) -> None:
@@ -149,10 +154,12 @@ def test_the_sparse_blend_equals_the_dense_one(tmp_path: Path) -> None:
         assert dense is not None and sparse is not None and sparse.any()
         positions = np.arange(N)
         np.testing.assert_allclose(sparse.at(positions), dense, rtol=1e-6)
-        leaders = sparse.leaders(64)
-        # the 64 largest blends (popularity counts tie: which of equal items is not fixed)
-        assert len(set(leaders)) == 64
-        np.testing.assert_array_equal(np.sort(dense[leaders]), np.sort(dense)[-64:])
+        leaders, values = sparse.leaders(64)
+        # the 64 largest blends, largest first (popularity counts tie: which of equal items
+        # is not fixed)
+        assert len(set(leaders)) == 64 and np.all(np.diff(values) <= 0)
+        np.testing.assert_array_equal(dense[leaders], values)
+        np.testing.assert_array_equal(values, np.sort(dense)[::-1][:64])
 
 
 def test_bitmap_is_the_faiss_layout() -> None:
