@@ -13,16 +13,22 @@ by the same code for N >= ann_min_items) into var/bench/catalogues/kitchen-<N>/,
 real model's other files, and kept there: a later run with the same parameters reuses it.
 
 **Each size.** A real gateway process (`python -m gateway.server`) on the real Triton serves
-it: time from launch to gRPC SERVING; the food and kitchen profiles of QUERIES held-out users
-stored with migration consent; Recommend kitchen from food, k = 10, open loop at 200/s; the
-time UpdateCatalogue takes to add 10 new items and to remove them again; the
+it: time from launch to gRPC SERVING; then for each of two populations of QUERIES users,
+Recommend kitchen, k = 10, open loop at 200/s, every user's top 10 and the paths the rankings
+took (interest_rank_path_total). *migrated* users have a food and a kitchen history and gave
+migration consent: the issue's scenario, where the trained blend applies and its bound usually
+proves the top 10 from the largest-blend items. *model_only* users have a kitchen history
+only: the model term alone ranks them, so every call of theirs goes through the index, the
+approximate ranking's worst case. Users are the held-out test users first, then training
+users (test.txt has 937; comparing two rankings of one score needs users, not unseen ones).
+Then: the time UpdateCatalogue takes to add 10 new items and to remove them again; the
 resident memory of the catalogue's vectors and index in the gateway (/proc/<pid>/smaps: the
-mapped .faiss and .npy files, plus the scorer's float32 copy of an exactly scored catalogue,
-4 N D bytes); each user's top 10. Where the catalogue is ranked through its index, the same
-gateway is then started again on the same profiles with ann_min_items above N, so it scores
-the catalogue whole, exactly: overlap@10 = |served top 10 & exact top 10| / 10, averaged over
-the users, compares the same blended score ranked both ways. At 10^5 the exact gateway also
-runs the 200/s load (the two paths side by side); at 10^6 it cannot (about 10 queries/s).
+mapped catalogue-kitchen.faiss and .npy, plus the scorer's float32 copy of an exactly scored
+catalogue, 4 N D bytes). Where the catalogue is ranked through its index, the same gateway is
+then started again on the same profiles with ann_min_items above N, so it scores the catalogue
+whole, exactly: overlap@10 = |served top 10 & exact top 10| / 10, averaged over the users,
+compares the same blended score ranked both ways. At 10^5 the exact gateway also runs the
+200/s loads (the two paths side by side); at 10^6 it cannot keep up with them.
 
 **Rank cost.** In-process, one query at a time: the exact scan (as the gateway's BatchScorer
 does it) against index search plus exact re-scoring, at 10^4, 3 x 10^4, 5 x 10^4 and 10^5 items: where
@@ -44,6 +50,7 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +60,7 @@ from bench.loadgen import open_loop
 from bench.outputs import BENCH_VAR, write_json
 from bench.procstat import CpuMeter, Watched
 from bench.report import CATALOGUE_1M_TARGETS, RECOMMEND_TARGET_RATE, plot_catalogue_scale
-from bench.run import ingest_request, load_workload, log, measured, recommend_call
+from bench.run import ingest_request, load_workload, log, measured, rank_paths
 from devtools.fleet import client_channel, gateway_process
 from devtools.provenance import machine, revision
 from devtools.triton_launcher import TritonServer, free_port, start_triton
@@ -64,7 +71,7 @@ from interest_core.config import ROOT, Settings, load_settings
 from interest_core.contract import ASSETS_FILE, VERSION_FILE, read_version
 from interest_core.ranking.ann import AnnIndex, IndexParams, build_index, store_index
 from interest_core.ranking.scoring import catalogue_scores
-from interest_model.corpus import UserSequence
+from interest_model.corpus import UserSequence, load_sequences
 
 SIZES = (10_000, 100_000, 1_000_000)
 COST_SIZES = (10_000, 30_000, 50_000, 100_000)  # where the exact scan stops being faster
@@ -163,66 +170,110 @@ def resident_mib(pid: int, suffixes: Sequence[str]) -> dict[str, float]:
     return {k: round(v, 1) for k, v in out.items()}
 
 
-async def store_profiles(stub: pb_grpc.InterestGatewayStub, users: list[UserSequence], food: Catalogue,
-                         kitchen: Catalogue, concurrency: int = 8) -> None:
-    """Each user's food and kitchen profiles and migration consent, `concurrency` users at once."""
-    gate = asyncio.Semaphore(concurrency)
+@dataclass(frozen=True)
+class Population:
+    """Users asked for kitchen items: `migrated` ones have a food and a kitchen history and gave
+    migration consent (the trained blend applies, and its bound usually answers exactly);
+    `model_only` ones have a kitchen history only, so the model term alone ranks them and every
+    call goes through the index when there is one."""
 
-    async def one(u: UserSequence) -> None:
-        async with gate:
-            for side in (0, 1):
-                await stub.IngestEvents(ingest_request(u, side, food, kitchen), timeout=30)
-            await stub.SetConsent(pb.SetConsentRequest(user_id=f"bench-{u.uid}", migrate=True), timeout=30)
+    name: str
+    users: list[UserSequence]
 
-    await asyncio.gather(*(one(u) for u in users))
+    def user_id(self, u: UserSequence) -> str:
+        return f"bench-{self.name}-{u.uid}"
+
+    async def store(self, stub: pb_grpc.InterestGatewayStub, food: Catalogue, kitchen: Catalogue,
+                    concurrency: int = 8) -> None:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(u: UserSequence) -> None:
+            async with gate:
+                for side, items in ((0, u.items_a), (1, u.items_b)):
+                    if items and (side == 1 or self.name == "migrated"):
+                        request = ingest_request(u, side, food, kitchen)
+                        for event in request.events:
+                            event.user_id = self.user_id(u)
+                        await stub.IngestEvents(request, timeout=30)
+                if self.name == "migrated":
+                    await stub.SetConsent(pb.SetConsentRequest(user_id=self.user_id(u), migrate=True),
+                                          timeout=30)
+
+        await asyncio.gather(*(one(u) for u in self.users))
+
+    def call(self, stub: pb_grpc.InterestGatewayStub) -> Any:
+        """Recommend for users[i % len(users)] (the load generator's call)."""
+        async def call(i: int) -> object:
+            u = self.users[i % len(self.users)]
+            return await stub.Recommend(pb.RecommendRequest(user_id=self.user_id(u), target_platform=PLATFORM,
+                                                            k=10), timeout=10)
+
+        return call
+
+    async def top_tens(self, stub: pb_grpc.InterestGatewayStub, concurrency: int = 2) -> list[list[str]]:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(u: UserSequence) -> list[str]:
+            async with gate:
+                request = pb.RecommendRequest(user_id=self.user_id(u), target_platform=PLATFORM, k=10)
+                return [i.item_id for i in (await stub.Recommend(request, timeout=120)).items]
+
+        return list(await asyncio.gather(*(one(u) for u in self.users)))
 
 
-async def top_tens(stub: pb_grpc.InterestGatewayStub, users: list[UserSequence],
-                   concurrency: int = 2) -> list[list[str]]:
-    gate = asyncio.Semaphore(concurrency)
-
-    async def one(u: UserSequence) -> list[str]:
-        async with gate:
-            request = pb.RecommendRequest(user_id=f"bench-{u.uid}", target_platform=PLATFORM, k=10)
-            reply = await stub.Recommend(request, timeout=60)
-            return [i.item_id for i in reply.items]
-
-    return list(await asyncio.gather(*(one(u) for u in users)))
+def populations(queries: int) -> list[Population]:
+    """`queries` users of each population: the held-out test users first, then training users
+    (the comparison of two rankings of one score needs users, not unseen ones)."""
+    settings = load_settings()
+    folder = settings.data_dir / settings.platforms["food"].dataset
+    test = load_sequences(folder, "test.txt")
+    both = [u for u in test if u.items_a and u.items_b]
+    food_side = both + [u for u in load_sequences(folder, "train_A.txt") if u.items_a]
+    kitchen_side = both + [u for u in load_sequences(folder, "train_B.txt") if u.items_b]
+    return [Population("migrated", food_side[:queries]), Population("model_only", kitchen_side[:queries])]
 
 
 async def serve_and_measure(name: str, repo: Path, var: Path, triton: TritonServer, n: int,
-                            users: list[UserSequence], food: Catalogue, kitchen: Catalogue,
+                            groups: list[Population], food: Catalogue, kitchen: Catalogue,
                             duration: float, exact: bool, load: bool, fresh: bool) -> dict[str, Any]:
     """One gateway on `repo` (exact: told to score the catalogue whole): start-up, profiles (when
-    `fresh`), the 200/s run (when `load`), resident memory, and every user's top 10."""
+    `fresh`), the 200/s run of each population (when `load`), resident memory, every user's
+    top 10, the paths the rankings took, and (not exact) the time of a catalogue update."""
     settings: dict[str, object] = {"log_level": "WARNING", "model_repository": repo}
     if exact:
         settings["ann_min_items"] = 10 * n
     gateway = gateway_process(name, BENCH_VAR / "logs", triton.grpc_port, None, var, **settings)
     started = time.monotonic()
     gateway.start()
-    out: dict[str, Any] = {"path": "exact" if exact or n < load_settings().ann_min_items else "ann"}
+    out: dict[str, Any] = {"path": "exact" if exact or n < load_settings().ann_min_items else "ann",
+                           "load": {}, "top10": {}, "rank_paths": {}}
     try:
         await gateway.wait_serving(timeout_s=600)
         out["serving_s"] = round(time.monotonic() - started, 2)
         log(f"  {name}: SERVING {out['serving_s']}s after launch ({out['path']})")
         async with client_channel([gateway.port]) as channel:
             stub = pb_grpc.InterestGatewayStub(channel)
-            if fresh:
-                log(f"  storing the profiles of {len(users)} users")
-                await store_profiles(stub, users, food, kitchen)
-            if load:
-                meter = CpuMeter([Watched("gateway", gateway.pid), Watched("load_generator", os.getpid())])
-                run = await measured(meter, open_loop(recommend_call(stub, users, PLATFORM),
-                                                      RECOMMEND_TARGET_RATE, duration))
-                summary = run.summary()
-                out["load"] = {k: summary[k] for k in ("level", "throughput_rps", "p50_ms", "p99_ms",
-                                                       "errors", "processes")}
-            log(f"  {name}: top 10 of {len(users)} users")
-            out["top10"] = await top_tens(stub, users)
+            for group in groups:
+                if fresh:
+                    log(f"  storing the profiles of {len(group.users)} {group.name} users")
+                    await group.store(stub, food, kitchen)
+                before = rank_paths(gateway.metrics_port)
+                if load:
+                    meter = CpuMeter([Watched("gateway", gateway.pid),
+                                      Watched("load_generator", os.getpid())])
+                    log(f"  {name}: {group.name} users, Recommend at {RECOMMEND_TARGET_RATE:g}/s")
+                    run = (await measured(meter, open_loop(group.call(stub), RECOMMEND_TARGET_RATE,
+                                                           duration))).summary()
+                    out["load"][group.name] = {k: run[k] for k in (
+                        "level", "throughput_rps", "p50_ms", "p99_ms", "errors", "processes")}
+                log(f"  {name}: top 10 of {len(group.users)} {group.name} users")
+                out["top10"][group.name] = await group.top_tens(stub)
+                after = rank_paths(gateway.metrics_port)
+                out["rank_paths"][group.name] = {p: after.get(p, 0.0) - before.get(p, 0.0) for p in after}
             if not exact:
                 out["update"] = await timed_update(stub, kitchen)
-        out["resident_mib"] = resident_mib(gateway.pid, (".faiss", ".npy"))
+        out["resident_mib"] = resident_mib(gateway.pid, (f"catalogue-{PLATFORM}.faiss",
+                                                         f"catalogue-{PLATFORM}.npy"))
     finally:
         gateway.terminate()
     return out
@@ -251,12 +302,13 @@ async def timed_update(stub: pb_grpc.InterestGatewayStub, kitchen: Catalogue,
 def index_and_vectors_mib(run: dict[str, Any], n: int, dim: int) -> float:
     """What the catalogue's vectors and index hold resident in the gateway: the mapped index and
     embedding files, plus, scored exactly, the scorer's float32 transposed copy (4 N D bytes)."""
-    mapped = run["resident_mib"][".faiss"] + run["resident_mib"][".npy"]
+    mapped = sum(v for k, v in run["resident_mib"].items() if k != "total")
     return round(mapped + (4 * n * dim / 2**20 if run["path"] == "exact" else 0.0), 1)
 
 
 def overlap(served: list[list[str]], truth: list[list[str]]) -> float:
-    return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(served, truth)]))
+    """Mean over users of |served top 10 & exact top 10| / 10."""
+    return round(float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(served, truth)])), 4)
 
 
 def rank_cost(settings: Settings, sizes: Sequence[int] = COST_SIZES, queries: int = 300,
@@ -298,11 +350,9 @@ def rank_cost(settings: Settings, sizes: Sequence[int] = COST_SIZES, queries: in
 async def catalogue_scale_run(triton: TritonServer, sizes: Sequence[int], queries: int,
                               duration: float, cost_sizes: Sequence[int] = COST_SIZES) -> dict[str, Any]:
     settings = load_settings()
-    users, food, kitchen = load_workload(settings)
-    readers = [u for u in users if u.items_a and u.items_b][:queries]
-    if len(readers) < queries:
-        log(f"only {len(readers)} held-out users have both food and kitchen items")
-    dim = int(read_version(settings.model_repository / settings.model_name).get("dim", 384))  # type: ignore[call-overload]
+    _, food, kitchen = load_workload(settings)
+    groups = populations(queries)
+    dim = int(read_version(settings.model_repository / settings.model_name)["dim"])  # type: ignore[call-overload]
     rows = []
     for n in sizes:
         log(f"catalogue of {n:,} items")
@@ -310,42 +360,56 @@ async def catalogue_scale_run(triton: TritonServer, sizes: Sequence[int], querie
         var = BENCH_VAR / "catalogue-scale" / str(n)
         shutil.rmtree(var, ignore_errors=True)
         var.mkdir(parents=True)
-        served = await serve_and_measure(f"catalogue-{n}", repo, var, triton, n, readers, food, kitchen,
+        served = await serve_and_measure(f"catalogue-{n}", repo, var, triton, n, groups, food, kitchen,
                                          duration, exact=False, load=True, fresh=True)
         row: dict[str, Any] = {
             "items": n, "path": served["path"], "serving_s": served["serving_s"], "load": served["load"],
-            "resident_mib": served["resident_mib"],
+            "rank_paths": served["rank_paths"], "resident_mib": served["resident_mib"],
             "index_and_vectors_mib": index_and_vectors_mib(served, n, dim),
             "index": entry.get("index"), "update": served.get("update"),
         }
         if served["path"] == "ann":
-            exact = await serve_and_measure(f"catalogue-{n}-exact", repo, var, triton, n, readers, food,
+            exact = await serve_and_measure(f"catalogue-{n}-exact", repo, var, triton, n, groups, food,
                                             kitchen, duration, exact=True, load=n <= 100_000, fresh=False)
-            row["overlap_at_10"] = round(overlap(served["top10"], exact["top10"]), 4)
-            row["exact"] = {"serving_s": exact["serving_s"], "load": exact.get("load"),
-                            "resident_mib": exact["resident_mib"],
+            row["overlap_at_10"] = {g.name: overlap(served["top10"][g.name], exact["top10"][g.name])
+                                    for g in groups}
+            row["exact"] = {"serving_s": exact["serving_s"], "load": exact["load"],
+                            "rank_paths": exact["rank_paths"], "resident_mib": exact["resident_mib"],
                             "index_and_vectors_mib": index_and_vectors_mib(exact, n, dim)}
-            log(f"  overlap@10 against exact ranking of the same score: {row['overlap_at_10']:.4f}")
+            log(f"  overlap@10 against exact ranking of the same score: {row['overlap_at_10']}")
         rows.append(row)
-    log("rank cost per query, in-process: exact scan against index search + re-scoring")
-    cost = rank_cost(settings, cost_sizes)
+    cost = []
+    if cost_sizes:
+        log("rank cost per query, in-process: exact scan against index search + re-scoring")
+        cost = rank_cost(settings, cost_sizes)
     settings_used = {"ann_min_items": settings.ann_min_items, "ann_ef_search": settings.ann_ef_search,
                      "ann_candidates": settings.ann_candidates, "rank_candidates": settings.rank_candidates}
-    out: dict[str, Any] = {"sizes": rows, "rank_cost": cost, "queries": len(readers),
-                           "duration_s": duration, "noise": NOISE, "seed": SEED, "settings": settings_used,
+    out: dict[str, Any] = {"sizes": rows, "rank_cost": cost,
+                           "queries": {g.name: len(g.users) for g in groups}, "duration_s": duration,
+                           "noise": NOISE, "seed": SEED, "settings": settings_used,
                            "targets": CATALOGUE_1M_TARGETS}
-    million = next((r for r in rows if r["items"] == 1_000_000), None)
+    million = next((r for r in rows if r["items"] == 1_000_000 and r["path"] == "ann"), None)
     if million is not None:
-        out["catalogue_1m"] = {
-            "items": million["items"], "rate_rps": million["load"]["level"],
-            "achieved_rps": million["load"]["throughput_rps"], "p99_ms": million["load"]["p99_ms"],
-            "errors": million["load"]["errors"], "overlap_at_10": million.get("overlap_at_10"),
-            "resident_mib": million["index_and_vectors_mib"], "serving_s": million["serving_s"],
-            "index": {**(million["index"] or {}), "ef_search": settings.ann_ef_search,
-                      "candidates": settings.ann_candidates},
-            "update": million.get("update"),
-        }
+        out["catalogue_1m"] = catalogue_1m(million, settings_used)
     return out
+
+
+def catalogue_1m(row: dict[str, Any], settings_used: dict[str, int]) -> dict[str, Any]:
+    """results/bench.json's "catalogue_1m": the migrated users' figures (the Recommend target's
+    scenario) and, beside them, the model-only users' (every call through the index)."""
+    load, overlaps = row["load"], row["overlap_at_10"]
+    return {
+        "items": row["items"], "rate_rps": load["migrated"]["level"],
+        "achieved_rps": load["migrated"]["throughput_rps"], "p99_ms": load["migrated"]["p99_ms"],
+        "errors": load["migrated"]["errors"], "overlap_at_10": overlaps["migrated"],
+        "resident_mib": row["index_and_vectors_mib"], "serving_s": row["serving_s"],
+        "index": {**(row["index"] or {}), "ef_search": settings_used["ann_ef_search"],
+                  "candidates": settings_used["ann_candidates"]},
+        "model_only": {"p99_ms": load["model_only"]["p99_ms"], "errors": load["model_only"]["errors"],
+                       "achieved_rps": load["model_only"]["throughput_rps"],
+                       "overlap_at_10": overlaps["model_only"]},
+        "rank_paths": row["rank_paths"], "update": row.get("update"),
+    }
 
 
 async def standalone(args: argparse.Namespace) -> dict[str, Any]:
