@@ -98,9 +98,13 @@ async def serve_tasks(stub: pb_grpc.InterestGatewayStub, data: InteractionData, 
     reference (`model_int8`, else `model_fp32`) on the same users."""
     test = user_rows(data.split("test"), data.platforms, {})
     for task, body in tasks.items():
-        if "/" in task:
+        if task.endswith("/new-items"):
             body["served_note"] = ("served: not run for the new-items task; the gateway serves "
                                    "the checkpoint trained on every item, not the hold-out model.")
+            continue
+        if "/" in task:
+            body["served_note"] = ("offline only: these users are a subset of the whole task's, "
+                                   "whose served run is above.")
             continue
         source, target = task.split("->")
         hist, rel = (part[:users] for part in pairs_of(test, Direction(source, target)))

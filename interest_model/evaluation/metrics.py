@@ -3,8 +3,11 @@
 Ranking rule (every function here): items are sorted by score, highest first; items with equal
 scores are ordered by one fixed random permutation of the item indices, drawn from `tie_seed`
 (the same permutation for every user), so an all-equal row is a random ranking, never catalogue
-order. Items scored -inf are never ranked: a relevant item at -inf counts as a miss everywhere.
-NaN scores are an error.
+order. A score smaller in magnitude than ROUND_OFF counts as exactly 0: a method that cannot
+score an item (EMCDR's factors of an item no training user took are zero) leaves floating-point
+round-off there, about 1e-16, and that noise must not rank items; every method's scores pass
+through the same rule. Items scored -inf are never ranked: a relevant item at -inf counts as a
+miss everywhere. NaN scores are an error.
 """
 
 from __future__ import annotations
@@ -17,6 +20,14 @@ import numpy as np
 METRICS = ("ndcg@10", "hr@10", "recall@50", "mrr")
 _K_NDCG, _K_RECALL = 10, 50
 _COMPARE_BUDGET = 1 << 23  # candidate x item comparisons per block in the exact-rank step
+# Far below any score a method means (counts, cosines, ridge maps score 1e-6 and up) and far
+# above float64 round-off of a zero (1e-16).
+ROUND_OFF = 1e-12
+
+
+def snap_round_off(scores: np.ndarray) -> np.ndarray:
+    """`scores` with every entry of magnitude below ROUND_OFF set to exactly 0."""
+    return np.where(np.abs(scores) < ROUND_OFF, 0.0, scores).astype(scores.dtype, copy=False)
 
 
 def tie_keys(n_items: int, tie_seed: int = 0) -> np.ndarray:
@@ -50,6 +61,7 @@ def _per_user_block(
         raise ValueError(f"{u} score rows but {len(relevant)} relevance lists")
     if np.isnan(scores).any():
         raise ValueError("scores contain NaN")
+    scores = snap_round_off(scores)
     rows, items = _flatten(relevant, offset, n)
     rel_scores = scores[rows, items]
     # An item scoring below the row's 50th-largest value cannot be in the top 50.

@@ -5,9 +5,14 @@
         --new-items-checkpoint models/amazon-food-kitchen-new-items --int8 artifacts/model.int8-uint8.onnx
 
 Task 1 (warm catalogue), both directions: each test user's source-platform history ranks the
-whole target catalogue. Task 2 (new items): with the new-items checkpoint, whose training
-never saw a seeded 20% of the target items, only those items are ranked, for the test users
-who took one. Baselines are fitted on the same training users (new items removed in task 2).
+whole target catalogue; the same users are also reported by the length of their source history
+(tasks "<direction>/history-1-2", "history-3-5", "history-6+": where co-occurrence has little
+to sum). Task 2 (new items): with the new-items checkpoint, whose training never saw a seeded
+20% of the target items, only those items are ranked, for the test users who took one.
+Baselines are fitted on the same training users (new items removed in task 2); those with
+hyperparameters are tuned on the validation users of the same task (TUNING), as the model's
+are, and the chosen values recorded (`tuned`). A method whose every score on a task is
+round-off (metrics.ROUND_OFF) is said to be one that cannot score those items (`note`).
 `model_fp32` / `model_int8` are the ranking the gateway serves (model cosine + trained
 collaborative blend) computed offline with fp32 and INT8 item embeddings; `model_only_fp32`
 is the cosine alone. Writes a JSON that `devtools.served_eval` completes with the served run.
@@ -33,16 +38,30 @@ from interest_model.backbone import HEAD_CONFIG, HEAD_WEIGHTS
 from interest_model.datasets import InteractionData, load_dataset
 from interest_model.evaluation import (
     BASELINES,
+    Baseline,
     PairTrainData,
     bootstrap_ci,
     evaluate,
     make_baseline,
     paired_ratio_ci,
+    tune,
 )
+from interest_model.evaluation.metrics import METRICS, ROUND_OFF
 from interest_model.features import catalogue_features
 from interest_model.tasks import Direction, mask_to, model_scores, pairs_of, restrict, user_rows
 
 log = logging.getLogger("interest.eval")
+
+# Test users by the number of source-platform items in their history: (least, most; None = no cap).
+HISTORY_BUCKETS: tuple[tuple[int, int | None], ...] = ((1, 2), (3, 5), (6, None))
+# Each tuned baseline's grid, in stages: each stage's options are tried on top of the best so
+# far (EMCDR: the factor rank first, then the mapping's L2 strength at that rank).
+TUNING: dict[str, list[list[dict[str, Any]]]] = {
+    "text_ridge": [[{"alpha": a} for a in (0.1, 1.0, 10.0, 100.0)]],
+    "emcdr": [[{"rank": r} for r in (32, 64, 128)], [{"alpha": a} for a in (1.0, 10.0, 100.0)]],
+}
+ROUND_OFF_NOTE = (f"cannot score these items: every score is round-off (|s| < {ROUND_OFF:g}), counted as "
+                  "0, so the items are ranked in the seeded tie order: a random ranking's value")
 
 
 def head_embeddings(features: dict[str, np.ndarray], checkpoint: Path) -> dict[str, np.ndarray]:
@@ -114,16 +133,22 @@ def pair_train_data(data: InteractionData, d: Direction, removed: dict[str, np.n
 
 
 def measure(score: Callable[[list[int]], np.ndarray], hist: Sequence[Sequence[int]],
-            rel: Sequence[Sequence[int]]) -> tuple[dict[str, Any], np.ndarray]:
+            rel: Sequence[Sequence[int]]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The four metrics (means) plus a 95% bootstrap interval of NDCG@10, and the per-user
-    NDCG@10 values [U] (for `target_ratio`)."""
+    values of each metric [U] (for `target_ratio` and the history subsets)."""
     per_user = evaluate(score, len(hist), rel, per_user=True)
+    return summary(per_user), per_user
+
+
+def summary(per_user: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Means of per-user metric values and the 95% bootstrap interval of NDCG@10."""
     means = {k: round(float(np.mean(v)), 5) for k, v in per_user.items()}
     lo, hi = bootstrap_ci(per_user["ndcg@10"])
-    return {**means, "ndcg@10_ci95": [round(lo, 5), round(hi, 5)]}, per_user["ndcg@10"]
+    return {**means, "ndcg@10_ci95": [round(lo, 5), round(hi, 5)]}
 
 
-def target_ratio(methods: dict[str, Any], per_user: dict[str, np.ndarray]) -> dict[str, Any] | None:
+def target_ratio(methods: dict[str, Any], per_user: dict[str, dict[str, np.ndarray]]
+                 ) -> dict[str, Any] | None:
     """NDCG@10 of the ranking that is served (INT8 when measured, else fp32) over the best
     baseline's, with a paired 95% bootstrap interval over the same users: how firmly a
     "k x the best baseline" target is met or missed, which two separate intervals cannot say."""
@@ -134,44 +159,116 @@ def target_ratio(methods: dict[str, Any], per_user: dict[str, np.ndarray]) -> di
     best = max(baselines, key=lambda m: methods[m]["ndcg@10"])
     if not methods[best]["ndcg@10"]:
         return None
-    lo, hi = paired_ratio_ci(per_user[ours], per_user[best])
+    lo, hi = paired_ratio_ci(per_user[ours]["ndcg@10"], per_user[best]["ndcg@10"])
     return {"method": ours, "baseline": best,
             "ratio": round(methods[ours]["ndcg@10"] / methods[best]["ndcg@10"], 3),
             "ci95": [round(lo, 3), round(hi, 3)]}
 
 
+def tuned_baseline(name: str, train: PairTrainData, validate: Callable[[Baseline], float]
+                   ) -> tuple[Baseline, dict[str, Any] | None]:
+    """`name` fitted on `train`, with the TUNING options that `validate` (NDCG@10 on validation
+    users) scores highest; the record of what was tried (None: nothing to tune)."""
+    stages = TUNING.get(name)
+    if not stages:
+        return make_baseline(name).fit(train), None
+    chosen: dict[str, Any] = {}
+    tried: list[tuple[dict[str, Any], float]] = []
+    model: Baseline | None = None
+    for stage in stages:
+        model, results = tune(name, train, [{**chosen, **options} for options in stage], validate)
+        tried += results
+        chosen = max(results, key=lambda r: r[1])[0]
+    assert model is not None
+    log.info("  %s tuned on validation users: %s (%s)", name, chosen,
+             ", ".join(f"{o} {v:.4f}" for o, v in tried))
+    return model, {"chosen": chosen,
+                   "tried": [{"options": o, "valid_ndcg@10": round(v, 5)} for o, v in tried]}
+
+
+def history_subsets(hist: Sequence[Sequence[int]], methods: dict[str, Any],
+                    per_user: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, Any]]:
+    """The task's users split by the length of their source history (HISTORY_BUCKETS), each
+    subset with every method's metrics over its users and the paired ratio of the served
+    ranking to the subset's best baseline; keyed "history-1-2", "history-6+"."""
+    lengths = np.array([len(h) for h in hist])
+    out: dict[str, dict[str, Any]] = {}
+    for least, most in HISTORY_BUCKETS:
+        keep = (lengths >= least) & (lengths <= (most if most is not None else lengths.max(initial=0)))
+        if not keep.any():
+            continue
+        sub = {name: {m: values[m][keep] for m in METRICS} for name, values in per_user.items()}
+        sub_methods = {name: summary(values) for name, values in sub.items()}
+        for name, body in sub_methods.items():
+            if "note" in methods[name]:
+                body["note"] = methods[name]["note"]
+        task: dict[str, Any] = {"users": int(keep.sum()), "history_items": [least, most],
+                                "methods": sub_methods}
+        ratio = target_ratio(sub_methods, sub)
+        if ratio is not None:
+            task["ratio_ci95"] = ratio
+        out[f"history-{least}-{most}" if most is not None else f"history-{least}+"] = task
+    return out
+
+
 def run_task(data: InteractionData, d: Direction, features: dict[str, np.ndarray],
              models: dict[str, Callable[[Sequence[Sequence[int]]], np.ndarray]],
-             removed: dict[str, np.ndarray], only: np.ndarray | None) -> dict[str, Any]:
-    """All baselines and `models` on the test users of direction `d` (restricted to `only`)."""
+             removed: dict[str, np.ndarray], only: np.ndarray | None
+             ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """All baselines and `models` on the test users of direction `d` (restricted to `only`);
+    and the same users split by history length (history_subsets)."""
     test = user_rows(data.split("test"), data.platforms, {})
     hist, rel = pairs_of(test, d)
+    valid_hist, valid_rel = pairs_of(user_rows(data.split("valid"), data.platforms, {}), d)
     if only is not None:
         hist, rel = restrict(hist, rel, only)
+        valid_hist, valid_rel = restrict(valid_hist, valid_rel, only)
     train = pair_train_data(data, d, removed, features)
+
+    def validate(model: Baseline) -> float:
+        def score(users: list[int]) -> np.ndarray:
+            s = model.score([valid_hist[u] for u in users])
+            return s if only is None else mask_to(s, only)
+        return float(evaluate(score, len(valid_hist), valid_rel)["ndcg@10"])
+
     methods: dict[str, Any] = {}
-    per_user: dict[str, np.ndarray] = {}
+    per_user: dict[str, dict[str, np.ndarray]] = {}
     scorers: dict[str, Callable[[Sequence[Sequence[int]]], np.ndarray]] = {}
+    tuned: dict[str, Any] = {}
     for name in BASELINES:
         started = time.monotonic()
-        scorers[name] = make_baseline(name).fit(train).score
+        model, record = tuned_baseline(name, train, validate) if valid_hist else (
+            make_baseline(name).fit(train), None)
+        scorers[name] = model.score
+        if record is not None:
+            tuned[name] = record
         log.info("  %s fitted (%.0f s)", name, time.monotonic() - started)
     scorers.update(models)
     for name, scorer in scorers.items():
-        def score(users: list[int], scorer: Callable[..., np.ndarray] = scorer) -> np.ndarray:
+        largest = [0.0]  # the largest finite |score| it gave: round-off only, or real scores?
+
+        def score(users: list[int], scorer: Callable[..., np.ndarray] = scorer,
+                  largest: list[float] = largest) -> np.ndarray:
             s = scorer([hist[u] for u in users])
-            return s if only is None else mask_to(s, only)
+            s = s if only is None else mask_to(s, only)
+            finite = np.abs(s[np.isfinite(s)])
+            largest[0] = max(largest[0], float(finite.max(initial=0.0)))
+            return s
         methods[name], per_user[name] = measure(score, hist, rel)
+        if largest[0] < ROUND_OFF:
+            methods[name]["note"] = ROUND_OFF_NOTE
+            log.info("  %s: %s", name, ROUND_OFF_NOTE)
         log.info("  %-16s NDCG@10 %.4f  HR@10 %.3f  Recall@50 %.3f  MRR %.4f", name,
                  methods[name]["ndcg@10"], methods[name]["hr@10"], methods[name]["recall@50"],
                  methods[name]["mrr"])
-    out: dict[str, Any] = {"users": len(hist), "methods": methods}
+    out: dict[str, Any] = {"users": len(hist), "validation_users": len(valid_hist), "methods": methods,
+                           "tuned": tuned}
     ratio = target_ratio(methods, per_user)
     if ratio is not None:
         out["ratio_ci95"] = ratio
         log.info("  %s / %s NDCG@10: %.3f (paired 95%% CI %.3f-%.3f)", ratio["method"],
                  ratio["baseline"], ratio["ratio"], *ratio["ci95"])
-    return out
+    return out, history_subsets(hist, methods, per_user)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         models = {"model_only_fp32": ranking(fp32, w, d, None), "model_fp32": ranking(fp32, w, d, assets)}
         if int8 is not None:
             models["model_int8"] = ranking(int8, w, d, assets)
-        tasks[str(d)] = run_task(data, d, features, models, none, None)
+        tasks[str(d)], subsets = run_task(data, d, features, models, none, None)
+        tasks.update({f"{d}/{name}": body for name, body in subsets.items()})
     if args.new_items_checkpoint is not None:
         report = json.loads((args.new_items_checkpoint / "train_report.json").read_text())
         target = report["new_items"]["platform"]
@@ -221,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         emb = head_embeddings(features, args.new_items_checkpoint)
         w = new_assets.migration[d.key]
         cold = {"model_fp32": ranking(emb, w, d, None)}
-        tasks[f"{d}/new-items"] = run_task(data, d, features, cold, {**none, target: new}, new)
+        tasks[f"{d}/new-items"], _ = run_task(data, d, features, cold, {**none, target: new}, new)
         tasks[f"{d}/new-items"]["new_items"] = len(new)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     summary = {"dataset": data.name, "checkpoint": str(args.checkpoint),

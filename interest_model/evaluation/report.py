@@ -15,6 +15,8 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's targets, each with the figures it was judged on and met / missed."""
     out: list[dict[str, Any]] = []
     for task, body in results["tasks"].items():
+        if "/history-" in task:
+            continue  # reported by history length; the issue sets no target on the subsets
         methods = body["methods"]
         best_name = max((m for m in BASELINES if m in methods), key=lambda m: methods[m]["ndcg@10"])
         best = methods[best_name]["ndcg@10"]
@@ -72,6 +74,14 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
             lines.append(f"| {name} | {m['ndcg@10']:.4f} | "
                          + (f"{ci[0]:.4f}–{ci[1]:.4f}" if ci else "–")
                          + f" | {m['hr@10']:.3f} | {m['recall@50']:.3f} | {m['mrr']:.4f} |")
+        for name in METHOD_ORDER:
+            if "note" in body["methods"].get(name, {}):
+                lines += ["", f"{name}: {body['methods'][name]['note']}."]
+        if body.get("tuned"):
+            lines += ["", f"Tuned on {body.get('validation_users')} validation users (NDCG@10): " + "; ".join(
+                f"{name} chose {_options(t['chosen'])} of "
+                + ", ".join(f"{_options(x['options'])} {x['valid_ndcg@10']:.4f}" for x in t["tried"])
+                for name, t in body["tuned"].items()) + "."]
         if "served_note" in body:
             lines += ["", body["served_note"]]
         lines.append("")
@@ -82,18 +92,27 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def _options(options: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in options.items())
+
+
 def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = list(results["tasks"])
+    tasks = [t for t in results["tasks"] if "/history-" not in t]
+    by_length = [t for t in tasks if "/" not in t
+                 and any(k.startswith(f"{t}/history-") for k in results["tasks"])]
     targets = [v for v in results.get("targets", []) if "ratio_ci95" in v and "need" in v]
-    panels = len(tasks) + (1 if targets else 0)
+    panels = len(tasks) + len(by_length) + (1 if targets else 0)
     fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.2), squeeze=False)
     if targets:
         ratio_panel(axes[0][-1], targets)
+    for ax, task in zip(axes[0][len(tasks):], by_length):
+        history_panel(ax, task, {k.split("/", 1)[1]: v for k, v in results["tasks"].items()
+                                 if k.startswith(f"{task}/history-")})
     for ax, task in zip(axes[0], tasks):
         methods = results["tasks"][task]["methods"]
         names = [n for n in METHOD_ORDER if n in methods]
@@ -109,6 +128,23 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def history_panel(ax: Any, task: str, subsets: dict[str, dict[str, Any]]) -> None:
+    """NDCG@10 of each method over the task's users grouped by source-history length."""
+    labels = list(subsets)
+    for name in METHOD_ORDER:
+        values = [subsets[k]["methods"][name]["ndcg@10"] for k in labels if name in subsets[k]["methods"]]
+        if len(values) != len(labels):
+            continue
+        baseline = name in BASELINES
+        ax.plot(range(len(labels)), values, "o--" if baseline else "s-", alpha=0.6 if baseline else 1.0,
+                label=name)
+    ax.set_xticks(range(len(labels)), [f"{k.removeprefix('history-')} items\n({subsets[k]['users']} users)"
+                                       for k in labels], fontsize=8)
+    ax.set_ylabel("NDCG@10")
+    ax.set_title(f"{task} by source-history length", fontsize=10)
+    ax.legend(fontsize=7)
 
 
 def ratio_panel(ax: Any, targets: list[dict[str, Any]]) -> None:

@@ -249,3 +249,52 @@ def test_tune_keeps_the_best_option() -> None:
                        lambda m: float(np.mean(m.score([[0]]).argmax(axis=1) == 0)))
     assert [o["rank"] for o, _ in tried] == [1, 6, 3]
     assert best.rank == 6  # type: ignore[attr-defined]
+
+
+# ---- round-off, tuning in stages, history-length subsets (interest_model.evaluation.offline) -----
+
+def test_round_off_ranks_as_a_tie_for_every_method() -> None:
+    """EMCDR's unseen items score about 1e-16 instead of 0: that noise must rank like a tie."""
+    rng = np.random.default_rng(3)
+    noise = (rng.standard_normal((50, 200)) * 1e-16).astype(np.float64)
+    relevant = [[int(i)] for i in rng.integers(0, 200, 50)]
+    tied = rank_metrics(np.zeros((50, 200)), relevant, per_user=True)
+    snapped = rank_metrics(noise, relevant, per_user=True)
+    for m in tied:
+        np.testing.assert_array_equal(snapped[m], tied[m])
+    real = rank_metrics(noise * 1e6, relevant, per_user=True)  # 1e-10: a real (if small) score
+    assert any(not np.array_equal(real[m], tied[m]) for m in tied)
+
+
+def test_staged_tuning_keeps_the_best_of_each_stage(monkeypatch: pytest.MonkeyPatch) -> None:
+    from interest_model.evaluation import offline
+
+    stages = [[{"rank": 1}, {"rank": 6}], [{"alpha": 0.01}, {"alpha": 1e6}]]
+    monkeypatch.setitem(offline.TUNING, "emcdr", stages)
+    scores = {(1, 10.0): 0.1, (6, 10.0): 0.5, (6, 0.01): 0.7, (6, 1e6): 0.2}
+    model, record = offline.tuned_baseline(
+        "emcdr", synthetic(), lambda m: scores[(m.rank, m.alpha)])  # type: ignore[attr-defined]
+    assert record is not None and record["chosen"] == {"rank": 6, "alpha": 0.01}
+    assert (model.rank, model.alpha) == (6, 0.01)  # type: ignore[attr-defined]
+    assert [t["valid_ndcg@10"] for t in record["tried"]] == [0.1, 0.5, 0.7, 0.2]
+    fitted, nothing = offline.tuned_baseline("popularity", synthetic(), lambda m: 0.0)
+    assert nothing is None and fitted.name == "popularity"
+
+
+def test_history_subsets_split_users_by_source_history_length() -> None:
+    from interest_model.evaluation import offline
+
+    hist = [[1], [1, 2], [1, 2, 3], [1, 2, 3, 4, 5], list(range(9))]
+    ndcg = {"ours": np.array([0.1, 0.3, 0.5, 0.7, 0.9]), "cooccurrence": np.array([0.0, 0.1, 0.5, 0.9, 0.9])}
+    per_user = {name: {m: values for m in ("ndcg@10", "hr@10", "recall@50", "mrr")}
+                for name, values in ndcg.items()}
+    per_user["model_fp32"] = per_user.pop("ours")
+    methods = {name: offline.summary(values) for name, values in per_user.items()}
+    methods["cooccurrence"]["note"] = "a note"
+    subsets = offline.history_subsets(hist, methods, per_user)
+    assert list(subsets) == ["history-1-2", "history-3-5", "history-6+"]
+    assert [s["users"] for s in subsets.values()] == [2, 2, 1]
+    assert subsets["history-1-2"]["methods"]["model_fp32"]["ndcg@10"] == pytest.approx(0.2)
+    assert subsets["history-3-5"]["methods"]["cooccurrence"]["ndcg@10"] == pytest.approx(0.7)
+    assert subsets["history-1-2"]["methods"]["cooccurrence"]["note"] == "a note"
+    assert subsets["history-1-2"]["ratio_ci95"]["ratio"] == pytest.approx(4.0)  # 0.2 against 0.05
