@@ -163,9 +163,9 @@ class Settings(BaseSettings):
         "even an indexed catalogue whole",
     )
     ann_ef_search: int = Field(
-        default=1536, ge=16,
+        default=1024, ge=16,
         description="how wide the index search looks (faiss HNSW efSearch): recall against time "
-        "(at 10^6 items, 1,024 gave overlap@10 0.971 with exact ranking, 1,536 gave 0.986: docs/ranking.md)",
+        "(at 10^6 items, efConstruction 400: overlap@10 0.989 with exact ranking: docs/ranking.md)",
     )
     ann_candidates: int = Field(
         default=100, ge=10,
