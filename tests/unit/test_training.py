@@ -139,7 +139,13 @@ def test_eval_runs_on_the_other_platform_pair(config: Path, checkpoint: Path, tm
     assert evaluate.main(["--config", str(config), "--dataset", "social-video", "--checkpoint",
                           str(checkpoint), "--new-items-checkpoint", str(new_ckpt), "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert set(result["tasks"]) == {"social->video", "video->social", "social->video/new-items"}
+    tasks = result["tasks"]
+    assert {t for t in tasks if "/history-" not in t} == {"social->video", "video->social",
+                                                          "social->video/new-items"}
+    for direction in ("social->video", "video->social"):  # its users again, by history length
+        subsets = [b for t, b in tasks.items() if t.startswith(f"{direction}/history-")]
+        assert subsets and sum(b["users"] for b in subsets) == tasks[direction]["users"]
+    assert all("tuned" in tasks[t] for t in ("social->video", "video->social", "social->video/new-items"))
     warm = result["tasks"]["social->video"]["methods"]
     assert set(warm) >= {"popularity", "cooccurrence", "zero_shot", "text_ridge", "emcdr",
                          "model_fp32", "model_only_fp32"}
