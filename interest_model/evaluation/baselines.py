@@ -70,24 +70,33 @@ class Popularity:
 
 
 class Cooccurrence:
-    """score[t] = number of (history item s, user) with s and t taken by the same overlap user.
+    """score[t] = number of (history item s, user) with s and t taken by the same overlap user,
+    divided by n_t^beta, n_t the overlap users who took t.
 
-    C = Xs^T Xt over the training pairs (binary per user); score = h C for binary history h.
-    Pure counts: no popularity tie-breaker (ties are the metric's seeded random order).
+    C = Xs^T Xt over the training pairs (binary per user); score = (h C) / n^beta for binary
+    history h. beta = 0 (the default) is pure counts; larger beta moves popular target items
+    down (tuned on validation users by `make eval`). No popularity tie-breaker (ties are the
+    metric's seeded random order).
     """
 
     name = "cooccurrence"
+
+    def __init__(self, beta: float = 0.0) -> None:
+        self.beta = beta
 
     def fit(self, data: PairTrainData) -> Cooccurrence:
         xs = binary_matrix([s for s, _ in data.pairs], data.n_source)
         xt = binary_matrix([t for _, t in data.pairs], data.n_target)
         self.n_source = data.n_source
         self.cooc = sp.csr_matrix(xs.T @ xt)  # float32 [n_source, n_target]
+        taken = np.maximum(np.asarray(xt.sum(axis=0), np.float64).ravel(), 1.0)
+        self.scale = (taken ** -self.beta).astype(np.float32)
         return self
 
     def score(self, histories: Sequence[Sequence[int]]) -> np.ndarray:
         h = binary_matrix(histories, self.n_source)
-        return np.asarray((h @ self.cooc).toarray(), dtype=np.float32)
+        counts = np.asarray((h @ self.cooc).toarray(), dtype=np.float32)
+        return counts if self.beta == 0 else counts * self.scale
 
 
 class _TextBaseline:

@@ -298,3 +298,13 @@ def test_history_subsets_split_users_by_source_history_length() -> None:
     assert subsets["history-3-5"]["methods"]["cooccurrence"]["ndcg@10"] == pytest.approx(0.7)
     assert subsets["history-1-2"]["methods"]["cooccurrence"]["note"] == "a note"
     assert subsets["history-1-2"]["ratio_ci95"]["ratio"] == pytest.approx(4.0)  # 0.2 against 0.05
+
+
+def test_cooccurrence_normalisation_moves_popular_targets_down() -> None:
+    # target 2 co-occurs with source 0 through 3 of the 4 users who took it, target 3 through
+    # both of its 2: counts rank 2 first, beta = 1 (counts per taker) ranks 3 first
+    data = PairTrainData(2, 4, [([0], [2]), ([0], [2]), ([0], [2, 3]), ([0], [3]), ([1], [2])])
+    counts = make_baseline("cooccurrence").fit(data).score([[0]])
+    np.testing.assert_array_equal(counts, [[0, 0, 3, 2]])
+    per_taker = make_baseline("cooccurrence", beta=1.0).fit(data).score([[0]])
+    np.testing.assert_allclose(per_taker, [[0, 0, 3 / 4, 2 / 2]])
