@@ -12,10 +12,12 @@ others are named in `withheld`, with the reason. The top k of that score is exac
 either way: from the items of largest blend when a bound proves no other item can get in
 (CatalogueIndex.top_k_bounded, tried while its BoundGate says it pays), else from the whole
 catalogue, scored in batches with concurrent requests (BatchScorer). A catalogue of at least
-`ann_min_items` items is instead ranked approximately: candidates from its nearest-neighbour
-index (ranking/ann.py) for the model term, the items of largest blend, and the items added or
-changed since the index was built, scored exactly together. A user with nothing that
-may be used (no consented source and no activity on the target) gets the most popular items.
+`ann_min_items` items is never scored whole: the same bound is tried first (the blend kept
+sparse), and where it proves nothing the ranking is approximate: candidates from the
+catalogue's nearest-neighbour index (ranking/ann.py) for the model term, the items of largest
+blend, and the items added or changed since the index was built, scored exactly together.
+A user with nothing that may be used (no consented source and no activity on the target) gets
+the most popular items.
 """
 
 from __future__ import annotations
