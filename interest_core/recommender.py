@@ -39,7 +39,7 @@ from interest_core.profiles import Profile
 from interest_core.ranking.ann import AnnSnapshot
 from interest_core.ranking.assets import RankingAssets
 from interest_core.ranking.blend import ServedBlend, SparseBlend
-from interest_core.ranking.index import CatalogueIndex, Ranked
+from interest_core.ranking.index import CatalogueIndex, Ranked, bounded_top_k
 from interest_core.ranking.linalg import small_matvec
 from interest_core.ranking.scoring import BatchScorer, BoundGate
 
@@ -279,29 +279,19 @@ class Recommender:
 
     def _ann_bounded(self, served: ServedCatalogue, query: np.ndarray, blend: SparseBlend, k: int,
                      banned: np.ndarray) -> list[Ranked] | None:
-        """CatalogueIndex.top_k_bounded on an indexed catalogue, its blend kept sparse: the top
-        k of the m items of largest blend when its k-th score beats what any other item can
-        reach, |query| (unit rows; 0.1% more for the float16 vectors) plus the largest blend
-        outside the m; m = max(256, 4k), then 4x as many, up to max(rank_candidates, 8k)."""
+        """CatalogueIndex.top_k_bounded on an indexed catalogue (index.bounded_top_k), its blend
+        kept sparse: the up to max(rank_candidates, 8k) items of largest blend, removed and
+        `banned` ones at -inf; reach |query| (unit rows) plus 0.1% for the float16 vectors."""
         ann = served.ann
         assert ann is not None
-        reach = float(np.linalg.norm(query)) * 1.001
-        limit = min(max(self.rank_candidates, 8 * k), len(ann.live) - 1)
-        m = min(max(256, 4 * k), limit)
-        while m >= k:
-            order, values = blend.leaders(m + 1)
-            outside = float(values[m]) if len(values) > m else -np.inf
-            head, values = order[:m], values[:m]
-            alive = ann.live[head] & ~np.isin(head, banned)
-            head, values = head[alive], values[alive]
-            if len(head) >= k:
-                scores = small_matvec(ann.vectors(head), query) + values
-                if np.partition(scores, len(scores) - k)[len(scores) - k] > reach + outside:
-                    return self._top(served, head, scores, k)
-            if m == limit or len(order) <= m:
-                return None
-            m = min(4 * m, limit)
-        return None
+        head, values, beyond = blend.leaders(min(max(self.rank_candidates, 8 * k), len(ann.live) - 1))
+        values = np.where(ann.live[head] & ~np.isin(head, banned), values, -np.inf).astype(np.float32)
+        order = np.argsort(-values, kind="stable")
+        head, values = head[order], values[order]
+        outside = np.maximum(np.append(values[1:], -np.inf), beyond)  # [j]: best blend after head[:j+1]
+        found = bounded_top_k(head, values, outside, ann.vectors, query, k,
+                              float(np.linalg.norm(query)) * 1.001, max(256, 4 * k))
+        return None if found is None else served.index.ranked(*found)
 
     @staticmethod
     def _top(served: ServedCatalogue, positions: np.ndarray, scores: np.ndarray, k: int) -> list[Ranked]:

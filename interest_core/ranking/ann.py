@@ -17,7 +17,6 @@ settings were picked by measurement (`make ann-compare`, docs/ranking.md):
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,8 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-log = logging.getLogger("interest.ann")
 
 LIBRARY = "faiss-cpu HNSW, float16 vectors"
 
@@ -55,14 +52,11 @@ def _faiss() -> Any:
     return faiss
 
 
-def build_index(embeddings: np.ndarray, params: IndexParams = IndexParams(), threads: int | None = None,
-                progress: Callable[[int, int, float], None] | None = None,
-                chunk: int = 50_000) -> Any:
+def build_index(embeddings: np.ndarray, params: IndexParams = IndexParams(),
+                progress: Callable[[int, int, float], None] | None = None, chunk: int = 50_000) -> Any:
     """A faiss HNSW index (inner product) over unit rows float32 [N, D]; item i gets id i.
     `progress(done, total, seconds)` after each chunk added (a 10^6 build takes minutes)."""
     faiss = _faiss()
-    if threads is not None:
-        faiss.omp_set_num_threads(threads)
     index = faiss.index_factory(embeddings.shape[1], params.factory, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = params.ef_construction
     start = time.monotonic()
@@ -146,12 +140,6 @@ class AnnSnapshot:
     banned: np.ndarray | None  # bitmap over the index's ids (bitmap())
     delta: np.ndarray  # int64, sorted: live positions scored from delta_vectors
     delta_vectors: np.ndarray  # float32 [len(delta), D]
-
-    @classmethod
-    def whole(cls, index: AnnIndex) -> AnnSnapshot:
-        """The index as built: every item live, none changed."""
-        return cls(index, np.ones(len(index), dtype=bool), None, np.zeros(0, np.int64),
-                   np.zeros((0, index.dim), np.float32))
 
     def vectors(self, positions: np.ndarray) -> np.ndarray:
         """float32 [len(positions), D]: each position's current vector."""

@@ -113,7 +113,6 @@ class ServedBlend:
             sums[source] = None if matrix is None or len(rows) == 0 else _row_sum(matrix, rows)
         return blend_terms(self.blends, sums, self.popularity, (self.size,))
 
-
     def sparse(self, histories: Mapping[str, np.ndarray]) -> SparseBlend | None:
         """The same blend as __call__, kept sparse for a catalogue too large to fill [N] per
         request (one indexed through ranking/ann.py): values at chosen positions, and the
@@ -169,20 +168,39 @@ class SparseBlend:
         return blend_terms(self.served.blends, picked,
                            None if popularity is None else popularity[positions], (len(positions),))
 
-    def leaders(self, m: int) -> tuple[np.ndarray, np.ndarray]:
-        """(positions, blends) of the m largest blends, largest first (fewer when the blend
-        reaches fewer items). Outside the touched entries the blend is the popularity term
-        alone, so they are among the touched entries and the m most popular items; every item
-        not returned has a blend at most the last one returned."""
+    def leaders(self, m: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """(positions, blends, beyond): the m largest blends, largest first (fewer when the
+        catalogue has fewer items), and the largest blend of any item not returned (-inf when
+        none is left out). Outside the touched entries the blend is the popularity term alone,
+        so the leaders are among the touched entries and the m + 1 most popular items, and the
+        best untouched item left out is the most popular one not among them."""
+        popularity = self.served.popularity
         pool = self.touched
-        if self.served.popularity is not None:
-            pool = np.union1d(pool, self.served.popularity_order()[:m])
+        if popularity is not None:
+            pool = np.union1d(pool, self.served.popularity_order()[:m + 1])
         values = self.at(pool)
+        beyond = -np.inf
         if len(pool) > m:
-            keep = np.argpartition(-values, m - 1)[:m]
-            pool, values = pool[keep], values[keep]
-        order = np.argsort(-values, kind="stable")
-        return pool[order], values[order]
+            keep = np.argpartition(-values, m)[:m + 1]
+            keep = keep[np.argsort(-values[keep], kind="stable")]
+            beyond = float(values[keep[m]])
+            pool, values = pool[keep[:m]], values[keep[:m]]
+        else:
+            order = np.argsort(-values, kind="stable")
+            pool, values = pool[order], values[order]
+        left_out = self._best_untouched_beyond(m)
+        if left_out is not None:
+            beyond = max(beyond, float(self.at(np.array([left_out]))[0]))
+        return pool, values, beyond
+
+    def _best_untouched_beyond(self, m: int) -> int | None:
+        """The untouched position of largest popularity term outside leaders(m)'s pool (any
+        untouched one without popularity); None when the pool holds every item."""
+        popularity = self.served.popularity
+        candidates = (self.served.popularity_order()[m + 1:m + 2 + len(self.touched)]
+                      if popularity is not None else np.arange(min(self.served.size, len(self.touched) + 1)))
+        untouched = candidates[~np.isin(candidates, self.touched)]
+        return int(untouched[0]) if len(untouched) else None
 
 
 def _sparse_row_sum(matrix: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

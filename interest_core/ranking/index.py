@@ -3,7 +3,7 @@ an optional per-item blend, exactly; `top_k_bounded` often gets there scoring fe
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,18 +96,8 @@ class CatalogueIndex:
         head = head[np.argsort(-blend[head], kind="stable")]  # largest blend first
         outside = np.append(blend[head[1:]], blend[order[limit]])  # [m-1]: best blend after head[:m]
         reach = self.max_norm * float(np.linalg.norm(query))
-        scores = np.empty(0, np.float32)
-        m = min(max(first, 4 * k), limit)
-        while True:
-            new = head[len(scores) : m]
-            scores = np.concatenate([scores, small_matvec(self.embeddings[new], query) + blend[new]])
-            kth = np.partition(scores, m - k)[m - k]  # -inf while fewer than k live items
-            if kth > reach + outside[m - 1]:
-                top = np.argpartition(-scores, k - 1)[:k]
-                return self.ranked(head[top], scores[top])
-            if m == limit:
-                return None
-            m = min(4 * m, limit)
+        found = bounded_top_k(head, blend[head], outside, self.embeddings.__getitem__, query, k, reach, first)
+        return None if found is None else self.ranked(*found)
 
     def _banned(self, exclude: Iterable[str]) -> list[int]:
         return [p for p in (self._pos.get(i) for i in exclude) if p is not None]
@@ -117,3 +107,30 @@ class CatalogueIndex:
         order = np.lexsort((items, -scores))
         return [Ranked(self.catalogue.item_ids[i], self.catalogue.titles[i], float(scores[j]))
                 for i, j in zip(items[order], order)]
+
+
+def bounded_top_k(head: np.ndarray, head_blend: np.ndarray, outside: np.ndarray,
+                  rows: Callable[[np.ndarray], np.ndarray], query: np.ndarray, k: int, reach: float,
+                  first: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The bound of CatalogueIndex.top_k_bounded, for any source of rows: `head` are positions
+    by falling blend (`head_blend`; -inf for an item that must not be ranked), `outside[j]` an
+    upper bound of the blend of every item not in head[:j + 1], `rows(positions)` their vectors
+    and `reach` an upper bound of any item's model term. Scores the first m = max(first, 4k)
+    of `head` (then 4x as many, each item once) until the k-th best of them beats
+    reach + outside[m - 1]: then (positions, scores) of their top k are the catalogue's.
+    None when all of `head` does not prove it (or holds fewer than k items)."""
+    limit = len(head)
+    if k <= 0 or limit < k:
+        return None
+    scores = np.empty(0, np.float32)
+    m = min(max(first, 4 * k), limit)
+    while True:
+        done = len(scores)
+        scores = np.concatenate([scores, small_matvec(rows(head[done:m]), query) + head_blend[done:m]])
+        kth = np.partition(scores, m - k)[m - k]  # -inf while fewer than k live items
+        if kth > reach + outside[m - 1]:
+            top = np.argpartition(-scores, k - 1)[:k]
+            return head[top], scores[top]
+        if m == limit:
+            return None
+        m = min(4 * m, limit)

@@ -5,12 +5,10 @@ path on the same profiles, and the catalogue changed under it."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
 from interest_core.catalogue import Catalogue, InstalledCatalogue
 from interest_core.live_catalogue import LiveCatalogue
@@ -20,33 +18,16 @@ from interest_core.ranking.ann import AnnIndex, IndexParams, bitmap, store_index
 from interest_core.ranking.assets import Blend, RankingAssets
 from interest_core.ranking.blend import ServedBlend
 from interest_core.recommender import Recommender
-from tests.unit.test_recommender import Stages, make_book
+from tests.unit.test_catalogue_updates import Change
+from tests.unit.test_recommender import Stages, make_book, random_assets
 
 N, N_FOOD, DIM = 3000, 60, 32
 
 
-@dataclass(frozen=True)
-class Change:
-    item_id: str
-    title: str
-    embedding: np.ndarray | None
-    removed: bool
-    version: int
-
-
-def random_world(tmp_path: Path) -> tuple[InstalledCatalogue, RankingAssets, AnnIndex]:
+def random_world(tmp_path: Path, popularity: bool = True
+                 ) -> tuple[InstalledCatalogue, RankingAssets, AnnIndex]:
     rng = np.random.default_rng(5)
-    ids = [f"k{i}" for i in range(N)]
-    emb = rng.standard_normal((N, DIM)).astype(np.float32)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    counts = sp.random(N_FOOD, N, density=0.01, random_state=rng, format="csr",
-                       data_rvs=lambda m: np.asarray(rng.integers(1, 30, m), np.float32))
-    assets = RankingAssets(
-        item_ids={"food": [f"f{i}" for i in range(N_FOOD)], "kitchen": ids},
-        migration={("food", "kitchen"): np.eye(DIM, dtype=np.float32)},
-        cooccurrence={("food", "kitchen"): counts},  # type: ignore[dict-item]
-        popularity={"kitchen": rng.integers(0, 50, N).astype(np.float32)},
-        blend={("food", "kitchen"): Blend(0.3, 0.02)})
+    ids, emb, assets = random_assets(rng, N, N_FOOD, DIM, 0.01, Blend(0.3, 0.02), popularity)
     installed = InstalledCatalogue(Catalogue("kitchen", tuple(ids), tuple(i.upper() for i in ids)), emb,
                                    rng.integers(0, 50, N).astype(np.float32))
     path = tmp_path / "kitchen.faiss"
@@ -83,9 +64,12 @@ def top(rec: Recommender, user: str, k: int = 10, exclude: tuple[str, ...] = ())
     return [i.item_id for i in found.items]
 
 
-@pytest.mark.parametrize("candidates", [0, 1024])  # 0: never the bound, always the index
-def test_the_index_ranks_as_the_exact_path_on_a_small_catalogue(tmp_path: Path, candidates: int) -> None:
-    installed, assets, index = random_world(tmp_path)
+@pytest.mark.parametrize(("candidates", "popularity"), [(0, True), (1024, True), (1024, False)])
+def test_the_index_ranks_as_the_exact_path_on_a_small_catalogue(tmp_path: Path, candidates: int,
+                                                                  popularity: bool) -> None:
+    """candidates 0: never the bound, always the index; without a popularity term the items the
+    blend does not touch still bound what the bound may leave out (blend 0)."""
+    installed, assets, index = random_world(tmp_path, popularity)
     approximate = recommender(tmp_path / "a", assets, candidates)
     exact = recommender(tmp_path / "e", assets)
     paths: list[str] = []
@@ -101,7 +85,7 @@ def test_the_index_ranks_as_the_exact_path_on_a_small_catalogue(tmp_path: Path, 
         assert a.explanation == b.explanation and "blend" in a.explanation
     if candidates == 0:
         assert paths == ["ann"] * 20
-    else:  # the bound proves some top 10s from the largest-blend items, the index answers the rest
+    elif popularity:  # the bound proves some top 10s from the largest-blend items, the index the rest
         assert set(paths) == {"ann", "bounded"} and len(paths) == 20
 
 
@@ -154,12 +138,13 @@ def test_the_sparse_blend_equals_the_dense_one(tmp_path: Path) -> None:
         assert dense is not None and sparse is not None and sparse.any()
         positions = np.arange(N)
         np.testing.assert_allclose(sparse.at(positions), dense, rtol=1e-6)
-        leaders, values = sparse.leaders(64)
+        leaders, values, beyond = sparse.leaders(64)
         # the 64 largest blends, largest first (popularity counts tie: which of equal items
         # is not fixed)
         assert len(set(leaders)) == 64 and np.all(np.diff(values) <= 0)
         np.testing.assert_array_equal(dense[leaders], values)
         np.testing.assert_array_equal(values, np.sort(dense)[::-1][:64])
+        assert beyond == np.sort(dense)[::-1][64]  # the best blend of every item left out
 
 
 def test_bitmap_is_the_faiss_layout() -> None:

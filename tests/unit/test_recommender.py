@@ -71,21 +71,30 @@ def recommend(rec: Recommender, user: str, k: int = 4, exclude: Sequence[str] = 
     return asyncio.run(rec.recommend(user, "kitchen", k, exclude, lambda: 5.0))
 
 
-def random_setup(tmp_path: Path, candidates: int) -> tuple[Recommender, list[str], ProfileBook]:
-    """400 kitchen items in 8 dimensions, 60 food items with a strong co-occurrence blend."""
-    rng = np.random.default_rng(11)
-    n, n_food, dim = 400, 60, 8
+def random_assets(rng: np.random.Generator, n: int, n_food: int, dim: int, density: float, blend: Blend,
+                  popularity: bool = True) -> tuple[list[str], np.ndarray, RankingAssets]:
+    """n random unit kitchen items k0.. in `dim` dimensions and assets over them and n_food food
+    items: identity migration, random co-occurrence counts (1-29) at `density`, random kitchen
+    popularity (none: no popularity term), the given food -> kitchen blend weights."""
     ids = [f"k{i}" for i in range(n)]
     emb = rng.standard_normal((n, dim)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    counts = sp.random(n_food, n, density=0.05, random_state=rng, format="csr",
+    counts = sp.random(n_food, n, density=density, random_state=rng, format="csr",
                        data_rvs=lambda m: np.asarray(rng.integers(1, 30, m), np.float32))
     assets = RankingAssets(
         item_ids={"food": [f"f{i}" for i in range(n_food)], "kitchen": ids},
         migration={("food", "kitchen"): np.eye(dim, dtype=np.float32)},
         cooccurrence={("food", "kitchen"): counts},  # type: ignore[dict-item]
-        popularity={"kitchen": rng.integers(0, 50, n).astype(np.float32)},
-        blend={("food", "kitchen"): Blend(10.0, 0.1)})
+        popularity={"kitchen": rng.integers(0, 50, n).astype(np.float32)} if popularity else {},
+        blend={("food", "kitchen"): blend})
+    return ids, emb, assets
+
+
+def random_setup(tmp_path: Path, candidates: int) -> tuple[Recommender, list[str], ProfileBook]:
+    """400 kitchen items in 8 dimensions, 60 food items with a strong co-occurrence blend."""
+    rng = np.random.default_rng(11)
+    n, n_food, dim = 400, 60, 8
+    ids, emb, assets = random_assets(rng, n, n_food, dim, 0.05, Blend(10.0, 0.1))
     book = make_book(tmp_path)
     for u in range(12):
         vec = rng.standard_normal(dim).astype(np.float32)
