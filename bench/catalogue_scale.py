@@ -57,13 +57,12 @@ from typing import Any
 import numpy as np
 
 from bench.loadgen import open_loop
-from bench.outputs import BENCH_VAR, write_json
-from bench.procstat import CpuMeter, Watched
+from bench.outputs import BENCH_VAR, standalone_section, write_json
+from bench.procstat import CpuMeter, Watched, rss_mb
 from bench.report import CATALOGUE_1M_TARGETS, RECOMMEND_TARGET_RATE, plot_catalogue_scale
 from bench.run import ingest_request, load_workload, log, measured, rank_paths
 from devtools.fleet import client_channel, gateway_process
-from devtools.provenance import machine, revision
-from devtools.triton_launcher import TritonServer, free_port, start_triton
+from devtools.triton_launcher import TritonServer
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
 from interest_core.catalogue import Catalogue, InstalledCatalogue, read_installed, write_installed
@@ -164,9 +163,7 @@ def resident_mib(pid: int, suffixes: Sequence[str]) -> dict[str, float]:
                 current = next((s for s in suffixes if path.endswith(s)), None)
             elif current is not None and head[0] == "Rss:":
                 out[current] += int(head[1]) / 1024
-    with open(f"/proc/{pid}/status") as status:
-        rss = next(line for line in status if line.startswith("VmRSS:"))
-    out["total"] = int(rss.split()[1]) / 1024
+    out["total"] = rss_mb(pid)
     return {k: round(v, 1) for k, v in out.items()}
 
 
@@ -418,15 +415,8 @@ async def standalone(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("no model installed: run `make engine` first")
     if not (settings.model_repository / settings.model_name / ASSETS_FILE).exists():
         log("no trained ranking assets installed: the catalogues are ranked without the blend")
-    logs = BENCH_VAR / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    triton = start_triton(settings, http_port=free_port(), grpc_port=free_port(),
-                          metrics_port=free_port(), log_path=logs / "tritonserver-catalogue-scale.log")
-    try:
-        result = await catalogue_scale_run(triton, args.sizes, args.queries, args.duration, args.cost_sizes)
-    finally:
-        triton.stop()
-    return {"revision": revision(), "machine": machine(), "catalogue_scale": result}
+    return await standalone_section("catalogue_scale", lambda triton: catalogue_scale_run(
+        triton, args.sizes, args.queries, args.duration, args.cost_sizes))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,11 +28,10 @@ import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.loadgen import closed_loop, open_loop
-from bench.outputs import write_json
+from bench.outputs import standalone_section, write_json
 from bench.procstat import CpuMeter, Watched
-from devtools.provenance import machine, revision
 from devtools.readiness import wait_serving
-from devtools.triton_launcher import TritonServer, free_port, start_triton
+from devtools.triton_launcher import TritonServer, free_port
 from gateway.auth import API_KEY_HEADER, key_digest
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
@@ -199,18 +198,9 @@ async def fair_share_run(triton: TritonServer, logs: Path, var: Path, duration: 
 
 
 async def standalone(args: argparse.Namespace) -> dict[str, Any]:
-    settings = load_settings()
-    logs = ROOT / "var" / "bench" / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    triton = start_triton(settings, http_port=free_port(), grpc_port=free_port(),
-                          metrics_port=free_port(), log_path=logs / "tritonserver-fair-share.log")
-    try:
-        result = await fair_share_run(triton, logs, ROOT / "var" / "bench" / "fair-share", args.duration,
-                                      args.victim_rate, args.flood_concurrency, args.food_limit,
-                                      args.flood_rpc, args.food_rate)
-    finally:
-        triton.stop()
-    return {"revision": revision(), "machine": machine(), "fair_share": result}
+    return await standalone_section("fair_share", lambda triton: fair_share_run(
+        triton, ROOT / "var" / "bench" / "logs", ROOT / "var" / "bench" / "fair-share", args.duration,
+        args.victim_rate, args.flood_concurrency, args.food_limit, args.flood_rpc, args.food_rate))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -36,9 +36,19 @@ def cpu_seconds(pid: int, reaped_children: bool = False) -> float:
 
 def peak_rss_mb(pid: int) -> float:
     """VmHWM (peak resident set) of one process, MiB."""
+    return _status_mb(pid, "VmHWM")
+
+
+def rss_mb(pid: int) -> float:
+    """VmRSS (resident set now) of one process, MiB."""
+    return _status_mb(pid, "VmRSS")
+
+
+def _status_mb(pid: int, field: str) -> float:
+    """A kB field of /proc/<pid>/status in MiB; 0 when the process is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass

@@ -485,9 +485,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     results["limit_ort_runs"] = [{**limit, "when": "before"}, {**again, "when": "after"}]
     results["limit_ort"] = max(limit, again, key=lambda r: r["texts_per_s"])
     log("scale-out: one gateway on SQLite, then two on PostgreSQL, on one Triton (bench.scale_out)")
-    results["scale_out"] = await asyncio.to_thread(run_scale_out, d)
+    results["scale_out"] = await asyncio.to_thread(run_section, "scale_out", "--duration", str(d))
     log("catalogue scale: 10^4, 10^5 and 10^6 kitchen items (bench.catalogue_scale)")
-    results["catalogue_scale"] = await asyncio.to_thread(run_catalogue_scale)
+    # (it builds the 10^6-item catalogue and its index the first time: minutes)
+    results["catalogue_scale"] = await asyncio.to_thread(run_section, "catalogue_scale")
     return {
         "revision": revision(),
         "machine": machine(),
@@ -536,32 +537,19 @@ async def paired_rounds(
     return {"concurrency": level, "rounds": out, "median_fraction": round(median, 3)}
 
 
-def run_scale_out(duration: float) -> dict[str, Any]:
-    """The scale-out section, or why it could not run (reported, not hidden). It runs as
-    `python -m bench.scale_out`, a process of its own with its own Triton: that module takes
-    this one's workload (users, requests), so this one cannot import it back (import-linter
-    forbids cycles), and its load generator starts clean."""
-    path = BENCH_VAR / "scale_out.json"
+def run_section(module: str, *args: str) -> dict[str, Any]:
+    """A section measured by `python -m bench.<module>` in a process of its own, with its own
+    Triton (the scale-out and catalogue-scale modules take this one's workload, so this one
+    cannot import them back: import-linter forbids cycles; and their load generators start
+    clean); it writes var/bench/<module>.json with its result under the key <module>. The
+    section, or why it could not run (reported, not hidden)."""
+    path = BENCH_VAR / f"{module}.json"
     path.unlink(missing_ok=True)
-    done = subprocess.run([sys.executable, "-m", "bench.scale_out", "--duration", str(duration)],
-                          cwd=ROOT, check=False)
+    done = subprocess.run([sys.executable, "-m", f"bench.{module}", *args], cwd=ROOT, check=False)
     if done.returncode != 0 or not path.exists():
-        log(f"  scale-out did not run (exit status {done.returncode})")
-        return {"error": f"python -m bench.scale_out exited with status {done.returncode}"}
-    section: dict[str, Any] = json.loads(path.read_text())["scale_out"]
-    return section
-
-
-def run_catalogue_scale() -> dict[str, Any]:
-    """The catalogue-scale section, or why it could not run; a process of its own like
-    run_scale_out (it builds the 10^6-item catalogue and its index the first time: minutes)."""
-    path = BENCH_VAR / "catalogue_scale.json"
-    path.unlink(missing_ok=True)
-    done = subprocess.run([sys.executable, "-m", "bench.catalogue_scale"], cwd=ROOT, check=False)
-    if done.returncode != 0 or not path.exists():
-        log(f"  catalogue scale did not run (exit status {done.returncode})")
-        return {"error": f"python -m bench.catalogue_scale exited with status {done.returncode}"}
-    section: dict[str, Any] = json.loads(path.read_text())["catalogue_scale"]
+        log(f"  {module} did not run (exit status {done.returncode})")
+        return {"error": f"python -m bench.{module} exited with status {done.returncode}"}
+    section: dict[str, Any] = json.loads(path.read_text())[module]
     return section
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import psycopg
 
 from bench.loadgen import closed_loop, open_loop
-from bench.outputs import write_json
+from bench.outputs import standalone_section, write_json
 from bench.procstat import CpuMeter, ProcessTree, Watched
 from bench.report import RECOMMEND_TARGET_RATE
 from bench.run import (
@@ -47,8 +47,7 @@ from bench.run import (
 )
 from devtools.fleet import SERVICE, GatewayProcess, client_channel, gateway_process
 from devtools.postgres_launcher import PostgresServer, pg_binary, running_postgres
-from devtools.provenance import machine, revision
-from devtools.triton_launcher import TritonServer, free_port, start_triton
+from devtools.triton_launcher import TritonServer
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
 from interest_core.catalogue import Catalogue
 from interest_core.config import ROOT, load_settings
@@ -206,15 +205,8 @@ async def standalone(args: argparse.Namespace) -> dict[str, Any]:
     settings = load_settings()
     if not (settings.model_repository / settings.model_name / "VERSION.json").exists():
         raise SystemExit("no model installed: run `make engine` first")
-    logs = ROOT / "var" / "bench" / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    triton = start_triton(settings, http_port=free_port(), grpc_port=free_port(),
-                          metrics_port=free_port(), log_path=logs / "tritonserver-scale-out.log")
-    try:
-        result = await scale_out_run(triton, args.duration, args.concurrency)
-    finally:
-        triton.stop()
-    return {"revision": revision(), "machine": machine(), "scale_out": result}
+    return await standalone_section(
+        "scale_out", lambda triton: scale_out_run(triton, args.duration, args.concurrency))
 
 
 def main(argv: list[str] | None = None) -> int:
