@@ -121,7 +121,8 @@ def install(settings: Settings, n: int) -> tuple[Path, dict[str, Any]]:
     stamp = {"items": n, "noise": NOISE, "seed": SEED, "model_version": version["model_version"],
              "index": params.describe() if indexed else None}
     stamp_path = repo / "stamp.json"
-    if stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp:
+    if (stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp
+            and all((target / name).exists() for name in os.listdir(target))):  # (links may dangle)
         entry: dict[str, Any] = json.loads((target / VERSION_FILE).read_text())["catalogues"][PLATFORM]
         log(f"catalogue of {n:,} items: reusing {repo.relative_to(ROOT)}")
         return repo, entry
