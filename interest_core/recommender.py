@@ -280,14 +280,13 @@ class Recommender:
     def _ann_bounded(self, served: ServedCatalogue, query: np.ndarray, blend: SparseBlend, k: int,
                      banned: np.ndarray) -> list[Ranked] | None:
         """CatalogueIndex.top_k_bounded on an indexed catalogue (index.bounded_top_k), its blend
-        kept sparse: the up to max(rank_candidates, 8k) items of largest blend, removed and
-        `banned` ones at -inf; reach |query| (unit rows) plus 0.1% for the float16 vectors."""
+        kept sparse: the up to max(rank_candidates, 8k) items of largest blend, less the removed
+        and `banned` ones; reach |query| (unit rows) plus 0.1% for the float16 vectors."""
         ann = served.ann
         assert ann is not None
         head, values, beyond = blend.leaders(min(max(self.rank_candidates, 8 * k), len(ann.live) - 1))
-        values = np.where(ann.live[head] & ~np.isin(head, banned), values, -np.inf).astype(np.float32)
-        order = np.argsort(-values, kind="stable")
-        head, values = head[order], values[order]
+        alive = ann.live[head] & ~np.isin(head, banned)  # a removed item has no row to score
+        head, values = head[alive], values[alive].astype(np.float32)  # (still largest first)
         outside = np.maximum(np.append(values[1:], -np.inf), beyond)  # [j]: best blend after head[:j+1]
         found = bounded_top_k(head, values, outside, ann.vectors, query, k,
                               float(np.linalg.norm(query)) * 1.001, max(256, 4 * k))
