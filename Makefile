@@ -91,11 +91,23 @@ ngc-repo: setup $(ART)/validation-$(ACT).json  ## NGC Triton repositories under 
 	$(PY) -m quantize.ngc_repository --onnx $(INT8) --report $(ART)/validation-$(ACT).json --out $(NGC) \
 	  $(if $(filter gpu,$(TARGET)),--plan $(ART)/model.plan) $(CONFIG_ARG)
 
-train: setup  ## train DATASET's model (+ the new-items hold-out model for eval) into models/, each a merged 3-seed ensemble (~41 min on 2 cores; resumes)
+# Shares of the overlap users (users on both platforms) the few-overlap evaluation models keep.
+OVERLAP ?= 1 5 20
+# Seeds of the new-items hold-out splits (each its own 20% of items and its own 3-seed model):
+# seed 0 in models/DATASET-new-items, seed S in models/DATASET-new-items-seedS.
+NEW_ITEMS_SEEDS ?= 0 3 6
+new_items_dir = $(MODELS)/$(DATASET)-new-items$(if $(filter-out 0,$(1)),-seed$(1))
+
+train: setup  ## train DATASET's model, the new-items hold-out models (NEW_ITEMS_SEEDS) and the few-overlap models (OVERLAP %) into models/, each a merged 3-seed ensemble (~90 min on 2 cores; resumes)
 	$(PY) -m interest_model.trainer $(CONFIG_ARG) --dataset $(DATASET) --out $(MODELS)/$(DATASET) \
 	  --epochs $(EPOCHS) --members $(MEMBERS) $(TRAIN_ARGS)
-	$(PY) -m interest_model.trainer $(CONFIG_ARG) --dataset $(DATASET) --out $(MODELS)/$(DATASET)-new-items \
-	  --epochs $(EPOCHS) --members $(MEMBERS) --new-items-fraction 0.2 $(TRAIN_ARGS)
+	$(foreach seed,$(NEW_ITEMS_SEEDS),$(PY) -m interest_model.trainer $(CONFIG_ARG) --dataset $(DATASET) \
+	  --out $(call new_items_dir,$(seed)) --seed $(seed) --epochs $(EPOCHS) --members $(MEMBERS) \
+	  --new-items-fraction 0.2 $(TRAIN_ARGS) &&) true
+	for pct in $(OVERLAP); do \
+	  $(PY) -m interest_model.trainer $(CONFIG_ARG) --dataset $(DATASET) --out $(MODELS)/$(DATASET)-overlap-$$pct \
+	    --epochs $(EPOCHS) --members $(MEMBERS) --overlap-fraction $$(awk "BEGIN { print $$pct / 100 }") $(TRAIN_ARGS) || exit 1; \
+	done
 
 # `make eval` builds, installs and serves its own copy of the engine under var/eval/DATASET/,
 # so evaluating a pair never replaces the engine `make engine` put in model_repository/.
@@ -105,7 +117,9 @@ EVAL_REPO = INTEREST_MODEL_REPOSITORY=$(abspath $(EVAL_DIR))/model_repository
 eval: setup  ## evaluate models/DATASET vs the baselines offline, INT8, and through the running stack: results/eval.* (RESULTS=dir: elsewhere)
 	$(EVAL_REPO) $(MAKE) --no-print-directory engine TARGET=cpu CHECKPOINT=$(MODELS)/$(DATASET) ART=$(EVAL_DIR)/artifacts NGC=$(EVAL_DIR)/ngc
 	$(PY) -m interest_model.evaluation.offline $(CONFIG_ARG) --dataset $(DATASET) --checkpoint $(MODELS)/$(DATASET) \
-	  --new-items-checkpoint $(MODELS)/$(DATASET)-new-items --int8 $(EVAL_DIR)/artifacts/model.int8-uint8.onnx \
+	  $(foreach seed,$(NEW_ITEMS_SEEDS),$(if $(wildcard $(call new_items_dir,$(seed))/interest_assets.npz),--new-items-checkpoint $(call new_items_dir,$(seed)))) \
+	  --int8 $(EVAL_DIR)/artifacts/model.int8-uint8.onnx \
+	  $(foreach pct,$(OVERLAP),$(if $(wildcard $(MODELS)/$(DATASET)-overlap-$(pct)/interest_assets.npz),--overlap-checkpoint $(MODELS)/$(DATASET)-overlap-$(pct))) \
 	  --out $(EVAL_DIR)/offline.json
 	$(EVAL_REPO) $(PY) -m devtools.served_eval $(CONFIG_ARG) --offline $(EVAL_DIR)/offline.json --out $(RESULTS)
 

@@ -102,6 +102,11 @@ async def serve_tasks(stub: pb_grpc.InterestGatewayStub, data: InteractionData, 
             body["served_note"] = ("served: not run for the new-items task; the gateway serves "
                                    "the checkpoint trained on every item, not the hold-out model.")
             continue
+        if "/overlap-" in task:
+            body["served_note"] = ("offline only: model_fp32 is the served ranking of a checkpoint "
+                                   "trained with fewer overlap users; the gateway serves the one "
+                                   "trained with all of them.")
+            continue
         if "/" in task:
             body["served_note"] = ("offline only: these users are a subset of the whole task's, "
                                    "whose served run is above.")

@@ -5,11 +5,11 @@ judged on, the new-items restriction, and the model's cosine scores."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from interest_model.datasets import UserHistory
+from interest_model.datasets import InteractionData, UserHistory
 
 
 @dataclass(frozen=True)
@@ -80,3 +80,21 @@ def mask_to(scores: np.ndarray, only: np.ndarray) -> np.ndarray:
     out = np.full_like(scores, -np.inf)
     out[:, only] = scores[:, only]
     return out
+
+
+def few_overlap(data: InteractionData, fraction: float, seed: int) -> InteractionData:
+    """`data` with only a seeded `fraction` of its training users on two or more platforms
+    (the rest removed, single-platform users and the valid and test splits kept): a new pair of
+    platforms that shares few users. The subsets are nested (one seeded order, its first
+    round(fraction * n) users), so 1% is inside 5% for a given seed, and every method trained
+    on the returned data sees the same users."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"overlap fraction must be in (0, 1], got {fraction}")
+    if fraction == 1.0:
+        return data
+    overlap = [n for n, u in enumerate(data.users)
+               if u.split == "train" and sum(1 for p in data.platforms if u.on(p)) >= 2]
+    order = np.random.default_rng(seed).permutation(len(overlap))
+    keep = max(1, round(fraction * len(overlap)))
+    dropped = {overlap[i] for i in order[keep:]}
+    return replace(data, users=[u for n, u in enumerate(data.users) if n not in dropped])

@@ -55,7 +55,7 @@ from interest_model.migration_model import (
     within_examples,
     within_pool,
 )
-from interest_model.tasks import Direction, holdout_items, pairs_of, user_rows
+from interest_model.tasks import Direction, few_overlap, holdout_items, pairs_of, user_rows
 
 log = logging.getLogger("interest.train")
 STATE_FILE = "train_state.pt"
@@ -208,18 +208,53 @@ def train_members(jobs: list[MemberJob], workers: int) -> list[MemberResult]:
         return list(pool.map(_member_in_worker, jobs))
 
 
+def write_checkpoint(model: MigrationModel, encoder: InterestEncoder, data: InteractionData,
+                     directions: list[Direction], train_rows: dict[str, list[list[int]]],
+                     valid_rows: dict[str, list[list[int]]], out: Path, seed: int, categories: int,
+                     with_backbone: bool) -> tuple[dict[str, Any], list[str], float]:
+    """Finish a trained model into a checkpoint `make engine` reads: the collaborative signals of
+    the training rows, the blend tuned on valid, the named interest categories, the ranking
+    assets and `encoder` (whose head is the model's; `with_backbone`: the backbone's weights
+    too, when they were tuned). Returns (blend report, category names, classifier accuracy)."""
+    platforms = data.platforms
+    item_emb = model.item_embeddings()
+    cooc, popularity = collaborative_signals(train_rows, directions, data)
+    assets = RankingAssets(
+        item_ids={p: list(data.catalogues[p].item_ids) for p in platforms},
+        migration={d.key: model.migration(d) for d in directions},
+        cooccurrence=cooc, popularity=popularity, blend={},
+    )
+    blend_report = {}
+    for d in directions:
+        assets.blend[d.key], blend_report[str(d)] = tune_blend(assets, item_emb, d, valid_rows)
+        log.info("blend %s: cooc %.3f pop %.3f (valid NDCG@10 model %.4f -> blend %.4f)", d,
+                 assets.blend[d.key].cooc, assets.blend[d.key].pop,
+                 blend_report[str(d)]["model"], blend_report[str(d)]["blend"])
+    names, weights, bias, accuracy = derive_categories(
+        {p: item_emb[p] for p in platforms}, {p: data.catalogues[p].titles for p in platforms},
+        k=categories, seed=seed)
+    assets.category_names, assets.category_weights, assets.category_bias = names, weights, bias
+    log.info("%d interest categories (classifier accuracy %.3f): %s", len(names), accuracy,
+             "; ".join(names[:8]) + ("; ..." if len(names) > 8 else ""))
+    encoder.save(out, with_backbone=with_backbone)
+    assets.save(out / ASSETS_FILE)
+    return blend_report, names, accuracy
+
+
 def train(data: InteractionData, out: Path, features: dict[str, np.ndarray], epochs: int, lr: float,
           batch: int, seed: int, new_fraction: float, new_platform: str | None, categories: int,
           resume: bool, schedule: str = "constant", within: int = 0,
           identity_decay: float = 0.0, average: float = 0.0, members: int = 1,
-          jobs: int | None = None) -> dict[str, object]:
+          jobs: int | None = None, overlap_fraction: float = 1.0) -> dict[str, object]:
     """Train, select, tune and write the checkpoint to `out`; returns the training report.
 
     With `members` > 1, that many models are trained with seeds seed, seed + 1, ... (the same
     new-items hold-out, drawn with `seed`), each kept at its own best valid epoch, and merged
     into one model of the same size (`merge_members`): the ensemble's ranking, served as one
     head and one mapping per direction. `jobs` members train at once, in worker processes
-    sharing the cores (default: all members at once)."""
+    sharing the cores (default: all members at once). `overlap_fraction` < 1 says that `data`
+    was cut by `few_overlap(data, overlap_fraction, seed)`; it is recorded in the report, from
+    which `make eval` cuts the same training users for the baselines."""
     platforms = data.platforms
     new_platform = new_platform or platforms[-1]
     removed = {p: np.array([], dtype=np.int64) for p in platforms}
@@ -267,40 +302,20 @@ def train(data: InteractionData, out: Path, features: dict[str, np.ndarray], epo
         log.info("merged %d members: valid NDCG@10 %s (members: %s)", members,
                  "  ".join(f"{k} {v:.4f}" for k, v in final_valid.items()),
                  ", ".join(f"{r.best_valid:.4f}" for r in results))
-    item_emb = model.item_embeddings()
-    cooc, popularity = collaborative_signals(train_rows, directions, data)
-    assets = RankingAssets(
-        item_ids={p: list(data.catalogues[p].item_ids) for p in platforms},
-        migration={d.key: model.migration(d) for d in directions},
-        cooccurrence=cooc, popularity=popularity, blend={},
-    )
-    blend_report = {}
-    for d in directions:
-        assets.blend[d.key], blend_report[str(d)] = tune_blend(assets, item_emb, d, valid_rows)
-        log.info("blend %s: cooc %.3f pop %.3f (valid NDCG@10 model %.4f -> blend %.4f)", d,
-                 assets.blend[d.key].cooc, assets.blend[d.key].pop,
-                 blend_report[str(d)]["model"], blend_report[str(d)]["blend"])
-    names, weights, bias, accuracy = derive_categories(
-        {p: item_emb[p] for p in platforms}, {p: data.catalogues[p].titles for p in platforms},
-        k=categories, seed=seed)
-    assets.category_names, assets.category_weights, assets.category_bias = names, weights, bias
-    log.info("%d interest categories (classifier accuracy %.3f): %s", len(names), accuracy,
-             "; ".join(names[:8]) + ("; ..." if len(names) > 8 else ""))
-
     encoder = InterestEncoder.load(None)
     encoder.head = nn.Linear(model.head.shape[1], model.head.shape[0])
     with torch.no_grad():
         encoder.head.weight.copy_(model.head.detach())
         encoder.head.bias.zero_()
-    encoder.save(out, with_backbone=False)
-    assets.save(out / ASSETS_FILE)
+    blend_report, names, accuracy = write_checkpoint(model, encoder, data, directions, train_rows, valid_rows,
+                                                     out, seed, categories, with_backbone=False)
     first = results[0]
     report: dict[str, object] = {
         "dataset": data.name, "platforms": list(platforms), "seed": seed, "epochs": epochs, "lr": lr,
         "batch": batch, "schedule": schedule, "within_platform_examples": within,
         "identity_decay": identity_decay,
         "average": average,
-        "members": members,
+        "members": members, "overlap_fraction": overlap_fraction,
         # One member: its best epoch and history. Several: the first member's, and each
         # member's under "member_runs"; best_valid_ndcg@10 is then the merged model's.
         "best_epoch": first.best_epoch, "best_valid_ndcg@10": float(np.mean(list(final_valid.values()))),
@@ -352,6 +367,10 @@ def main(argv: list[str] | None = None) -> int:
                              "(the new-items evaluation model); 0 = train on everything")
     parser.add_argument("--new-items-platform", default=None, help="platform of the held-out items "
                         "(default: the dataset's second platform)")
+    parser.add_argument("--overlap-fraction", type=float, default=1.0, metavar="F",
+                        help="train on a seeded share F of the training users on both platforms "
+                             "(the rest removed, single-platform users kept): the few-overlap "
+                             "evaluation models; 1 = all of them")
     parser.add_argument("--restart", action="store_true",
                         help=f"ignore {STATE_FILE} in --out and start from epoch 1 (default: resume)")
     args = parser.parse_args(argv)
@@ -363,9 +382,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--average must be in [0, 1)")
     if not 0.0 <= args.new_items_fraction < 1.0:
         parser.error("--new-items-fraction must be in [0, 1)")
+    if not 0.0 < args.overlap_fraction <= 1.0:
+        parser.error("--overlap-fraction must be in (0, 1]")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     settings = load_settings(args.config)
     data = load_dataset(settings, args.dataset)
+    if args.overlap_fraction < 1.0:
+        before = len(data.split("train"))
+        data = few_overlap(data, args.overlap_fraction, args.seed)
+        log.info("few-overlap run: %.0f%% of the training users on two platforms kept, %d of %d "
+                 "training users in all", 100 * args.overlap_fraction, len(data.split("train")), before)
     if args.new_items_platform and args.new_items_platform not in data.platforms:
         parser.error(f"--new-items-platform {args.new_items_platform!r} is not one of {data.platforms}")
     log.info("dataset %s: %s", data.name, ", ".join(
@@ -374,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     train(data, args.out, features, args.epochs, args.lr, args.batch, args.seed,
           args.new_items_fraction, args.new_items_platform, args.categories, resume=not args.restart,
           schedule=args.schedule, within=args.within_platform, identity_decay=args.identity_decay,
-          average=args.average, members=args.members, jobs=args.jobs)
+          average=args.average, members=args.members, jobs=args.jobs,
+          overlap_fraction=args.overlap_fraction)
     return 0
 
 

@@ -7,8 +7,13 @@
 Task 1 (warm catalogue), both directions: each test user's source-platform history ranks the
 whole target catalogue; the same users are also reported by the length of their source history
 (tasks "<direction>/history-1-2", "history-3-5", "history-6+": where co-occurrence has little
-to sum). Task 2 (new items): with the new-items checkpoint, whose training never saw a seeded
-20% of the target items, only those items are ranked, for the test users who took one.
+to sum). Task 2 (new items): with each new-items checkpoint, whose training never saw its own seeded
+20% of the target items, only those items are ranked, for the test users who took one; the
+splits' (split, user) rows are pooled into one task.
+Few overlap: with each checkpoint trained with --overlap-fraction F (1%, 5%, 20% of the
+training users on both platforms, seeded; single-platform users kept), task 1 again, both
+directions, every baseline fitted on the same reduced training users (tasks
+"<direction>/overlap-5%"); 100% is task 1 itself.
 Baselines are fitted on the same training users (new items removed in task 2); those with
 hyperparameters are tuned on the validation users of the same task (TUNING), as the model's
 are, and the chosen values recorded (`tuned`). A method whose every score on a task is
@@ -48,7 +53,15 @@ from interest_model.evaluation import (
 )
 from interest_model.evaluation.metrics import METRICS, ROUND_OFF
 from interest_model.features import catalogue_features
-from interest_model.tasks import Direction, mask_to, model_scores, pairs_of, restrict, user_rows
+from interest_model.tasks import (
+    Direction,
+    few_overlap,
+    mask_to,
+    model_scores,
+    pairs_of,
+    restrict,
+    user_rows,
+)
 
 log = logging.getLogger("interest.eval")
 
@@ -148,13 +161,14 @@ def summary(per_user: dict[str, np.ndarray]) -> dict[str, Any]:
     return {**means, "ndcg@10_ci95": [round(lo, 5), round(hi, 5)]}
 
 
-def target_ratio(methods: dict[str, Any], per_user: dict[str, dict[str, np.ndarray]]
-                 ) -> dict[str, Any] | None:
+def target_ratio(methods: dict[str, Any], per_user: dict[str, dict[str, np.ndarray]],
+                 baseline: str | None = None) -> dict[str, Any] | None:
     """NDCG@10 of the ranking that is served (INT8 when measured, else fp32) over the best
-    baseline's, with a paired 95% bootstrap interval over the same users: how firmly a
-    "k x the best baseline" target is met or missed, which two separate intervals cannot say."""
+    baseline's (or `baseline`'s), with a paired 95% bootstrap interval over the same users: how
+    firmly a "k x the best baseline" target is met or missed, which two separate intervals
+    cannot say."""
     ours = next((m for m in ("model_int8", "model_fp32") if m in per_user), None)
-    baselines = [m for m in BASELINES if m in per_user]
+    baselines = [m for m in BASELINES if m in per_user and baseline in (None, m)]
     if ours is None or not baselines:
         return None
     best = max(baselines, key=lambda m: methods[m]["ndcg@10"])
@@ -214,10 +228,12 @@ def history_subsets(hist: Sequence[Sequence[int]], methods: dict[str, Any],
 
 def run_task(data: InteractionData, d: Direction, features: dict[str, np.ndarray],
              models: dict[str, Callable[[Sequence[Sequence[int]]], np.ndarray]],
-             removed: dict[str, np.ndarray], only: np.ndarray | None
+             removed: dict[str, np.ndarray], only: np.ndarray | None,
+             per_user_out: dict[str, dict[str, np.ndarray]] | None = None
              ) -> tuple[dict[str, Any], dict[str, Any]]:
     """All baselines and `models` on the test users of direction `d` (restricted to `only`);
-    and the same users split by history length (history_subsets)."""
+    and the same users split by history length (history_subsets). Each method's per-user
+    values also go to `per_user_out` when given (to pool several new-items splits)."""
     test = user_rows(data.split("test"), data.platforms, {})
     hist, rel = pairs_of(test, d)
     valid_hist, valid_rel = pairs_of(user_rows(data.split("valid"), data.platforms, {}), d)
@@ -262,14 +278,102 @@ def run_task(data: InteractionData, d: Direction, features: dict[str, np.ndarray
         log.info("  %-16s NDCG@10 %.4f  HR@10 %.3f  Recall@50 %.3f  MRR %.4f", name,
                  methods[name]["ndcg@10"], methods[name]["hr@10"], methods[name]["recall@50"],
                  methods[name]["mrr"])
+    if per_user_out is not None:
+        per_user_out.update(per_user)
     out: dict[str, Any] = {"users": len(hist), "validation_users": len(valid_hist), "methods": methods,
                            "tuned": tuned}
-    ratio = target_ratio(methods, per_user)
+    for key, against in (("ratio_ci95", None), ("cooccurrence_ratio_ci95", "cooccurrence")):
+        ratio = target_ratio(methods, per_user, against)
+        if ratio is not None:
+            out[key] = ratio
+            log.info("  %s / %s NDCG@10: %.3f (paired 95%% CI %.3f-%.3f)", ratio["method"],
+                     ratio["baseline"], ratio["ratio"], *ratio["ci95"])
+    return out, history_subsets(hist, methods, per_user)
+
+
+def new_items_task(data: InteractionData, features: dict[str, np.ndarray], none: dict[str, np.ndarray],
+                   checkpoints: Sequence[Path]) -> tuple[str, dict[str, Any]]:
+    """Task 2 over every new-items split: each checkpoint held out its own seeded share of the
+    target items. Each split's test users who took one of its new items are scored (baselines
+    refitted without that split's items), then the (split, user) rows are pooled: the task's
+    metrics, intervals and paired ratio are over all of them, each split's own figures under
+    `splits`."""
+    pooled: dict[str, list[dict[str, np.ndarray]]] = {}
+    splits: list[dict[str, Any]] = []
+    notes: dict[str, list[str]] = {}
+    name = ""
+    for ckpt in checkpoints:
+        report = json.loads((ckpt / "train_report.json").read_text())
+        target = report["new_items"]["platform"]
+        pos = data.catalogues[target].index()
+        new = np.array(sorted(pos[i] for i in report["new_items"]["items"]), dtype=np.int64)
+        source = next(p for p in data.platforms if p != target)
+        d = Direction(source, target)
+        name = name or f"{d}/new-items"
+        if f"{d}/new-items" != name:
+            raise ValueError(f"{ckpt} holds out {target} items, the other splits another platform's")
+        log.info("task %s, split seed %s: %d new %s items", name, report["seed"], len(new), target)
+        assets = RankingAssets.load(ckpt / ASSETS_FILE)
+        cold = {"model_fp32": ranking(head_embeddings(features, ckpt), assets.migration[d.key], d, None)}
+        per_user: dict[str, dict[str, np.ndarray]] = {}
+        body, _ = run_task(data, d, features, cold, {**none, target: new}, new, per_user)
+        for method, values in per_user.items():
+            pooled.setdefault(method, []).append(values)
+        for method, m in body["methods"].items():
+            if "note" in m:
+                notes.setdefault(method, []).append(m["note"])
+        splits.append({"checkpoint": ckpt.name, "seed": report["seed"], "new_items": len(new),
+                       "users": body["users"], "tuned": body["tuned"],
+                       "ndcg@10": {m: v["ndcg@10"] for m, v in body["methods"].items()},
+                       **({"ratio_ci95": body["ratio_ci95"]} if "ratio_ci95" in body else {})})
+    per_user_all = {m: {k: np.concatenate([v[k] for v in parts]) for k in METRICS}
+                    for m, parts in pooled.items() if len(parts) == len(checkpoints)}
+    methods = {m: summary(v) for m, v in per_user_all.items()}
+    for m, said in notes.items():
+        if m in methods and len(said) == len(checkpoints):  # round-off on every split
+            methods[m]["note"] = said[0]
+    out: dict[str, Any] = {"users": sum(s["users"] for s in splits),
+                           "new_items": round(float(np.mean([s["new_items"] for s in splits]))),
+                           "methods": methods, "splits": splits,
+                           "tuned": splits[0]["tuned"] if len(splits) == 1 else {}}
+    ratio = target_ratio(methods, per_user_all)
     if ratio is not None:
         out["ratio_ci95"] = ratio
-        log.info("  %s / %s NDCG@10: %.3f (paired 95%% CI %.3f-%.3f)", ratio["method"],
-                 ratio["baseline"], ratio["ratio"], *ratio["ci95"])
-    return out, history_subsets(hist, methods, per_user)
+        log.info("  %s over %d split(s): %s / %s NDCG@10 %.3f (paired 95%% CI %.3f-%.3f)", name,
+                 len(splits), ratio["method"], ratio["baseline"], ratio["ratio"], *ratio["ci95"])
+    return name, out
+
+
+def overlap_label(fraction: float) -> str:
+    """The task suffix of a few-overlap run: "overlap-5%" for 0.05."""
+    return f"overlap-{100 * fraction:g}%"
+
+
+def overlap_tasks(data: InteractionData, features: dict[str, np.ndarray], checkpoint: Path
+                  ) -> dict[str, Any]:
+    """Task 1, both directions, with the training users that `checkpoint` was trained on: its
+    `overlap_fraction` of the users on both platforms (the same seeded subset). The baselines
+    are fitted and tuned on those users too; `model_fp32` is the checkpoint's served ranking
+    (its cosine + its own collaborative blend), `model_only_fp32` its cosine alone."""
+    report = json.loads((checkpoint / "train_report.json").read_text())
+    fraction = float(report.get("overlap_fraction", 1.0))
+    if fraction >= 1.0:
+        raise ValueError(f"{checkpoint} was trained on every overlap user (no overlap_fraction < 1 "
+                         "in its train_report.json): it is not a few-overlap checkpoint")
+    reduced = few_overlap(data, fraction, int(report["seed"]))
+    kept = sum(1 for u in reduced.split("train") if sum(1 for p in data.platforms if u.on(p)) >= 2)
+    assets = RankingAssets.load(checkpoint / ASSETS_FILE)
+    emb = head_embeddings(features, checkpoint)
+    none = {p: np.array([], dtype=np.int64) for p in data.platforms}
+    out: dict[str, Any] = {}
+    for d in (Direction(*data.platforms[:2]), Direction(*reversed(data.platforms[:2]))):
+        name = f"{d}/{overlap_label(fraction)}"
+        log.info("task %s: %d training users on both platforms kept", name, kept)
+        w = assets.migration[d.key]
+        models = {"model_only_fp32": ranking(emb, w, d, None), "model_fp32": ranking(emb, w, d, assets)}
+        out[name], _ = run_task(reduced, d, features, models, none, None)
+        out[name].update({"overlap_fraction": fraction, "overlap_train_users": kept})
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,12 +383,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=None)
     parser.add_argument("--checkpoint", type=Path, required=True,
                         help="`make train` checkpoint (the served model)")
-    parser.add_argument("--new-items-checkpoint", type=Path, default=None,
-                        help="checkpoint trained with --new-items-fraction (task 2); none = skip task 2")
+    parser.add_argument("--new-items-checkpoint", type=Path, action="append", default=[], metavar="DIR",
+                        help="checkpoint trained with --new-items-fraction (task 2); repeat for each "
+                             "seeded split (pooled); none = skip task 2")
+    parser.add_argument("--overlap-checkpoint", type=Path, action="append", default=[], metavar="DIR",
+                        help="checkpoint trained with --overlap-fraction (the few-overlap tasks); "
+                             "repeat for each fraction")
     parser.add_argument("--int8", type=Path, default=None, help="INT8 ONNX exported from --checkpoint")
     parser.add_argument("--out", type=Path, default=Path("var/eval/offline.json"))
     args = parser.parse_args(argv)
-    for ckpt in filter(None, (args.checkpoint, args.new_items_checkpoint)):
+    for ckpt in (args.checkpoint, *args.new_items_checkpoint, *args.overlap_checkpoint):
         if not (ckpt / ASSETS_FILE).exists():
             parser.error(f"{ckpt} has no {ASSETS_FILE}: run `make train` first")
     if args.int8 is not None and not args.int8.exists():
@@ -308,20 +416,11 @@ def main(argv: list[str] | None = None) -> int:
             models["model_int8"] = ranking(int8, w, d, assets)
         tasks[str(d)], subsets = run_task(data, d, features, models, none, None)
         tasks.update({f"{d}/{name}": body for name, body in subsets.items()})
-    if args.new_items_checkpoint is not None:
-        report = json.loads((args.new_items_checkpoint / "train_report.json").read_text())
-        target = report["new_items"]["platform"]
-        pos = data.catalogues[target].index()
-        new = np.array(sorted(pos[i] for i in report["new_items"]["items"]), dtype=np.int64)
-        source = next(p for p in data.platforms if p != target)
-        d = Direction(source, target)
-        log.info("task %s/new-items: %d new %s items", d, len(new), target)
-        new_assets = RankingAssets.load(args.new_items_checkpoint / ASSETS_FILE)
-        emb = head_embeddings(features, args.new_items_checkpoint)
-        w = new_assets.migration[d.key]
-        cold = {"model_fp32": ranking(emb, w, d, None)}
-        tasks[f"{d}/new-items"], _ = run_task(data, d, features, cold, {**none, target: new}, new)
-        tasks[f"{d}/new-items"]["new_items"] = len(new)
+    if args.new_items_checkpoint:
+        name, body = new_items_task(data, features, none, args.new_items_checkpoint)
+        tasks[name] = body
+    for ckpt in args.overlap_checkpoint:
+        tasks.update(overlap_tasks(data, features, ckpt))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     summary = {"dataset": data.name, "checkpoint": str(args.checkpoint),
                "int8": str(args.int8) if args.int8 else None, "tasks": tasks}

@@ -9,6 +9,9 @@ from typing import Any
 from interest_model.evaluation import BASELINES
 
 METHOD_ORDER = (*BASELINES, "model_only_fp32", "model_fp32", "model_int8", "served")
+# The few-overlap target: at this share of the overlap users, the served ranking (offline, the
+# few-overlap checkpoint's) at least this many times co-occurrence and above every baseline.
+OVERLAP_TARGET = ("overlap-5%", 1.3)
 
 
 def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -17,6 +20,10 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
     for task, body in results["tasks"].items():
         if "/history-" in task:
             continue  # reported by history length; the issue sets no target on the subsets
+        if "/overlap-" in task:
+            if task.endswith(f"/{OVERLAP_TARGET[0]}"):
+                out.append(overlap_verdict(task, body))
+            continue
         methods = body["methods"]
         best_name = max((m for m in BASELINES if m in methods), key=lambda m: methods[m]["ndcg@10"])
         best = methods[best_name]["ndcg@10"]
@@ -51,6 +58,26 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def overlap_verdict(task: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The few-overlap target on `task`: model_fp32 (the few-overlap checkpoint's served
+    ranking, offline) >= OVERLAP_TARGET x co-occurrence and above every baseline."""
+    methods, need = body["methods"], OVERLAP_TARGET[1]
+    ours = methods["model_fp32"]["ndcg@10"]
+    cooc = methods["cooccurrence"]["ndcg@10"]
+    best_name = max((m for m in BASELINES if m in methods), key=lambda m: methods[m]["ndcg@10"])
+    best = methods[best_name]["ndcg@10"]
+    row: dict[str, Any] = {
+        "task": task, "target": f"model_fp32 NDCG@10 >= {need}x cooccurrence and above every baseline",
+        "ours": ours, "best_baseline": "cooccurrence", "best_baseline_ndcg@10": cooc,
+        "ratio": round(ours / cooc, 3) if cooc else None, "need": need,
+        "strongest_baseline": best_name, "strongest_baseline_ndcg@10": best}
+    paired = body.get("cooccurrence_ratio_ci95")
+    if paired:
+        row["ratio_ci95"] = paired["ci95"]
+        row["ratio_ci95_of"] = "model_fp32 offline, paired bootstrap over users"
+    return {**row, "met": ours >= need * cooc and ours > best}
+
+
 def write_markdown(results: dict[str, Any], path: Path) -> None:
     lines = [f"# Evaluation: {results['dataset']}", "",
              f"Revision `{results['revision']}`, machine: {results['machine']}.", "",
@@ -63,6 +90,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
              "computed offline on the served ranking's INT8 (else fp32) scores.", ""]
     for task, body in results["tasks"].items():
         new = f", {body['new_items']} new items" if "new_items" in body else ""
+        if "overlap_train_users" in body:
+            new += f"; trained with {body['overlap_train_users']} users on both platforms"
         lines += [f"## {task} ({body['users']} test users{new})", "",
                   "| method | NDCG@10 | 95% CI | HR@10 | Recall@50 | MRR |",
                   "| --- | --- | --- | --- | --- | --- |"]
@@ -102,17 +131,26 @@ def plot(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = [t for t in results["tasks"] if "/history-" not in t]
-    by_length = [t for t in tasks if "/" not in t
-                 and any(k.startswith(f"{t}/history-") for k in results["tasks"])]
+    every = results["tasks"]
+    tasks = [t for t in every if "/history-" not in t and "/overlap-" not in t]
+    by_length = [t for t in tasks if "/" not in t and any(k.startswith(f"{t}/history-") for k in every)]
+    by_overlap = [t for t in tasks if "/" not in t and any(k.startswith(f"{t}/overlap-") for k in every)]
     targets = [v for v in results.get("targets", []) if "ratio_ci95" in v and "need" in v]
-    panels = len(tasks) + len(by_length) + (1 if targets else 0)
-    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.2), squeeze=False)
+    # Row 1: a bar chart per task and the targets; row 2: the same users by history length and
+    # the few-overlap curves.
+    first, second = len(tasks) + (1 if targets else 0), len(by_length) + len(by_overlap)
+    columns = max(first, second)
+    fig, axes = plt.subplots(2 if second else 1, columns, figsize=(5.2 * columns, 4.4 * (2 if second else 1)),
+                             squeeze=False)
+    for ax in [*axes[0][first:], *(axes[1][second:] if second else [])]:
+        ax.set_visible(False)
     if targets:
-        ratio_panel(axes[0][-1], targets)
-    for ax, task in zip(axes[0][len(tasks):], by_length):
-        history_panel(ax, task, {k.split("/", 1)[1]: v for k, v in results["tasks"].items()
+        ratio_panel(axes[0][first - 1], targets)
+    for ax, task in zip(axes[-1], by_length):
+        history_panel(ax, task, {k.split("/", 1)[1]: v for k, v in every.items()
                                  if k.startswith(f"{task}/history-")})
+    for ax, task in zip(axes[-1][len(by_length):], by_overlap):
+        overlap_panel(ax, task, every)
     for ax, task in zip(axes[0], tasks):
         methods = results["tasks"][task]["methods"]
         names = [n for n in METHOD_ORDER if n in methods]
@@ -144,6 +182,28 @@ def history_panel(ax: Any, task: str, subsets: dict[str, dict[str, Any]]) -> Non
                                        for k in labels], fontsize=8)
     ax.set_ylabel("NDCG@10")
     ax.set_title(f"{task} by source-history length", fontsize=10)
+    ax.legend(fontsize=7)
+
+
+def overlap_panel(ax: Any, task: str, tasks: dict[str, dict[str, Any]]) -> None:
+    """NDCG@10 of each method against the share of overlap users trained on: the few-overlap
+    tasks of `task`, and `task` itself at 100%. Ours is the offline served ranking, model_fp32."""
+    points = sorted(((body["overlap_fraction"], body) for name, body in tasks.items()
+                     if name.startswith(f"{task}/overlap-")), key=lambda p: p[0])
+    points.append((1.0, tasks[task]))
+    shares = [100 * f for f, _ in points]
+    for name in (*BASELINES, "model_only_fp32", "model_fp32"):
+        if not all(name in body["methods"] for _, body in points):
+            continue
+        baseline = name in BASELINES
+        ax.plot(shares, [body["methods"][name]["ndcg@10"] for _, body in points],
+                "o--" if baseline else "s-", alpha=0.6 if baseline else 1.0, label=name)
+    ax.set_xscale("log")
+    ax.set_xticks(shares, [f"{s:g}%" for s in shares], fontsize=8)
+    ax.minorticks_off()
+    ax.set_xlabel("overlap training users kept (single-platform users all kept)")
+    ax.set_ylabel("NDCG@10")
+    ax.set_title(f"{task} with few overlap users", fontsize=10)
     ax.legend(fontsize=7)
 
 

@@ -14,14 +14,18 @@ import pytest
 import torch
 import yaml
 
-from interest_core.config import ROOT
+from interest_core.config import ROOT, load_settings
 from interest_core.contract import ASSETS_FILE
 from interest_core.ranking.assets import Blend, RankingAssets
 from interest_core.tokenizer import BehaviourTokenizer
+from interest_model import finetune
 from interest_model import trainer as train
 from interest_model.backbone import InterestEncoder
+from interest_model.datasets import UserHistory, load_dataset
 from interest_model.evaluation import offline as evaluate
 from interest_model.evaluation.report import verdicts, write_all
+from interest_model.features import embed_titles
+from interest_model.tasks import few_overlap
 
 FIXTURES = ROOT / "tests" / "fixtures"
 
@@ -132,16 +136,60 @@ def test_new_items_never_reach_training(config: Path, tmp_path: Path) -> None:
     assert assets.cooccurrence[("video", "social")][cols, :].nnz == 0
 
 
+def test_few_overlap_keeps_a_nested_seeded_share_of_the_overlap_users(config: Path) -> None:
+    data = load_dataset(load_settings(config), "social-video")
+
+    def both(users: list[UserHistory]) -> list[str]:
+        return [u.user_key for u in users if u.on("social") and u.on("video")]
+
+    overlap = both(data.split("train"))
+    small, large = few_overlap(data, 0.2, seed=3), few_overlap(data, 0.5, seed=3)
+    assert len(both(small.split("train"))) == round(0.2 * len(overlap))
+    assert set(both(small.split("train"))) < set(both(large.split("train"))) < set(overlap)
+    assert both(few_overlap(data, 0.2, seed=4).split("train")) != both(small.split("train"))
+    assert both(few_overlap(data, 0.2, seed=3).split("train")) == both(small.split("train"))
+    single = [u.user_key for u in data.split("train") if u.user_key not in set(overlap)]
+    assert single and set(single) <= {u.user_key for u in small.split("train")}
+    for split in ("valid", "test"):
+        assert small.split(split) == data.split(split)
+    assert few_overlap(data, 1.0, seed=3) is data
+    with pytest.raises(ValueError, match="overlap fraction"):
+        few_overlap(data, 0.0, seed=3)
+
+
+def test_few_overlap_training_sees_only_the_kept_users(config: Path, tmp_path: Path) -> None:
+    report = run_train(config, tmp_path / "few", "--epochs", "1", "--overlap-fraction", "0.25", "--seed", "5")
+    assert report["overlap_fraction"] == 0.25
+    data = load_dataset(load_settings(config), "social-video")
+    kept = few_overlap(data, 0.25, seed=5).split("train")
+    pairs = sum(len(u.on("social")) * len(u.on("video")) for u in kept if u.on("social") and u.on("video"))
+    cooc = RankingAssets.load(tmp_path / "few" / ASSETS_FILE).cooccurrence[("social", "video")]
+    assert cooc.sum() == pairs  # every kept pair counted once (histories hold distinct items)
+    assert 0 < pairs < sum(len(u.on("social")) * len(u.on("video")) for u in data.split("train"))
+
+
 def test_eval_runs_on_the_other_platform_pair(config: Path, checkpoint: Path, tmp_path: Path) -> None:
-    new_ckpt = tmp_path / "new"
+    new_ckpt, few_ckpt = tmp_path / "new", tmp_path / "few"
     run_train(config, new_ckpt, "--epochs", "2", "--new-items-fraction", "0.2")
+    run_train(config, few_ckpt, "--epochs", "2", "--overlap-fraction", "0.05")
     out = tmp_path / "offline.json"
     assert evaluate.main(["--config", str(config), "--dataset", "social-video", "--checkpoint",
-                          str(checkpoint), "--new-items-checkpoint", str(new_ckpt), "--out", str(out)]) == 0
+                          str(checkpoint), "--new-items-checkpoint", str(new_ckpt),
+                          "--overlap-checkpoint", str(few_ckpt), "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     tasks = result["tasks"]
-    assert {t for t in tasks if "/history-" not in t} == {"social->video", "video->social",
-                                                          "social->video/new-items"}
+    assert {t for t in tasks if "/history-" not in t} == {
+        "social->video", "video->social", "social->video/new-items",
+        "social->video/overlap-5%", "video->social/overlap-5%"}
+    few = tasks["social->video/overlap-5%"]
+    assert few["overlap_fraction"] == 0.05 and few["users"] == tasks["social->video"]["users"]
+    cooc = "cooccurrence"
+    assert few["methods"][cooc]["ndcg@10"] != tasks["social->video"]["methods"][cooc]["ndcg@10"]
+    assert few["cooccurrence_ratio_ci95"]["baseline"] == "cooccurrence"
+    few_verdict = next(v for v in verdicts(result) if v["task"] == "social->video/overlap-5%")
+    assert few_verdict["need"] == 1.3 and few_verdict["ratio_ci95"] == few["cooccurrence_ratio_ci95"]["ci95"]
+    assert few_verdict["met"] == (few_verdict["ours"] >= 1.3 * few_verdict["best_baseline_ndcg@10"]
+                                  and few_verdict["ours"] > few_verdict["strongest_baseline_ndcg@10"])
     for direction in ("social->video", "video->social"):  # its users again, by history length
         subsets = [b for t, b in tasks.items() if t.startswith(f"{direction}/history-")]
         assert subsets and sum(b["users"] for b in subsets) == tasks[direction]["users"]
@@ -357,3 +405,42 @@ def test_members_train_in_workers_and_merge_into_one_model(config: Path, tmp_pat
     want = ndcg_of(mask_to(scores, new).__getitem__, len(hist), rel)["ndcg@10"]
     assert report["valid_ndcg@10"]["social->video/new-items"] == pytest.approx(want, abs=1e-6)
 
+
+
+def test_cached_lower_states_and_upper_layers_equal_the_whole_backbone() -> None:
+    encoder = InterestEncoder.load(None)
+    titles = ["Keurig K-Cup coffee maker, single serve", "organic green tea", "Stainless steel 3-quart pot",
+              "Dark chocolate bar with sea salt and almonds, 12 pack", "oats"]
+    whole = embed_titles(encoder, titles)
+    for lower in (4, 5):
+        states = finetune.lower_states(encoder.backbone, titles, lower)
+        upper = finetune.UpperLayers(encoder.backbone, lower).eval()
+        with torch.no_grad():
+            pooled = upper(*states.batch(torch.arange(len(titles)))).numpy()
+        assert np.abs(pooled - whole).max() < 2e-3  # the cache holds float16 states
+        assert states.offsets[-1] == len(states.states)
+
+
+def test_finetune_tunes_only_the_top_layers_and_writes_a_checkpoint_make_engine_reads(
+        config: Path, checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tuned"
+    assert finetune.main(["--config", str(config), "--dataset", "social-video", "--from", str(checkpoint),
+                          "--out", str(out), "--tune-layers", "1", "--epochs", "2", "--batch", "16",
+                          "--items-per-step", "8", "--backbone-lr", "1e-3", "--categories", "6"]) == 0
+    report = json.loads((out / "train_report.json").read_text())
+    assert [h["epoch"] for h in report["history"]] == [0, 1, 2] and report["lower_layers_cached"] == 5
+    assert (out / "config.json").exists() and (out / ASSETS_FILE).exists()
+    tuned, pretrained = InterestEncoder.load(out), InterestEncoder.load(None)
+    layers = [(a.state_dict(), b.state_dict()) for a, b in zip(
+        tuned.backbone.encoder.layer, pretrained.backbone.encoder.layer)]  # type: ignore[union-attr,arg-type]
+    assert all(torch.equal(a[k], b[k]) for a, b in layers[:5] for k in a)  # frozen below
+    if report["best_epoch"] > 0:
+        assert any(not torch.equal(layers[5][0][k], layers[5][1][k]) for k in layers[5][0])
+    # The exported encoder embeds a title as training did: cached states, tuned layer, head.
+    titles = ["a title the catalogue never had", "another one, 12 pack"]
+    states = finetune.lower_states(pretrained.backbone, titles, 5)
+    upper = finetune.UpperLayers(tuned.backbone, 5).eval()
+    head = torch.load(out / "interest_head.pt")["weight"]
+    with torch.no_grad():
+        trained = torch.nn.functional.normalize(upper(*states.batch(torch.arange(2))) @ head.T, dim=-1)
+    assert np.abs(embed_titles(tuned, titles) - trained.numpy()).max() < 2e-3
