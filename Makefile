@@ -54,7 +54,7 @@ data: setup  ## check the dataset the project carries (data/, copied from shared
 $(ART)/.checkpoint: FORCE
 	@mkdir -p $(ART); echo "$(strip $(CHECKPOINT) $(CONFIG))" | cmp -s - $@ || echo "$(strip $(CHECKPOINT) $(CONFIG))" > $@
 
-$(ART)/model.fp32.onnx: $(STAMP) $(ART)/.checkpoint $(if $(CHECKPOINT),$(wildcard $(CHECKPOINT)/interest_head.* $(CHECKPOINT)/*.safetensors))
+$(ART)/model.fp32.onnx: $(STAMP) $(ART)/.checkpoint $(if $(CHECKPOINT),$(wildcard $(CHECKPOINT)/interest_head.* $(CHECKPOINT)/interest_tuned_layers.pt $(CHECKPOINT)/*.safetensors))
 	$(PY) -m quantize.export --out $@ $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 
 FORCE:

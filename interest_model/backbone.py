@@ -3,8 +3,10 @@ linear head, L2 normalisation. One definition for training, export and evaluatio
 
 A checkpoint is a directory holding `interest_head.json` (+ `interest_head.pt` when a head
 is trained) and either the fine-tuned backbone (`save_pretrained` layout) or, when the
-backbone was kept frozen, nothing more: it is then read from the pretrained package. The
-pretrained backbone alone is a valid model with no head.
+backbone was kept frozen, nothing more: it is then read from the pretrained package. When
+only the top layers were tuned (`python -m interest_model.finetune`), `interest_tuned_layers.pt`
+holds those layers, laid over the pretrained backbone at load. The pretrained backbone alone is
+a valid model with no head.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from interest_core.contract import backbone_dir
 
 HEAD_CONFIG = "interest_head.json"
 HEAD_WEIGHTS = "interest_head.pt"
+# The tuned top layers: {"first": index of the first tuned layer, "layers": [their state dicts]}
+TUNED_LAYERS = "interest_tuned_layers.pt"
 
 
 
@@ -60,6 +64,10 @@ class InterestEncoder(nn.Module):
                 f"no model at {source}: expected {HEAD_CONFIG} or config.json and weights there")
         weights = source if (source / "config.json").exists() else backbone_dir()
         backbone = AutoModel.from_pretrained(str(weights))
+        if (source / TUNED_LAYERS).exists():
+            tuned = torch.load(source / TUNED_LAYERS, map_location="cpu")
+            for n, state in enumerate(tuned["layers"]):
+                backbone.encoder.layer[tuned["first"] + n].load_state_dict(state)
         head = None
         head_cfg = source / HEAD_CONFIG
         if head_cfg.exists():
@@ -71,10 +79,15 @@ class InterestEncoder(nn.Module):
         model.eval()
         return model
 
-    def save(self, directory: Path, with_backbone: bool = True) -> None:
+    def save(self, directory: Path, with_backbone: bool = True, tuned_from: int | None = None) -> None:
         """Write a checkpoint that `load` (and so `make engine`) reads unchanged; a frozen
-        backbone (`with_backbone=False`) is not copied but read from the package."""
+        backbone (`with_backbone=False`) is not copied but read from the package, and with
+        `tuned_from` = n only its layers n.. are written (TUNED_LAYERS)."""
         directory.mkdir(parents=True, exist_ok=True)
+        if tuned_from is not None and not with_backbone:
+            layers = self.backbone.encoder.layer[tuned_from:]  # type: ignore[union-attr,index]
+            torch.save({"first": tuned_from, "layers": [layer.state_dict() for layer in layers]},
+                       directory / TUNED_LAYERS)
         if with_backbone:
             self.backbone.save_pretrained(str(directory))  # type: ignore[operator]
         cfg: dict[str, int | None] = {"in_features": None, "out_features": None}

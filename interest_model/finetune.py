@@ -13,8 +13,8 @@ drawn at random); every other catalogue item enters the softmax from a table of 
 vectors that is refreshed from the current weights once per epoch (`TunedMigrationModel`).
 Training starts from a trained checkpoint's head and mappings (`--from`), so epoch 0 is that
 model and the report says what tuning the layers bought on the valid users. The result is a
-checkpoint with the whole backbone (`save_pretrained` layout) that `make engine CHECKPOINT=...`
-exports, quantizes and gates unchanged.
+checkpoint holding the tuned layers (`interest_tuned_layers.pt`, laid over the pretrained
+backbone when loaded) that `make engine CHECKPOINT=...` exports, quantizes and gates unchanged.
 """
 
 from __future__ import annotations
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     blend, names, accuracy = write_checkpoint(model, encoder_of(model, lower), data, directions, train_rows,
                                               valid_rows, args.out, args.seed, args.categories,
-                                              with_backbone=True)
+                                              with_backbone=False, tuned_from=lower)
     report = {"dataset": data.name, "from": str(args.start), "tune_layers": args.tune_layers,
               "lower_layers_cached": lower, "epochs": args.epochs, "lr": args.lr,
               "backbone_lr": args.backbone_lr, "batch": args.batch, "items_per_step": args.items_per_step,

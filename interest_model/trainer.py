@@ -211,11 +211,13 @@ def train_members(jobs: list[MemberJob], workers: int) -> list[MemberResult]:
 def write_checkpoint(model: MigrationModel, encoder: InterestEncoder, data: InteractionData,
                      directions: list[Direction], train_rows: dict[str, list[list[int]]],
                      valid_rows: dict[str, list[list[int]]], out: Path, seed: int, categories: int,
-                     with_backbone: bool) -> tuple[dict[str, Any], list[str], float]:
+                     with_backbone: bool, tuned_from: int | None = None
+                     ) -> tuple[dict[str, Any], list[str], float]:
     """Finish a trained model into a checkpoint `make engine` reads: the collaborative signals of
     the training rows, the blend tuned on valid, the named interest categories, the ranking
     assets and `encoder` (whose head is the model's; `with_backbone`: the backbone's weights
-    too, when they were tuned). Returns (blend report, category names, classifier accuracy)."""
+    too, `tuned_from`: its layers from that one on). Returns (blend report, category names,
+    classifier accuracy)."""
     platforms = data.platforms
     item_emb = model.item_embeddings()
     cooc, popularity = collaborative_signals(train_rows, directions, data)
@@ -236,7 +238,7 @@ def write_checkpoint(model: MigrationModel, encoder: InterestEncoder, data: Inte
     assets.category_names, assets.category_weights, assets.category_bias = names, weights, bias
     log.info("%d interest categories (classifier accuracy %.3f): %s", len(names), accuracy,
              "; ".join(names[:8]) + ("; ..." if len(names) > 8 else ""))
-    encoder.save(out, with_backbone=with_backbone)
+    encoder.save(out, with_backbone=with_backbone, tuned_from=tuned_from)
     assets.save(out / ASSETS_FILE)
     return blend_report, names, accuracy
 

@@ -39,7 +39,7 @@ import numpy as np
 from interest_core.config import load_settings
 from interest_core.contract import ASSETS_FILE
 from interest_core.ranking.assets import RankingAssets
-from interest_model.backbone import HEAD_CONFIG, HEAD_WEIGHTS
+from interest_model.backbone import HEAD_CONFIG, HEAD_WEIGHTS, TUNED_LAYERS
 from interest_model.datasets import InteractionData, load_dataset
 from interest_model.evaluation import (
     BASELINES,
@@ -78,10 +78,30 @@ ROUND_OFF_NOTE = (f"cannot score these items: every score is round-off (|s| < {R
                   "0, so the items are ranked in the seeded tie order: a random ranking's value")
 
 
-def head_embeddings(features: dict[str, np.ndarray], checkpoint: Path) -> dict[str, np.ndarray]:
-    """The checkpoint's fp32 item embeddings: normalise(features @ H^T), per platform [n, D]."""
+def head_embeddings(features: dict[str, np.ndarray], checkpoint: Path, data: InteractionData,
+                    cache_dir: Path) -> dict[str, np.ndarray]:
+    """The checkpoint's fp32 item embeddings per platform [n, D]: normalise(features @ H^T) for
+    a frozen backbone; for one whose layers were tuned, every title through the checkpoint's own
+    encoder (cached by the tuned weights' digest)."""
     import torch
 
+    from interest_core.contract import file_digest
+    from interest_model.backbone import InterestEncoder
+    from interest_model.features import embed_titles
+
+    if (checkpoint / TUNED_LAYERS).exists() or (checkpoint / "config.json").exists():
+        weights = checkpoint / (TUNED_LAYERS if (checkpoint / TUNED_LAYERS).exists() else "config.json")
+        digest = file_digest(weights)[:16] + file_digest(checkpoint / HEAD_WEIGHTS)[:16]
+        encoder: InterestEncoder | None = None
+        tuned = {}
+        for p in features:
+            path = cache_dir / f"tuned-{digest}-{p}.npy"
+            if not path.exists():
+                encoder = encoder or InterestEncoder.load(checkpoint)
+                cache_dir.mkdir(parents=True, exist_ok=True)
+                np.save(path, embed_titles(encoder, data.catalogues[p].titles, progress=f"{p} (tuned)"))
+            tuned[p] = np.load(path)
+        return tuned
     cfg = json.loads((checkpoint / HEAD_CONFIG).read_text())
     if not cfg.get("out_features"):
         return features
@@ -292,7 +312,7 @@ def run_task(data: InteractionData, d: Direction, features: dict[str, np.ndarray
 
 
 def new_items_task(data: InteractionData, features: dict[str, np.ndarray], none: dict[str, np.ndarray],
-                   checkpoints: Sequence[Path]) -> tuple[str, dict[str, Any]]:
+                   checkpoints: Sequence[Path], cache: Path) -> tuple[str, dict[str, Any]]:
     """Task 2 over every new-items split: each checkpoint held out its own seeded share of the
     target items. Each split's test users who took one of its new items are scored (baselines
     refitted without that split's items), then the (split, user) rows are pooled: the task's
@@ -314,7 +334,8 @@ def new_items_task(data: InteractionData, features: dict[str, np.ndarray], none:
             raise ValueError(f"{ckpt} holds out {target} items, the other splits another platform's")
         log.info("task %s, split seed %s: %d new %s items", name, report["seed"], len(new), target)
         assets = RankingAssets.load(ckpt / ASSETS_FILE)
-        cold = {"model_fp32": ranking(head_embeddings(features, ckpt), assets.migration[d.key], d, None)}
+        emb = head_embeddings(features, ckpt, data, cache)
+        cold = {"model_fp32": ranking(emb, assets.migration[d.key], d, None)}
         per_user: dict[str, dict[str, np.ndarray]] = {}
         body, _ = run_task(data, d, features, cold, {**none, target: new}, new, per_user)
         for method, values in per_user.items():
@@ -349,8 +370,8 @@ def overlap_label(fraction: float) -> str:
     return f"overlap-{100 * fraction:g}%"
 
 
-def overlap_tasks(data: InteractionData, features: dict[str, np.ndarray], checkpoint: Path
-                  ) -> dict[str, Any]:
+def overlap_tasks(data: InteractionData, features: dict[str, np.ndarray], checkpoint: Path,
+                  cache: Path) -> dict[str, Any]:
     """Task 1, both directions, with the training users that `checkpoint` was trained on: its
     `overlap_fraction` of the users on both platforms (the same seeded subset). The baselines
     are fitted and tuned on those users too; `model_fp32` is the checkpoint's served ranking
@@ -363,7 +384,7 @@ def overlap_tasks(data: InteractionData, features: dict[str, np.ndarray], checkp
     reduced = few_overlap(data, fraction, int(report["seed"]))
     kept = sum(1 for u in reduced.split("train") if sum(1 for p in data.platforms if u.on(p)) >= 2)
     assets = RankingAssets.load(checkpoint / ASSETS_FILE)
-    emb = head_embeddings(features, checkpoint)
+    emb = head_embeddings(features, checkpoint, data, cache)
     none = {p: np.array([], dtype=np.int64) for p in data.platforms}
     out: dict[str, Any] = {}
     for d in (Direction(*data.platforms[:2]), Direction(*reversed(data.platforms[:2]))):
@@ -403,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     cache = settings.var_dir / "features" / data.name
     features = catalogue_features(data.catalogues, cache)
     assets = RankingAssets.load(args.checkpoint / ASSETS_FILE)
-    fp32 = head_embeddings(features, args.checkpoint)
+    fp32 = head_embeddings(features, args.checkpoint, data, cache)
     int8 = onnx_embeddings(args.int8, data, cache) if args.int8 else None
     none = {p: np.array([], dtype=np.int64) for p in data.platforms}
     tasks: dict[str, Any] = {}
@@ -417,10 +438,10 @@ def main(argv: list[str] | None = None) -> int:
         tasks[str(d)], subsets = run_task(data, d, features, models, none, None)
         tasks.update({f"{d}/{name}": body for name, body in subsets.items()})
     if args.new_items_checkpoint:
-        name, body = new_items_task(data, features, none, args.new_items_checkpoint)
+        name, body = new_items_task(data, features, none, args.new_items_checkpoint, cache)
         tasks[name] = body
     for ckpt in args.overlap_checkpoint:
-        tasks.update(overlap_tasks(data, features, ckpt))
+        tasks.update(overlap_tasks(data, features, ckpt, cache))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     summary = {"dataset": data.name, "checkpoint": str(args.checkpoint),
                "int8": str(args.int8) if args.int8 else None, "tasks": tasks}

@@ -20,7 +20,7 @@ from interest_core.ranking.assets import Blend, RankingAssets
 from interest_core.tokenizer import BehaviourTokenizer
 from interest_model import finetune
 from interest_model import trainer as train
-from interest_model.backbone import InterestEncoder
+from interest_model.backbone import TUNED_LAYERS, InterestEncoder
 from interest_model.datasets import UserHistory, load_dataset
 from interest_model.evaluation import offline as evaluate
 from interest_model.evaluation.report import verdicts, write_all
@@ -429,7 +429,9 @@ def test_finetune_tunes_only_the_top_layers_and_writes_a_checkpoint_make_engine_
                           "--items-per-step", "8", "--backbone-lr", "1e-3", "--categories", "6"]) == 0
     report = json.loads((out / "train_report.json").read_text())
     assert [h["epoch"] for h in report["history"]] == [0, 1, 2] and report["lower_layers_cached"] == 5
-    assert (out / "config.json").exists() and (out / ASSETS_FILE).exists()
+    assert (out / TUNED_LAYERS).exists() and (out / ASSETS_FILE).exists()
+    assert not (out / "config.json").exists(), "only the tuned layer is written, not the backbone"
+    assert torch.load(out / TUNED_LAYERS)["first"] == 5
     tuned, pretrained = InterestEncoder.load(out), InterestEncoder.load(None)
     layers = [(a.state_dict(), b.state_dict()) for a, b in zip(
         tuned.backbone.encoder.layer, pretrained.backbone.encoder.layer)]  # type: ignore[union-attr,arg-type]
@@ -444,3 +446,8 @@ def test_finetune_tunes_only_the_top_layers_and_writes_a_checkpoint_make_engine_
     with torch.no_grad():
         trained = torch.nn.functional.normalize(upper(*states.batch(torch.arange(2))) @ head.T, dim=-1)
     assert np.abs(embed_titles(tuned, titles) - trained.numpy()).max() < 2e-3
+    # make eval scores such a checkpoint through its tuned encoder, not the frozen features
+    data = load_dataset(load_settings(config), "social-video")
+    frozen = {p: np.zeros((len(c), 384), np.float32) for p, c in data.catalogues.items()}
+    items = evaluate.head_embeddings(frozen, out, data, tmp_path / "cache")
+    assert np.abs(items["video"] - embed_titles(tuned, data.catalogues["video"].titles)).max() < 1e-5
