@@ -102,8 +102,8 @@ train: setup  ## train DATASET's model, the new-items hold-out models (NEW_ITEMS
 	$(PY) -m interest_model.trainer $(CONFIG_ARG) --dataset $(DATASET) --out $(MODELS)/$(DATASET) \
 	  --epochs $(EPOCHS) --members $(MEMBERS) $(TRAIN_ARGS)
 	$(foreach seed,$(NEW_ITEMS_SEEDS),$(PY) -m interest_model.trainer $(CONFIG_ARG) --dataset $(DATASET) \
-	  --out $(call new_items_dir,$(seed)) --seed $(seed) --epochs $(EPOCHS) --members $(MEMBERS) \
-	  --new-items-fraction 0.2 $(TRAIN_ARGS) &&) true
+	  --out $(call new_items_dir,$(seed)) --epochs $(EPOCHS) --members $(MEMBERS) \
+	  --new-items-fraction 0.2 $(TRAIN_ARGS) --seed $(seed) &&) true
 	for pct in $(OVERLAP); do \
 	  $(PY) -m interest_model.trainer $(CONFIG_ARG) --dataset $(DATASET) --out $(MODELS)/$(DATASET)-overlap-$$pct \
 	    --epochs $(EPOCHS) --members $(MEMBERS) --overlap-fraction $$(awk "BEGIN { print $$pct / 100 }") $(TRAIN_ARGS) || exit 1; \

@@ -88,6 +88,8 @@ class InterestEncoder(nn.Module):
             layers = self.backbone.encoder.layer[tuned_from:]  # type: ignore[union-attr,index]
             torch.save({"first": tuned_from, "layers": [layer.state_dict() for layer in layers]},
                        directory / TUNED_LAYERS)
+        else:  # never leave an earlier run's tuned layers to be laid over this model
+            (directory / TUNED_LAYERS).unlink(missing_ok=True)
         if with_backbone:
             self.backbone.save_pretrained(str(directory))  # type: ignore[operator]
         cfg: dict[str, int | None] = {"in_features": None, "out_features": None}

@@ -43,6 +43,7 @@ from interest_core.ranking.assets import RankingAssets
 from interest_core.tokenizer import BehaviourTokenizer
 from interest_model.backbone import HEAD_WEIGHTS, InterestEncoder
 from interest_model.datasets import load_dataset
+from interest_model.features import catalogue_features
 from interest_model.migration_model import MigrationModel, valid_ndcg
 from interest_model.tasks import Direction, pairs_of, user_rows
 from interest_model.trainer import write_checkpoint
@@ -192,6 +193,10 @@ class TunedMigrationModel(MigrationModel):
         return F.normalize(table @ self.head.T, dim=-1)
 
     def loss(self, batch: Sequence[Example]) -> torch.Tensor:
+        """`MigrationModel.loss` with the batch's own items recomputed through the tuned layers.
+        Those run without dropout, as the table they are spliced into was computed: with it, a
+        step's positives and histories would be noisy vectors beside clean negatives."""
+        self.upper.eval()
         wanted: dict[str, set[int]] = {}
         for d, hist, target in batch:
             wanted.setdefault(d.source, set()).update(hist)
@@ -214,10 +219,10 @@ def warm_start(model: MigrationModel, checkpoint: Path, directions: Sequence[Dir
     model.set_weights(head, {d: assets.migration[d.key] for d in directions})
 
 
-def encoder_of(model: TunedMigrationModel, lower: int) -> InterestEncoder:
+def encoder_of(model: MigrationModel, lower: int) -> InterestEncoder:
     """The exportable encoder: the pretrained backbone with the tuned upper layers and head."""
     encoder = InterestEncoder.load(None)
-    for n, layer in enumerate(model.upper.layers):
+    for n, layer in enumerate(model.upper.layers if isinstance(model, TunedMigrationModel) else []):
         encoder.backbone.encoder.layer[lower + n].load_state_dict(layer.state_dict())  # type: ignore[union-attr,index]
     encoder.head = nn.Linear(model.head.shape[1], model.head.shape[0])
     with torch.no_grad():
@@ -241,7 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from", dest="start", type=Path, required=True,
                         help="`make train` checkpoint whose head and mappings training starts from")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
-    parser.add_argument("--tune-layers", type=int, default=1, help="top transformer layers trained (1-6)")
+    parser.add_argument("--tune-layers", type=int, default=1,
+                        help="top transformer layers trained (1-6); 0 = the control: the same training "
+                             "from the same start with the whole backbone frozen")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-3, help="head, mappings and temperature")
     parser.add_argument("--backbone-lr", type=float, default=3e-5, help="the tuned transformer layers")
@@ -253,8 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--categories", type=int, default=24, help="named interest categories K")
     args = parser.parse_args(argv)
-    if not 1 <= args.tune_layers <= 6 or args.epochs < 1 or args.refreshes < 1:
-        parser.error("--tune-layers must be 1-6, --epochs and --refreshes at least 1")
+    if not 0 <= args.tune_layers <= 6 or args.epochs < 1 or args.refreshes < 1:
+        parser.error("--tune-layers must be 0-6, --epochs and --refreshes at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.manual_seed(args.seed)
     random.seed(args.seed)
@@ -267,15 +274,19 @@ def main(argv: list[str] | None = None) -> int:
     valid_rows = user_rows(data.split("valid"), platforms, none)
     backbone = InterestEncoder.load(None).backbone
     lower = len(backbone.encoder.layer) - args.tune_layers  # type: ignore[union-attr,arg-type]
-    started = time.monotonic()
-    states = cached_states(backbone, {p: data.catalogues[p].titles for p in platforms}, lower,
-                           settings.var_dir / "features" / data.name)
-    log.info("layer-%d states ready (%.0f s): %s", lower, time.monotonic() - started, ", ".join(
-        f"{p} {len(s)} titles, {len(s.states)} tokens" for p, s in states.items()))
-    model = TunedMigrationModel(states, UpperLayers(backbone, lower), directions, none,
-                                args.items_per_step, args.seed)
+    cache = settings.var_dir / "features" / data.name
+    model: MigrationModel
+    if args.tune_layers:
+        started = time.monotonic()
+        states = cached_states(backbone, {p: data.catalogues[p].titles for p in platforms}, lower, cache)
+        log.info("layer-%d states ready (%.0f s): %s", lower, time.monotonic() - started, ", ".join(
+            f"{p} {len(s)} titles, {len(s.states)} tokens" for p, s in states.items()))
+        model = TunedMigrationModel(states, UpperLayers(backbone, lower), directions, none,
+                                    args.items_per_step, args.seed)
+    else:  # the control: the same training from the same start, the backbone frozen
+        model = MigrationModel(catalogue_features(data.catalogues, cache), directions, none)
     warm_start(model, args.start, directions)
-    upper = list(model.upper.parameters())
+    upper = [p for n, p in model.named_parameters() if n.startswith("upper.")]
     others = [p for n, p in model.named_parameters() if not n.startswith("upper.")]
     optimiser = torch.optim.Adam([{"params": others, "lr": args.lr},
                                   {"params": upper, "lr": args.backbone_lr}])
@@ -301,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             loss.backward()  # type: ignore[no-untyped-call]
             optimiser.step()
             total += loss.item()
-            if step % refresh_every == 0 or step == steps:
+            if isinstance(model, TunedMigrationModel) and (step % refresh_every == 0 or step == steps):
                 model.refresh()
             if step % 5 == 0:
                 log.info("epoch %d: step %d/%d  loss %.3f  (%.0f s)", epoch, step, steps, total / step,
@@ -317,14 +328,17 @@ def main(argv: list[str] | None = None) -> int:
                  "  ".join(f"{k} {v:.4f}" for k, v in scores.items()), time.monotonic() - t0,
                  "  best" if best[1] == epoch else "")
     model.load_state_dict(best[2])
-    model.refresh()  # the table follows the kept weights
+    if isinstance(model, TunedMigrationModel):
+        model.refresh()  # the table follows the kept weights
     model.eval()
     args.out.mkdir(parents=True, exist_ok=True)
     blend, names, accuracy = write_checkpoint(model, encoder_of(model, lower), data, directions, train_rows,
                                               valid_rows, args.out, args.seed, args.categories,
-                                              with_backbone=False, tuned_from=lower)
+                                              with_backbone=False,
+                                              tuned_from=lower if args.tune_layers else None)
     report = {"dataset": data.name, "from": str(args.start), "tune_layers": args.tune_layers,
-              "lower_layers_cached": lower, "epochs": args.epochs, "lr": args.lr,
+              "lower_layers_cached": lower if args.tune_layers else None, "epochs": args.epochs,
+              "lr": args.lr,
               "backbone_lr": args.backbone_lr, "batch": args.batch, "items_per_step": args.items_per_step,
               "refreshes": args.refreshes, "seed": args.seed, "best_epoch": best[1],
               "best_valid_ndcg@10": best[0], "history": history, "blend": blend, "categories": names,

@@ -25,7 +25,7 @@ from interest_model.datasets import UserHistory, load_dataset
 from interest_model.evaluation import offline as evaluate
 from interest_model.evaluation.report import verdicts, write_all
 from interest_model.features import embed_titles
-from interest_model.tasks import few_overlap
+from interest_model.tasks import Direction, few_overlap
 
 FIXTURES = ROOT / "tests" / "fixtures"
 
@@ -169,12 +169,14 @@ def test_few_overlap_training_sees_only_the_kept_users(config: Path, tmp_path: P
 
 
 def test_eval_runs_on_the_other_platform_pair(config: Path, checkpoint: Path, tmp_path: Path) -> None:
-    new_ckpt, few_ckpt = tmp_path / "new", tmp_path / "few"
+    new_ckpt, new_ckpt_3, few_ckpt = tmp_path / "new", tmp_path / "new-seed3", tmp_path / "few"
     run_train(config, new_ckpt, "--epochs", "2", "--new-items-fraction", "0.2")
+    run_train(config, new_ckpt_3, "--epochs", "2", "--new-items-fraction", "0.2", "--seed", "3")
     run_train(config, few_ckpt, "--epochs", "2", "--overlap-fraction", "0.05")
     out = tmp_path / "offline.json"
     assert evaluate.main(["--config", str(config), "--dataset", "social-video", "--checkpoint",
                           str(checkpoint), "--new-items-checkpoint", str(new_ckpt),
+                          "--new-items-checkpoint", str(new_ckpt_3),
                           "--overlap-checkpoint", str(few_ckpt), "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     tasks = result["tasks"]
@@ -202,6 +204,14 @@ def test_eval_runs_on_the_other_platform_pair(config: Path, checkpoint: Path, tm
         assert m["ndcg@10_ci95"][0] <= m["ndcg@10"] <= m["ndcg@10_ci95"][1]
     cold = result["tasks"]["social->video/new-items"]
     assert cold["new_items"] == 10 and cold["users"] > 0
+    # two seeded splits pooled: every (split, user) row counts once in the means
+    splits = cold["splits"]
+    assert [s["seed"] for s in splits] == [0, 3] and cold["user_rows"] == sum(s["users"] for s in splits)
+    assert cold["users"] <= cold["user_rows"]
+    for method, m in cold["methods"].items():
+        pooled = sum(s["ndcg@10"][method] * s["users"] for s in splits) / cold["user_rows"]
+        assert m["ndcg@10"] == pytest.approx(pooled, abs=2e-5)
+        assert m["ndcg@10_ci95"][0] <= m["ndcg@10"] <= m["ndcg@10_ci95"][1]
     result.update(revision="test", machine="test", primary_task="social->video")
     write_all(result, tmp_path / "results")
     assert (tmp_path / "results" / "eval.png").stat().st_size > 10_000
@@ -451,3 +461,36 @@ def test_finetune_tunes_only_the_top_layers_and_writes_a_checkpoint_make_engine_
     frozen = {p: np.zeros((len(c), 384), np.float32) for p, c in data.catalogues.items()}
     items = evaluate.head_embeddings(frozen, out, data, tmp_path / "cache")
     assert np.abs(items["video"] - embed_titles(tuned, data.catalogues["video"].titles)).max() < 1e-5
+
+
+def test_finetune_control_trains_the_same_way_with_the_backbone_frozen(
+        config: Path, checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "control"
+    assert finetune.main(["--config", str(config), "--dataset", "social-video", "--from", str(checkpoint),
+                          "--out", str(out), "--tune-layers", "0", "--epochs", "1", "--batch", "16",
+                          "--lr", "0.05", "--categories", "6"]) == 0
+    report = json.loads((out / "train_report.json").read_text())
+    assert report["tune_layers"] == 0 and not (out / TUNED_LAYERS).exists()
+    assert report["history"][0]["valid_ndcg@10"] == pytest.approx(
+        json.loads((checkpoint / "train_report.json").read_text())["valid_ndcg@10"], abs=1e-6)
+    if report["best_epoch"] == 1:
+        assert head_gap(out, checkpoint) > 0
+    else:
+        assert head_gap(out, checkpoint) == 0
+
+
+def test_a_step_of_tuning_reaches_the_tuned_layers_through_the_recomputed_items() -> None:
+    encoder = InterestEncoder.load(None)
+    titles = {"a": ["green tea", "dark roast coffee beans", "oat flakes"],
+              "b": ["tea kettle", "coffee grinder", "cereal bowl", "steel pot"]}
+    states = {p: finetune.lower_states(encoder.backbone, t, 5) for p, t in titles.items()}
+    d = Direction("a", "b")
+    none = {p: np.array([], np.int64) for p in titles}
+    model = finetune.TunedMigrationModel(states, finetune.UpperLayers(encoder.backbone, 5), [d], none,
+                                         items_per_step=2, seed=0)
+    before = {p: t.clone() for p, t in model.features.items()}
+    model.loss([(d, [0, 1], [0]), (d, [2], [1, 2])]).backward()  # type: ignore[no-untyped-call]
+    grads = [p.grad for p in model.upper.parameters()]
+    assert all(g is not None for g in grads) and any(float(g.abs().sum()) > 0 for g in grads if g is not None)
+    assert model.head.grad is not None and not model.fresh  # the spliced rows are let go after the step
+    assert all(torch.equal(before[p], model.features[p]) for p in titles)  # the table waits for refresh
