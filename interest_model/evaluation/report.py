@@ -111,6 +111,15 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
                 f"{name} chose {_options(t['chosen'])} of "
                 + ", ".join(f"{_options(x['options'])} {x['valid_ndcg@10']:.4f}" for x in t["tried"])
                 for name, t in body["tuned"].items()) + "."]
+        if len(body.get("splits", [])) > 1:
+            lines += ["", f"Pooled over {len(body['splits'])} seeded new-items splits, {body['user_rows']} "
+                      f"(split, user) rows of {body['users']} users; the intervals resample users with all "
+                      "their rows. Each split alone (NDCG@10): " + "; ".join(
+                          f"seed {x['seed']}, {x['users']} users: " + ", ".join(
+                              f"{m} {v:.4f}" for m, v in x["ndcg@10"].items())
+                          + (f" (ratio {x['ratio_ci95']['ratio']}, CI {x['ratio_ci95']['ci95'][0]}–"
+                             f"{x['ratio_ci95']['ci95'][1]})" if "ratio_ci95" in x else "")
+                          for x in body["splits"]) + "."]
         if "served_note" in body:
             lines += ["", body["served_note"]]
         lines.append("")

@@ -217,6 +217,7 @@ def test_eval_runs_on_the_other_platform_pair(config: Path, checkpoint: Path, tm
     assert (tmp_path / "results" / "eval.png").stat().st_size > 10_000
     table = (tmp_path / "results" / "eval.md").read_text()
     assert "## Targets" in table and "social->video/new-items" in table
+    assert "Pooled over 2 seeded new-items splits" in table and "social->video/overlap-5%" in table
     primary = next(v for v in verdicts(result) if v["task"] == "social->video" and "1.1x" in v["target"])
     paired = result["tasks"]["social->video"]["ratio_ci95"]
     assert paired["method"] == "model_fp32" and paired["baseline"] == primary["best_baseline"]
