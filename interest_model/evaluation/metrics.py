@@ -38,6 +38,30 @@ def tie_keys(n_items: int, tie_seed: int = 0) -> np.ndarray:
     return keys
 
 
+def expected_random(n_items: int, n_relevant: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
+    """Each metric's expected value, per user, for a uniformly random ranking of `n_items`
+    items of which `n_relevant[u]` are user u's: what a method that cannot score the items
+    is reported at (its tie order would be one draw of a random ranking, the same permutation
+    for every user, so one lucky draw could rank a popular item first for all of them)."""
+    r = np.asarray(n_relevant, dtype=np.int64)
+    if r.size and (r.min() < 1 or r.max() > n_items):
+        raise ValueError(f"relevant counts must lie in 1..{n_items}")
+    out = {m: np.empty(r.size) for m in METRICS}
+    discount = 1.0 / np.log2(np.arange(2, _K_NDCG + 2))
+    for count in np.unique(r):
+        at = r == count
+        # survival[k]: no relevant item among the first k positions (k = 0..n_items)
+        survival = np.concatenate([[1.0], np.cumprod(np.clip(n_items - count - np.arange(n_items), 0, None)
+                                                     / (n_items - np.arange(n_items)))])
+        first = survival[:-1] - survival[1:]  # P(the first relevant item is at position k), k = 1..n
+        out["mrr"][at] = float((first / np.arange(1, n_items + 1)).sum())
+        out["hr@10"][at] = 1.0 - survival[min(_K_NDCG, n_items)]
+        out["ndcg@10"][at] = (count / n_items) * discount[: min(_K_NDCG, n_items)].sum() / discount[
+            : min(count, _K_NDCG)].sum()
+        out["recall@50"][at] = min(_K_RECALL, n_items) / n_items
+    return out
+
+
 def _flatten(relevant: Sequence[Sequence[int]], offset: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
     """Relevance lists -> (row, item) int64 arrays, de-duplicated; empty or out-of-range lists raise."""
     rows, items = [], []

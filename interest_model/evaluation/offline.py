@@ -51,7 +51,7 @@ from interest_model.evaluation import (
     paired_ratio_ci,
     tune,
 )
-from interest_model.evaluation.metrics import METRICS, ROUND_OFF
+from interest_model.evaluation.metrics import METRICS, ROUND_OFF, expected_random
 from interest_model.features import catalogue_features
 from interest_model.tasks import (
     Direction,
@@ -74,8 +74,8 @@ TUNING: dict[str, list[list[dict[str, Any]]]] = {
     "text_ridge": [[{"alpha": a} for a in (0.001, 0.01, 0.1, 1.0, 10.0, 100.0)]],
     "emcdr": [[{"rank": r} for r in (32, 64, 128)], [{"alpha": a} for a in (0.1, 1.0, 10.0, 100.0)]],
 }
-ROUND_OFF_NOTE = (f"cannot score these items: every score is round-off (|s| < {ROUND_OFF:g}), counted as "
-                  "0, so the items are ranked in the seeded tie order: a random ranking's value")
+ROUND_OFF_NOTE = (f"cannot score these items: every score is round-off (|s| < {ROUND_OFF:g}), so it is "
+                  "reported at a uniformly random ranking's expected value")
 
 
 def head_embeddings(features: dict[str, np.ndarray], checkpoint: Path, data: InteractionData,
@@ -293,8 +293,10 @@ def run_task(data: InteractionData, d: Direction, features: dict[str, np.ndarray
             largest[0] = max(largest[0], float(finite.max(initial=0.0)))
             return s
         methods[name], per_user[name] = measure(score, hist, rel)
-        if largest[0] < ROUND_OFF:
-            methods[name]["note"] = ROUND_OFF_NOTE
+        if largest[0] < ROUND_OFF:  # its tie order would be one random draw: take the expectation
+            ranked = len(only) if only is not None else len(data.catalogues[d.target])
+            per_user[name] = expected_random(ranked, [len(r) for r in rel])
+            methods[name] = {**summary(per_user[name]), "note": ROUND_OFF_NOTE}
             log.info("  %s: %s", name, ROUND_OFF_NOTE)
         log.info("  %-16s NDCG@10 %.4f  HR@10 %.3f  Recall@50 %.3f  MRR %.4f", name,
                  methods[name]["ndcg@10"], methods[name]["hr@10"], methods[name]["recall@50"],

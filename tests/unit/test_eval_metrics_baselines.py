@@ -266,6 +266,25 @@ def test_round_off_ranks_as_a_tie_for_every_method() -> None:
     assert any(not np.array_equal(real[m], tied[m]) for m in tied)
 
 
+def test_expected_random_matches_the_mean_over_random_rankings() -> None:
+    from interest_model.evaluation.metrics import expected_random
+
+    rng = np.random.default_rng(11)
+    n, users = 40, 40_000
+    counts = rng.integers(1, 6, users)
+    relevant = [list(rng.choice(n, c, replace=False)) for c in counts]
+    drawn = rank_metrics(rng.random((users, n)), relevant, per_user=True)  # a fresh ranking per user
+    expected = expected_random(n, counts)
+    for m in drawn:
+        for c in range(1, 6):
+            at = counts == c
+            assert expected[m][at].mean() == pytest.approx(drawn[m][at].mean(), abs=0.01), (m, c)
+    assert expected["hr@10"][counts == 1][0] == pytest.approx(10 / n)
+    assert expected["recall@50"][0] == 1.0  # 40 items: all of them are in the top 50
+    with pytest.raises(ValueError):
+        expected_random(3, [4])
+
+
 def test_staged_tuning_keeps_the_best_of_each_stage(monkeypatch: pytest.MonkeyPatch) -> None:
     from interest_model.evaluation import offline
 

@@ -23,9 +23,10 @@ from interest_model import trainer as train
 from interest_model.backbone import TUNED_LAYERS, InterestEncoder
 from interest_model.datasets import UserHistory, load_dataset
 from interest_model.evaluation import offline as evaluate
+from interest_model.evaluation.metrics import expected_random
 from interest_model.evaluation.report import verdicts, write_all
 from interest_model.features import embed_titles
-from interest_model.tasks import Direction, few_overlap
+from interest_model.tasks import Direction, few_overlap, user_rows
 
 FIXTURES = ROOT / "tests" / "fixtures"
 
@@ -212,6 +213,19 @@ def test_eval_runs_on_the_other_platform_pair(config: Path, checkpoint: Path, tm
         pooled = sum(s["ndcg@10"][method] * s["users"] for s in splits) / cold["user_rows"]
         assert m["ndcg@10"] == pytest.approx(pooled, abs=2e-5)
         assert m["ndcg@10_ci95"][0] <= m["ndcg@10"] <= m["ndcg@10_ci95"][1]
+    # popularity cannot score items no one took: reported at a random ranking's expected value
+    data = load_dataset(load_settings(config), "social-video")
+    test_rows = user_rows(data.split("test"), data.platforms, {})
+    expected = []
+    for ckpt in (new_ckpt, new_ckpt_3):
+        held = json.loads((ckpt / "train_report.json").read_text())["new_items"]["items"]
+        new = np.array(sorted(data.catalogues["video"].index()[i] for i in held))
+        users = evaluate.task_users(data, Direction("social", "video"), new)
+        expected.append(expected_random(len(new), [len(set(test_rows["video"][u]) & set(new.tolist()))
+                                                   for u in users])["ndcg@10"])
+    assert "expected value" in cold["methods"]["popularity"]["note"]
+    popularity = cold["methods"]["popularity"]["ndcg@10"]
+    assert popularity == pytest.approx(np.concatenate(expected).mean(), abs=1e-5)
     result.update(revision="test", machine="test", primary_task="social->video")
     write_all(result, tmp_path / "results")
     assert (tmp_path / "results" / "eval.png").stat().st_size > 10_000
