@@ -143,8 +143,9 @@ async def test_served_ranking_equals_offline_evaluate(pair: PairStack) -> None:
     ranking (model + trained blend) on the same users."""
     built = pair.built
     tasks = built.offline["tasks"]
+    assert isinstance(tasks, dict)
     whole = {t for t in tasks if "/history-" not in t}
-    assert isinstance(tasks, dict) and whole == {"social->video", "video->social"}
+    assert whole == {"social->video", "video->social"}
     for direction in whole:  # the same users again, split by source-history length
         subsets = [b for t, b in tasks.items() if t.startswith(f"{direction}/history-")]
         assert subsets and sum(b["users"] for b in subsets) == tasks[direction]["users"]
