@@ -51,17 +51,17 @@ from interest_model.migration_model import (
     within_pool,
 )
 from interest_model.tasks import Direction, pairs_of, user_rows
-from interest_model.trainer import write_checkpoint
+from interest_model.trainer import encoder_with_head, write_checkpoint
 
 log = logging.getLogger("interest.finetune")
 Example = tuple[Direction, Sequence[int], Sequence[int]]
 
 
-def layer_mask(backbone: nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> Any:
-    """The attention mask a BERT layer of `backbone` takes for padding `mask` [B, T]."""
+def layer_mask(config: Any, hidden: torch.Tensor, mask: torch.Tensor) -> Any:
+    """The attention mask a BERT layer of a backbone with `config` takes for padding `mask` [B, T]."""
     from transformers.masking_utils import create_bidirectional_mask
 
-    return create_bidirectional_mask(config=backbone.config, inputs_embeds=hidden, attention_mask=mask)
+    return create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=mask)
 
 
 @dataclass
@@ -106,7 +106,7 @@ def lower_states(backbone: nn.Module, titles: Sequence[str], lower: int, batch: 
         rows = order[first : first + batch]
         ids, mask = (torch.from_numpy(a) for a in tok([titles[i] for i in rows]))
         hidden = backbone.embeddings(input_ids=ids)  # type: ignore[operator]
-        attention = layer_mask(backbone, hidden, mask)
+        attention = layer_mask(backbone.config, hidden, mask)
         for layer in backbone.encoder.layer[:lower]:  # type: ignore[union-attr,index]
             hidden = layer(hidden, attention)
         for n, i in enumerate(rows):
@@ -149,10 +149,7 @@ class UpperLayers(nn.Module):
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Unit pooled title vectors [B, D] from lower-layer states and their mask."""
-        from transformers.masking_utils import create_bidirectional_mask
-
-        attention = create_bidirectional_mask(config=self.backbone_config, inputs_embeds=hidden,
-                                              attention_mask=mask)
+        attention = layer_mask(self.backbone_config, hidden, mask)
         for layer in self.layers:
             hidden = layer(hidden, attention)
         weights = mask.unsqueeze(-1).to(hidden.dtype)
@@ -226,13 +223,9 @@ def warm_start(model: MigrationModel, checkpoint: Path, directions: Sequence[Dir
 
 def encoder_of(model: MigrationModel, lower: int) -> InterestEncoder:
     """The exportable encoder: the pretrained backbone with the tuned upper layers and head."""
-    encoder = InterestEncoder.load(None)
+    encoder = encoder_with_head(model)
     for n, layer in enumerate(model.upper.layers if isinstance(model, TunedMigrationModel) else []):
         encoder.backbone.encoder.layer[lower + n].load_state_dict(layer.state_dict())  # type: ignore[union-attr,index]
-    encoder.head = nn.Linear(model.head.shape[1], model.head.shape[0])
-    with torch.no_grad():
-        encoder.head.weight.copy_(model.head.detach())
-        encoder.head.bias.zero_()
     encoder.eval()
     return encoder
 

@@ -208,6 +208,16 @@ def train_members(jobs: list[MemberJob], workers: int) -> list[MemberResult]:
         return list(pool.map(_member_in_worker, jobs))
 
 
+def encoder_with_head(model: MigrationModel) -> InterestEncoder:
+    """The pretrained encoder with `model`'s trained head (bias 0): what a checkpoint exports."""
+    encoder = InterestEncoder.load(None)
+    encoder.head = nn.Linear(model.head.shape[1], model.head.shape[0])
+    with torch.no_grad():
+        encoder.head.weight.copy_(model.head.detach())
+        encoder.head.bias.zero_()
+    return encoder
+
+
 def write_checkpoint(model: MigrationModel, encoder: InterestEncoder, data: InteractionData,
                      directions: list[Direction], train_rows: dict[str, list[list[int]]],
                      valid_rows: dict[str, list[list[int]]], out: Path, seed: int, categories: int,
@@ -304,12 +314,8 @@ def train(data: InteractionData, out: Path, features: dict[str, np.ndarray], epo
         log.info("merged %d members: valid NDCG@10 %s (members: %s)", members,
                  "  ".join(f"{k} {v:.4f}" for k, v in final_valid.items()),
                  ", ".join(f"{r.best_valid:.4f}" for r in results))
-    encoder = InterestEncoder.load(None)
-    encoder.head = nn.Linear(model.head.shape[1], model.head.shape[0])
-    with torch.no_grad():
-        encoder.head.weight.copy_(model.head.detach())
-        encoder.head.bias.zero_()
-    blend_report, names, accuracy = write_checkpoint(model, encoder, data, directions, train_rows, valid_rows,
+    blend_report, names, accuracy = write_checkpoint(model, encoder_with_head(model), data, directions,
+                                                     train_rows, valid_rows,
                                                      out, seed, categories, with_backbone=False)
     first = results[0]
     report: dict[str, object] = {

@@ -387,19 +387,13 @@ def new_items_task(data: InteractionData, features: dict[str, np.ndarray], none:
                            "new_items": round(float(np.mean([s["new_items"] for s in splits]))),
                            "methods": methods, "splits": splits,
                            "tuned": splits[0]["tuned"] if len(splits) == 1 else {}}
-    baselines = [m for m in BASELINES if m in methods]
-    if "model_fp32" in methods and baselines:
-        best = max(baselines, key=lambda m: methods[m]["ndcg@10"])
-        if methods[best]["ndcg@10"]:
-            ours_sum, _ = clustered(rows["model_fp32"]["ndcg@10"], who)
-            best_sum, _ = clustered(rows[best]["ndcg@10"], who)
-            lo, hi = paired_ratio_ci(ours_sum, best_sum)
-            ratio = methods["model_fp32"]["ndcg@10"] / methods[best]["ndcg@10"]
-            out["ratio_ci95"] = {"method": "model_fp32", "baseline": best, "ratio": round(ratio, 3),
-                                 "ci95": [round(lo, 3), round(hi, 3)]}
-            log.info("  %s over %d split(s), %d rows of %d users: model_fp32 / %s NDCG@10 %.3f "
-                     "(paired 95%% CI %.3f-%.3f)", name, len(splits), len(who), out["users"], best,
-                     out["ratio_ci95"]["ratio"], lo, hi)
+    # The pooled means' ratio, its interval over users: each user's row sums, resampled together.
+    ratio = target_ratio(methods, {m: {"ndcg@10": clustered(v["ndcg@10"], who)[0]} for m, v in rows.items()})
+    if ratio is not None:
+        out["ratio_ci95"] = ratio
+        log.info("  %s over %d split(s), %d rows of %d users: %s / %s NDCG@10 %.3f (paired 95%% CI "
+                 "%.3f-%.3f)", name, len(splits), len(who), out["users"], ratio["method"], ratio["baseline"],
+                 ratio["ratio"], *ratio["ci95"])
     return name, out
 
 
