@@ -32,6 +32,7 @@ from pathlib import Path
 
 from interest_core.config import ROOT, load_settings
 from interest_core.contract import ATTENTION_MASK, INPUT_IDS, OUTPUT, file_digest
+from quantize.install import dynamic_batching
 
 DEFAULT_OUT = ROOT / "var" / "ngc"
 # Sequence lengths the warmup runs (and the buckets a bucketing gateway would pad to); capped
@@ -124,7 +125,7 @@ def render_ngc_config(name: str, target: str, io: ModelIO, max_batch: int, max_s
              "input [", ",\n".join(block(t) for t in io.inputs), "]",
              "output [", ",\n".join(block(t) for t in io.outputs), "]",
              # Equal-shape requests only (no ragged batching: see the module docstring).
-             "dynamic_batching {\n  max_queue_delay_microseconds: 2000\n}"]
+             dynamic_batching(target)]
     if target == "cpu":
         # One single-threaded ONNX Runtime session per instance, one instance per core: what
         # the python-backend engine measured fastest on 2 cores (quantize/install.py).

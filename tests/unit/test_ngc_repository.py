@@ -77,7 +77,8 @@ def test_config_parses_and_matches_the_graph(tmp_path: Path, target: str) -> Non
     assert cfg.name == "interest_encoder" and cfg.max_batch_size == 256
     assert not cfg.backend, "served by Triton's own backend, not the python backend"
     assert not any(i.allow_ragged_batch for i in cfg.input), "a [batch, seq] graph takes no ragged input"
-    assert cfg.HasField("dynamic_batching") and cfg.dynamic_batching.max_queue_delay_microseconds > 0
+    assert cfg.HasField("dynamic_batching")
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == (0 if target == "cpu" else 2000)
     kind = model_config_pb2.ModelInstanceGroup
     assert len(cfg.instance_group) == 1
     if target == "cpu":
