@@ -267,8 +267,8 @@ def open_indexes(settings: Settings, catalogues: Mapping[str, InstalledCatalogue
         started = time.monotonic()
         out[name] = AnnIndex.load(installed.index_path, settings.ann_ef_search)
         log.info("catalogue %s: ranked through its index %s (%d items, efSearch %d, %d candidates), "
-                 "mapped in %.2fs", name, installed.index_path.name, len(out[name]), settings.ann_ef_search,
-                 settings.ann_candidates, time.monotonic() - started)
+                 "read and mapped in %.2fs", name, installed.index_path.name, len(out[name]),
+                 settings.ann_ef_search, settings.ann_candidates, time.monotonic() - started)
     return out
 
 

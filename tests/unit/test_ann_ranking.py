@@ -152,3 +152,22 @@ def test_bitmap_is_the_faiss_layout() -> None:
     mask[[0, 9, 19]] = True
     bits = bitmap(mask)
     assert list(bits) == [0b00000001, 0b00000010, 0b00001000]
+
+
+def test_loading_reads_the_whole_index_file_into_the_page_cache(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import interest_core.ranking.ann as ann
+
+    random_world(tmp_path)
+    path = tmp_path / "kitchen.faiss"
+    size = path.stat().st_size
+    monkeypatch.setattr(ann, "WARM_CHUNK_BYTES", 4096)  # many chunks, the last one short
+    assert size % 4096 and ann.warm_page_cache(path) == size
+    warmed: list[Path] = []
+
+    def warm(p: Path) -> int:
+        warmed.append(p)
+        return 0
+    monkeypatch.setattr(ann, "warm_page_cache", warm)
+    index = AnnIndex.load(path, ef_search=64)
+    assert warmed == [path] and len(index) == N
