@@ -60,7 +60,7 @@ from bench.loadgen import open_loop
 from bench.outputs import BENCH_VAR, standalone_section, write_json
 from bench.procstat import CpuMeter, Watched, rss_mb
 from bench.report import CATALOGUE_1M_TARGETS, RECOMMEND_TARGET_RATE, plot_catalogue_scale
-from bench.run import ingest_request, load_workload, log, measured, rank_paths
+from bench.run import gc_pauses, gc_pauses_since, ingest_request, load_workload, log, measured, rank_paths
 from devtools.fleet import client_channel, gateway_process
 from devtools.triton_launcher import TritonServer
 from gateway.proto.interest.v1 import gateway_pb2 as pb
@@ -260,10 +260,13 @@ async def serve_and_measure(name: str, repo: Path, var: Path, triton: TritonServ
                     meter = CpuMeter([Watched("gateway", gateway.pid),
                                       Watched("load_generator", os.getpid())])
                     log(f"  {name}: {group.name} users, Recommend at {RECOMMEND_TARGET_RATE:g}/s")
+                    gc_before = gc_pauses(gateway.metrics_port)
                     run = (await measured(meter, open_loop(group.call(stub), RECOMMEND_TARGET_RATE,
                                                            duration))).summary()
                     out["load"][group.name] = {k: run[k] for k in (
                         "level", "throughput_rps", "p50_ms", "p99_ms", "errors", "processes")}
+                    # what a tail could come from: the collector's pauses during the run
+                    out["load"][group.name]["gc_pauses"] = gc_pauses_since(gateway.metrics_port, gc_before)
                 log(f"  {name}: top 10 of {len(group.users)} {group.name} users")
                 out["top10"][group.name] = await group.top_tens(stub)
                 after = rank_paths(gateway.metrics_port)
