@@ -137,8 +137,10 @@ class LiveCatalogue:
         stale[delta[delta < self.installed]] = True  # changed since the build: scored from delta
         served = AnnSnapshot(index, live, bitmap(stale) if stale.any() else None, delta, vectors)
         popularity = np.where(live, self.popularity, -np.inf).astype(np.float32)
-        return (CatalogueIndex(catalogue, None), popularity, np.arange(len(live)) >= self.installed,
-                served)
+        # positions are never reused (a removed item keeps its own), so the live map serves
+        # this snapshot too: it adds no item below len(live)
+        return (CatalogueIndex(catalogue, None, self.position), popularity,
+                np.arange(len(live)) >= self.installed, served)
 
 
 MAX_ID_CHARS = 128

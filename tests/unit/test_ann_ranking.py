@@ -127,6 +127,50 @@ def test_removed_changed_and_added_items_under_the_index(tmp_path: Path) -> None
     np.testing.assert_allclose(ann.vectors(np.array([moved]))[0], far, atol=1e-6)
 
 
+def test_an_indexed_snapshot_shares_the_live_positions_but_sees_only_its_own_items(tmp_path: Path) -> None:
+    """The snapshot of an indexed catalogue looks ids up in the live catalogue's own map (no
+    copy of 10^6 entries per update): an item added after it is absent from it, a removed
+    one keeps its position, and the blend's asset order is the one looked up whole."""
+    installed, assets, index = random_world(tmp_path)
+    live = LiveCatalogue(installed)
+    vec = np.ones(DIM, np.float32) / np.sqrt(DIM)
+    live.apply([Change("k5", "", None, True, 1), Change("new1", "NEW", vec, False, 2)])
+    first, _, added_first, _ = live.ann_snapshot(index)
+    live.apply([Change("new2", "NEW", vec, False, 3)])
+    second, _, added_second, _ = live.ann_snapshot(index)
+    assert first.position("new1") == N and first.position("new2") is None
+    assert second.position("new2") == N + 1 and second.position("k5") == first.position("k5") == 5
+    assert first.position("unknown") is None
+    best = first.top_k(None, 3, exclude=["new2", "k0"], scores=np.arange(N + 1, dtype=np.float32))
+    assert best[0].item_id == "new1"
+    for cat, added in ((first, added_first), (second, added_second)):  # the second reuses the first's
+        ids = cat.catalogue.item_ids
+        assert assets.reorder("kitchen", ids).tolist() == fresh_with(assets).reorder("kitchen", ids).tolist()
+        reused = ServedBlend(assets, "kitchen", ids, added).popularity
+        looked_up = ServedBlend(fresh_with(assets), "kitchen", ids, added).popularity
+        assert reused is not None and looked_up is not None
+        np.testing.assert_array_equal(reused, looked_up)
+
+
+def fresh_with(assets: RankingAssets) -> RankingAssets:
+    """The same assets with nothing kept from earlier reorder() calls."""
+    return RankingAssets(item_ids=assets.item_ids, migration=assets.migration,
+                         cooccurrence=assets.cooccurrence, popularity=assets.popularity, blend=assets.blend)
+
+
+def test_reorder_reuses_its_last_answer_only_for_a_list_that_extends_it() -> None:
+    assets = RankingAssets(item_ids={"k": ["a", "b", "c", "d"]}, migration={}, cooccurrence={},
+                           popularity={}, blend={})
+    first = assets.reorder("k", ("d", "x", "b"))
+    first[:] = 99  # the caller's array: what is kept is not touched
+    assert assets.reorder("k", ("d", "x", "b", "a")).tolist() == [3, -1, 1, 0]  # the tail looked up
+    assert assets.reorder("k", ("x", "b")).tolist() == [-1, 1]  # not an extension: looked up whole
+    assert assets.reorder("k", ("x", "b", "c")).tolist() == [-1, 1, 2]
+    assets.item_ids["k"] = ["x", "b"]  # other asset ids: nothing reused
+    assert assets.reorder("k", ("x", "b", "c", "a")).tolist() == [0, 1, -1, -1]
+    assert assets.reorder("other", ("x",)).tolist() == [-1]
+
+
 def test_the_sparse_blend_equals_the_dense_one(tmp_path: Path) -> None:
     installed, assets, _ = random_world(tmp_path)
     served = ServedBlend(assets, "kitchen", installed.catalogue.item_ids)
