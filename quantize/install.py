@@ -25,6 +25,7 @@ from interest_core.config import ROOT, load_settings
 from interest_core.contract import ASSETS_FILE, VERSION_FILE, file_digest
 from interest_core.ranking.assets import RankingAssets
 from quantize.catalogue import CHUNK_ROWS, install_catalogues
+from quantize.ngc_repository import dynamic_batching
 
 # The committed python-backend adapter; copied when installing into another repository.
 MODEL_PY = ROOT / "model_repository" / "interest_encoder" / "1" / "model.py"
@@ -45,17 +46,6 @@ _WARMUP = """model_warmup [
     inputs {{ key: "attention_mask" value: {{ data_type: TYPE_INT64 dims: [ 16 ] zero_data: true }} }}
   }}
 ]"""
-
-
-def dynamic_batching(target: str) -> str:
-    """The batcher's block. On CPU it sends a request to an idle instance at once (no queue
-    delay): with a delay, two requests arriving together were merged into one batch on one
-    single-threaded instance while the other idled, so two concurrent 5-text EncodeInterests
-    took as long as ten texts on one core (docs/capacity.md#the-batchers-queue-delay). Batches
-    still form while both instances are busy. On GPU one instance keeps a short delay
-    (unmeasured here)."""
-    delay_us = 0 if target == "cpu" else 2000
-    return f"dynamic_batching {{\n  max_queue_delay_microseconds: {delay_us}\n}}"
 
 
 def render_config(

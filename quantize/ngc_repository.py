@@ -32,7 +32,6 @@ from pathlib import Path
 
 from interest_core.config import ROOT, load_settings
 from interest_core.contract import ATTENTION_MASK, INPUT_IDS, OUTPUT, file_digest
-from quantize.install import dynamic_batching
 
 DEFAULT_OUT = ROOT / "var" / "ngc"
 # Sequence lengths the warmup runs (and the buckets a bucketing gateway would pad to); capped
@@ -106,6 +105,17 @@ def read_io(onnx_path: Path) -> ModelIO:
 def buckets_for(max_seq: int, buckets: tuple[int, ...] = DEFAULT_BUCKETS) -> tuple[int, ...]:
     """The warmup sequence lengths: the buckets below max_seq, then max_seq itself."""
     return (*sorted(b for b in set(buckets) if 0 < b < max_seq), max_seq)
+
+
+def dynamic_batching(target: str) -> str:
+    """The batcher's block. On CPU it sends a request to an idle instance at once (no queue
+    delay): with a delay, two requests arriving together were merged into one batch on one
+    single-threaded instance while the other idled, so two concurrent 5-text EncodeInterests
+    took as long as ten texts on one core (docs/capacity.md#the-batchers-queue-delay). Batches
+    still form while both instances are busy. On GPU one instance keeps a short delay
+    (unmeasured here)."""
+    delay_us = 0 if target == "cpu" else 2000
+    return f"dynamic_batching {{\n  max_queue_delay_microseconds: {delay_us}\n}}"
 
 
 def render_ngc_config(name: str, target: str, io: ModelIO, max_batch: int, max_seq: int,
