@@ -25,6 +25,7 @@ from devtools.postgres_launcher import PostgresServer, running_postgres
 from devtools.readiness import wait_serving
 from devtools.triton_launcher import TritonServer, free_port, start_triton
 from gateway.metrics import GatewayMetrics
+from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.server import Gateway, create_server
 from interest_core.config import ROOT, Settings, load_settings
@@ -209,3 +210,10 @@ async def stack(settings: Settings, triton: TritonServer) -> AsyncIterator[Stack
     await gateway.stop(grace=1.0)
     http_server.shutdown()
     metrics.unwatch_gc()
+
+
+def unseen_events(tag: str, n: int, long: bool = False) -> list[pb.BehaviorEvent]:
+    """n texts no cache has seen; `long` ones are ~60 tokens each, so BERT takes a while."""
+    extra = " with a glazed finish, gift box, dishwasher safe, microwave safe, 12 ounce" * 3 if long else ""
+    return [pb.BehaviorEvent(item_text=f"{tag} handmade ceramic mug number {i}{extra}", event_type="view")
+            for i in range(n)]

@@ -15,7 +15,7 @@ from devtools.triton_launcher import free_port, start_triton
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.server import create_server
-from tests.integration.conftest import Stack, metric_total, scrape_metrics
+from tests.integration.conftest import Stack, metric_total, scrape_metrics, unseen_events
 
 pytestmark = pytest.mark.integration
 
@@ -76,16 +76,15 @@ def handled(stack: Stack, method: str, code: str) -> float:
 
 
 async def test_short_deadline_answers_deadline_exceeded(stack: Stack) -> None:
-    """A deadline too short for 200 unseen texts: the client sees DEADLINE_EXCEEDED, and so does
-    the gateway's own count (whether the Triton call ran out of the propagated deadline or gRPC
-    cancelled the handler): such a call is never counted as OK. The server stays up. (That
-    the deadline reaches the Triton call is asserted in tests/unit/test_service.py.)"""
-    run = uuid.uuid4().hex[:8]
-    events = [pb.BehaviorEvent(item_text=f"unseen text {run} number {i} about kitchen scales",
-                               event_type="view") for i in range(200)]
+    """A deadline far too short for 500 long unseen texts (seconds of BERT on any CPU this runs
+    on, against 0.3 s): the client sees DEADLINE_EXCEEDED, and so does the gateway's own count
+    (whether the Triton call ran out of the propagated deadline or gRPC cancelled the handler):
+    such a call is never counted as OK. The server stays up. (That the deadline reaches the
+    Triton call is asserted in tests/unit/test_service.py.)"""
+    events = unseen_events(f"deadline {uuid.uuid4().hex[:8]}", 500, long=True)
     before = handled(stack, "EncodeInterest", "DEADLINE_EXCEEDED")
     await expect(stack.stub.EncodeInterest(pb.EncodeInterestRequest(platform="kitchen", events=events),
-                                           timeout=0.2),
+                                           timeout=0.3),
                  grpc.StatusCode.DEADLINE_EXCEEDED, "")
     for _ in range(100):  # the handler may finish just after the client has given up
         if handled(stack, "EncodeInterest", "DEADLINE_EXCEEDED") > before:

@@ -15,7 +15,7 @@ import itertools
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,6 +199,14 @@ async def ingest_load(stubs: list[pb_grpc.InterestGatewayStub], users: list[str]
     await asyncio.gather(*(writer(s) for s in stubs for _ in range(workers)))
 
 
+async def until(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
+    """Wait until `condition()` holds; fail naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout_s:g} s: {what}"
+        await asyncio.sleep(0.1)
+
+
 async def test_a_gateway_killed_under_load_loses_no_acknowledged_event(fleet: Fleet) -> None:
     """SIGKILL gateway a while both take IngestEvents: every event either gateway acknowledged
     is in the store (a call cut off by the kill may or may not have committed: at most what
@@ -232,9 +240,11 @@ async def test_a_gateway_killed_under_load_loses_no_acknowledged_event(fleet: Fl
                  asyncio.create_task(ingest_load([b], users, stop, on_b)),
                  *(asyncio.create_task(reader()) for _ in range(4))]
         try:
-            await asyncio.sleep(3.0)
-            assert sum(load.acked.values()) > 0 and sum(on_b.acked.values()) > 0
+            await until(lambda: sum(load.acked.values()) > 0 and sum(on_b.acked.values()) > 0,
+                        "both gateways acknowledged a write")
+            await asyncio.sleep(1.0)  # both under load for a while
             assert fleet.gateways[0].kill() == -9
+            reads_at_kill = reads["ok"]
             await asyncio.sleep(3.0)
             assert await status(fleet.health(0)) is None
             assert await status(fleet.health(1)) == SERVING
@@ -242,7 +252,8 @@ async def test_a_gateway_killed_under_load_loses_no_acknowledged_event(fleet: Fl
             stop.set()
             await asyncio.gather(*tasks)
     assert on_b.failures == [], on_b.failures[:5]  # b never failed a call
-    assert set(reads) == {"ok"} and reads["ok"] > 50, reads  # the fleet client never saw one fail
+    # the fleet client never saw a call fail, and went on reading after the kill
+    assert set(reads) == {"ok"} and reads["ok"] > reads_at_kill, (reads, reads_at_kill)
     assert {code for code, _, _ in load.failures} <= {grpc.StatusCode.UNAVAILABLE}, load.failures[:5]
     stored = fleet.events_in_store(users)
     for user in users:
@@ -278,8 +289,8 @@ async def test_postgres_stopped_under_load_answers_unavailable_and_both_recover(
         for i in range(2):
             await wait_serving(fleet.health(i), timeout_s=60)
         acked_before = sum(load.acked.values())
-        await asyncio.sleep(2.0)
-        assert sum(load.acked.values()) > acked_before, "no call succeeded after PostgreSQL came back"
+        await until(lambda: sum(load.acked.values()) > acked_before,
+                    "a call succeeded after PostgreSQL came back")
     finally:
         stop.set()
         await writer
@@ -287,7 +298,8 @@ async def test_postgres_stopped_under_load_answers_unavailable_and_both_recover(
     for code, message, took in load.failures:
         assert code == grpc.StatusCode.UNAVAILABLE, (code, message)
         assert "profile store (PostgreSQL)" in message, message
-        assert took < 8.0, f"a call took {took:.1f}s to fail"  # it waits 2 s for a connection
+        # fails fast, not a hang: the store waits 2 s for a connection and 5 s to connect
+        assert took < 15.0, f"a call took {took:.1f}s to fail"
     stored = fleet.events_in_store(users)
     for user in users:  # a commit cut off at COMMIT may have happened: at most what was sent
         assert load.acked[user] <= stored[user] <= load.sent[user], (user, stored[user])
@@ -379,12 +391,22 @@ async def test_a_catalogue_change_through_one_gateway_is_served_by_the_other_wit
             assert time.monotonic() - since < 5.0, f"{'not ' if present else ''}seen after 5 s"
             await asyncio.sleep(0.02)
 
+    async def served_now(stub: pb_grpc.InterestGatewayStub) -> bool:
+        reply = await stub.Recommend(pb.RecommendRequest(user_id=user, target_platform="kitchen", k=5),
+                                     timeout=30)
+        return item.item_id in [i.item_id for i in reply.items]
+
     added = await a.UpdateCatalogue(pb.UpdateCatalogueRequest(platform="kitchen", upserts=[item]), timeout=30)
     assert added.applied == 1
+    assert await served_now(a), "the gateway that took the change ranks it when it replies"
     lag_b = await seen_within(b, True, time.monotonic())
-    assert await seen_within(a, True, time.monotonic()) < 0.1  # a: served before it replied
     removed = await b.UpdateCatalogue(pb.UpdateCatalogueRequest(platform="kitchen",
                                                                 remove_item_ids=[item.item_id]), timeout=30)
     assert removed.applied == 1
+    assert not await served_now(b)
     lag_a = await seen_within(a, False, time.monotonic())
-    assert lag_b < 1.0 and lag_a < 1.0, (lag_b, lag_a)
+    # The other gateway learns within a poll plus one rebuild and call (about 0.6 s: the one-
+    # second target is measured by make bench); a bound with room for a loaded 2-core CI box
+    # still fails a poller that does not run or runs at the wrong interval.
+    bound = Settings().catalogue_poll_s + 1.5  # the default the fleet gateways run with
+    assert lag_b < bound and lag_a < bound, (lag_b, lag_a, bound)

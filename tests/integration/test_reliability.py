@@ -26,7 +26,7 @@ from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.server import create_server
 from interest_core.config import ROOT
 from interest_model.corpus import load_catalogue
-from tests.integration.conftest import Stack, metric_total, scrape_metrics
+from tests.integration.conftest import Stack, metric_total, scrape_metrics, unseen_events
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +71,8 @@ class GatewayProcess:
 
 @pytest.fixture
 def gateway_process(stack: Stack, tmp_path: Path) -> Iterator[GatewayProcess]:
-    gw = GatewayProcess(stack, tmp_path / "gateway.log")
+    # a long grace: the drain test's 500 long texts must finish on the slowest CI machine
+    gw = GatewayProcess(stack, tmp_path / "gateway.log", grace_s=60.0)
     try:
         gw.wait_serving()
         yield gw
@@ -90,13 +91,6 @@ def own_store_gateway(stack: Stack, tmp_path: Path) -> Iterator[GatewayProcess]:
         yield gw
     finally:
         gw.stop()
-
-
-def unseen_events(tag: str, n: int, long: bool = False) -> list[pb.BehaviorEvent]:
-    """n texts no cache has seen; `long` ones are ~60 tokens each, so BERT takes a while."""
-    extra = " with a glazed finish, gift box, dishwasher safe, microwave safe, 12 ounce" * 3 if long else ""
-    return [pb.BehaviorEvent(item_text=f"{tag} handmade ceramic mug number {i}{extra}", event_type="view")
-            for i in range(n)]
 
 
 async def test_overload_is_shed_with_resource_exhausted(stack: Stack) -> None:
