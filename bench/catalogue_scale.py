@@ -58,7 +58,7 @@ import numpy as np
 
 from bench.loadgen import open_loop
 from bench.outputs import BENCH_VAR, standalone_section, write_json
-from bench.procstat import CpuMeter, Watched, rss_mb
+from bench.procstat import CpuMeter, Watched, page_faults, rss_mb
 from bench.report import CATALOGUE_1M_TARGETS, RECOMMEND_TARGET_RATE, plot_catalogue_scale
 from bench.run import gc_pauses, gc_pauses_since, ingest_request, load_workload, log, measured, rank_paths
 from devtools.fleet import client_channel, gateway_process
@@ -261,12 +261,17 @@ async def serve_and_measure(name: str, repo: Path, var: Path, triton: TritonServ
                                       Watched("load_generator", os.getpid())])
                     log(f"  {name}: {group.name} users, Recommend at {RECOMMEND_TARGET_RATE:g}/s")
                     gc_before = gc_pauses(gateway.metrics_port)
+                    faults_before = page_faults(gateway.pid)
                     run = (await measured(meter, open_loop(group.call(stub), RECOMMEND_TARGET_RATE,
                                                            duration))).summary()
                     out["load"][group.name] = {k: run[k] for k in (
                         "level", "throughput_rps", "p50_ms", "p99_ms", "errors", "processes")}
                     # what a tail could come from: the collector's pauses during the run
                     out["load"][group.name]["gc_pauses"] = gc_pauses_since(gateway.metrics_port, gc_before)
+                    # or the pages it had to fault in (major: read back from disk)
+                    faults = {k: v - faults_before[k] for k, v in page_faults(gateway.pid).items()}
+                    out["load"][group.name]["page_faults"] = faults
+                    log(f"  gateway page faults during the run: {faults}")
                 log(f"  {name}: top 10 of {len(group.users)} {group.name} users")
                 out["top10"][group.name] = await group.top_tens(stub)
                 after = rank_paths(gateway.metrics_port)

@@ -34,6 +34,16 @@ def cpu_seconds(pid: int, reaped_children: bool = False) -> float:
     return sum(int(f) for f in fields[11:15 if reaped_children else 13]) / _TICK
 
 
+def page_faults(pid: int) -> dict[str, int]:
+    """Page faults of one process so far: `minor` (the page was in memory, only unmapped here)
+    and `major` (it had to be read from disk: a file page the kernel had dropped)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return {"minor": 0, "major": 0}
+    return {"minor": int(fields[7]), "major": int(fields[9])}
+
+
 def peak_rss_mb(pid: int) -> float:
     """VmHWM (peak resident set) of one process, MiB."""
     return _status_mb(pid, "VmHWM")

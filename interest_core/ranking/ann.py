@@ -11,16 +11,20 @@ settings were picked by measurement (`make ann-compare`, docs/ranking.md):
   efSearch while searching), the vectors stored as float16 inside the index: one copy of the
   catalogue in 2 bytes a value, 768 MB at 10^6 x 384, scores within about 1e-4 of float32,
   and rows read back from it for exact re-scoring.
-- The file is memory-mapped (faiss IO_FLAG_MMAP_IFC), and the pages a host's gateways touch
-  are shared through the page cache. Loading reads the file once, sequentially, before the
-  gateway is ready (`warm_page_cache`, 0.5 s for the 931 MB of 10^6 items here). With a cold
-  page cache the graph steps of the first searches each waited for the disk: the first 100
-  searches took 156-160 ms each (up to 0.6 s) against 3.5-3.9 ms, and loading 4.1 s against
-  2.6 s with the read (docs/ranking.md#a-cold-page-cache).
+- The file is memory-mapped (faiss IO_FLAG_MMAP_IFC), and its pages are shared through the
+  page cache by a host's gateways. Loading reads the file once, sequentially, before the
+  gateway is ready (`warm_page_cache`, 0.5 s for the 931 MB of 10^6 items here), then touches
+  every page of the mapping (`map_pages`, 0.08 s): a page the process has mapped is one the
+  kernel's proactive reclaim leaves alone (this VM's DAMON scheme pages out only unmapped file
+  pages), where a page cached but never touched was dropped within a minute and a search then
+  waited on the disk for it (5,128 reads from disk in 35 s of model-only calls at 10^6, p99
+  280 ms; docs/ranking.md#a-cold-page-cache).
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +47,25 @@ def warm_page_cache(path: Path) -> int:
     with path.open("rb", buffering=0) as f:
         while read := f.readinto(buffer):
             total += read
+    return total
+
+
+def map_pages(path: Path) -> int:
+    """Touch one byte in every page of this process's mappings of `path`, so that each page is
+    mapped into the process (a read fault; from the page cache after `warm_page_cache`), not
+    merely cached. Returns the bytes of the mappings found (0 when none: nothing maps it)."""
+    target = str(path.resolve())
+    page = os.sysconf("SC_PAGE_SIZE")
+    total = 0
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) < 6 or fields[5].rstrip("\n") != target or not fields[1].startswith("r"):
+                continue
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            pages = np.frombuffer((ctypes.c_uint8 * (end - start)).from_address(start), dtype=np.uint8)
+            int(pages[::page].sum())  # the reads are the point; the sum is discarded
+            total += end - start
     return total
 
 
@@ -105,10 +128,13 @@ class AnnIndex:
 
     @classmethod
     def load(cls, path: Path, ef_search: int) -> AnnIndex:
-        """Map the index at `path`, its file read into the page cache first."""
+        """Map the index at `path`, its file read into the page cache first and every page
+        of the mapping then mapped in (`map_pages`)."""
         faiss = _faiss()
         warm_page_cache(path)
-        return cls(faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC), ef_search)
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
+        map_pages(path)
+        return cls(index, ef_search)
 
     def __len__(self) -> int:
         return int(self.index.ntotal)

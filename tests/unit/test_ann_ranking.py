@@ -5,6 +5,7 @@ path on the same profiles, and the catalogue changed under it."""
 from __future__ import annotations
 
 import asyncio
+import mmap
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from interest_core.catalogue import Catalogue, InstalledCatalogue
 from interest_core.live_catalogue import LiveCatalogue
 from interest_core.migration import MigrationMap
 from interest_core.profiles import Profile
+from interest_core.ranking import ann
 from interest_core.ranking.ann import AnnIndex, IndexParams, bitmap, store_index
 from interest_core.ranking.assets import Blend, RankingAssets
 from interest_core.ranking.blend import ServedBlend
@@ -198,10 +200,39 @@ def test_bitmap_is_the_faiss_layout() -> None:
     assert list(bits) == [0b00000001, 0b00000010, 0b00001000]
 
 
+def mapped_kib(path: Path) -> tuple[int, int]:
+    """(Size, Rss) in KiB of this process's mappings of `path`, from /proc/self/smaps."""
+    size = rss = 0
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5 and ":" in fields[3]:  # a mapping's header line
+            inside = len(fields) == 6 and fields[5] == str(path.resolve())
+        elif inside and fields[0] in ("Size:", "Rss:"):
+            if fields[0] == "Size:":
+                size += int(fields[1])
+            else:
+                rss += int(fields[1])
+    return size, rss
+
+
+def test_map_pages_maps_every_page_of_a_mapped_file(tmp_path: Path) -> None:
+    """A file mapped but never read has no page in the process (the kernel's reclaim may drop
+    it from the page cache); after map_pages every page is resident in the mapping."""
+    path = tmp_path / "pages.bin"
+    page = mmap.PAGESIZE
+    path.write_bytes(bytes(range(256)) * (64 * page // 256) + b"tail")  # 64 pages and a partial one
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mapped:
+        size, rss = mapped_kib(path)
+        assert size == 65 * page // 1024 and rss == 0
+        assert ann.map_pages(path) == 65 * page
+        assert mapped_kib(path) == (size, size)
+        assert mapped[-4:] == b"tail"
+    assert ann.map_pages(path) == 0  # no longer mapped: nothing to touch
+
+
 def test_loading_reads_the_whole_index_file_into_the_page_cache(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    import interest_core.ranking.ann as ann
-
     random_world(tmp_path)
     path = tmp_path / "kitchen.faiss"
     size = path.stat().st_size
@@ -215,3 +246,5 @@ def test_loading_reads_the_whole_index_file_into_the_page_cache(tmp_path: Path,
     monkeypatch.setattr(ann, "warm_page_cache", warm)
     index = AnnIndex.load(path, ef_search=64)
     assert warmed == [path] and len(index) == N
+    size, rss = mapped_kib(path)
+    assert size > 0 and rss == size, "every page of the loaded index is mapped in"
