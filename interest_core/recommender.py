@@ -116,8 +116,6 @@ class Recommender:
         self._ann_pool: ThreadPoolExecutor | None = None  # index searches (faiss releases the GIL)
         self.served: dict[str, ServedCatalogue] = {}
         self.bound_gates: dict[str, BoundGate] = defaultdict(BoundGate)  # per target platform
-        self._asset_pos = ({p: {item: i for i, item in enumerate(ids)}
-                            for p, ids in assets.item_ids.items()} if assets is not None else {})
 
     @property
     def indexes(self) -> dict[str, CatalogueIndex]:
@@ -306,7 +304,7 @@ class Recommender:
         for platform, profile in used.items():
             if platform == target:
                 continue
-            pos = self._asset_pos.get(platform, {})
+            pos = self.assets.positions(platform) if self.assets is not None else {}
             out[platform] = np.fromiter((pos[i] for i in profile.items if i in pos), dtype=np.int64)
         return out
 

@@ -39,6 +39,19 @@ class RankingAssets:
     # list that starts with the same ids
     _reordered: dict[str, tuple[list[str], int, tuple[str, ...], np.ndarray]] = field(
         default_factory=dict, init=False, repr=False, compare=False)
+    # positions() per platform: (the asset ids it read, their number, id -> position)
+    _positions: dict[str, tuple[list[str], int, dict[str, int]]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
+
+    def positions(self, platform: str) -> Mapping[str, int]:
+        """Each id's position in `item_ids[platform]` ({} for a platform without assets): built
+        once and kept while that list is the same list of the same length."""
+        known = self.item_ids.get(platform, [])
+        cached = self._positions.get(platform)
+        if cached is None or cached[0] is not known or cached[1] != len(known):
+            cached = (known, len(known), {item: i for i, item in enumerate(known)})
+            self._positions[platform] = cached
+        return cached[2]
 
     # --- scoring (shared by evaluation and the gateway) ---
     def collaborative(self, histories: Mapping[str, Sequence[Sequence[int]]], target: str) -> np.ndarray:
@@ -147,7 +160,7 @@ class RankingAssets:
         if (last is not None and last[0] is known and last[1] == len(known)
                 and len(last[2]) <= len(ids) and ids[:len(last[2])] == last[2]):
             start = len(last[2])
-        pos = {item: i for i, item in enumerate(known)}
+        pos = self.positions(platform)
         tail = np.array([pos.get(i, -1) for i in ids[start:]], dtype=np.int64)
         order = np.concatenate([last[3], tail]) if start and last is not None else tail
         self._reordered[platform] = (known, len(known), ids, order)

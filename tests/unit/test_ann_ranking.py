@@ -173,6 +173,18 @@ def test_reorder_reuses_its_last_answer_only_for_a_list_that_extends_it() -> Non
     assert assets.reorder("other", ("x",)).tolist() == [-1]
 
 
+def test_positions_are_built_once_per_list_of_asset_ids() -> None:
+    assets = RankingAssets(item_ids={"k": ["a", "b", "c"]}, migration={}, cooccurrence={},
+                           popularity={}, blend={})
+    first = assets.positions("k")
+    assert first == {"a": 0, "b": 1, "c": 2} and assets.positions("k") is first
+    assets.item_ids["k"].append("d")  # the same list, longer: built again
+    assert assets.positions("k") == {"a": 0, "b": 1, "c": 2, "d": 3}
+    assets.item_ids["k"] = ["d", "a"]  # another list: built again
+    assert assets.positions("k") == {"d": 0, "a": 1}
+    assert assets.positions("other") == {}
+
+
 def test_the_sparse_blend_equals_the_dense_one(tmp_path: Path) -> None:
     installed, assets, _ = random_world(tmp_path)
     served = ServedBlend(assets, "kitchen", installed.catalogue.item_ids)
