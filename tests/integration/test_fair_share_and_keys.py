@@ -218,13 +218,16 @@ async def test_a_broken_keys_file_keeps_the_old_keys(
     proc, target, keys_file, log = keyed_gateway
     keys_file.write_text('{"not a digest": "food"')
     proc.send_signal(signal.SIGHUP)
-    await asyncio.sleep(1.5)
-    async with grpc.aio.insecure_channel(target) as channel:
+    deadline = time.monotonic() + 30.0
+    while "API keys NOT reloaded" not in log.read_text():  # the reload was tried and refused
+        assert time.monotonic() < deadline, f"no refused reload logged:\n{log.read_text()[-2000:]}"
+        await asyncio.sleep(0.1)
+    assert "not valid YAML or JSON" in log.read_text()
+    async with grpc.aio.insecure_channel(target) as channel:  # and the old keys still serve
         stub = pb_grpc.InterestGatewayStub(channel)
         assert await code_of(stub.EncodeInterest(pb.EncodeInterestRequest(platform="food", events=[
             pb.BehaviorEvent(item_text="tea", event_type="view")]), timeout=10,
             metadata=metadata("food-key-1"))) == OK
-    assert "API keys NOT reloaded" in log.read_text() and "not valid YAML or JSON" in log.read_text()
 
 
 FLOOD_KEYS = {"food-flood-key": "food", "kitchen-steady-key": "kitchen", "ops-key": "*"}
