@@ -78,6 +78,9 @@ def summarise(data: dict[str, Any]) -> dict[str, Any]:
         targets["victim_p99_flooded_within_2x_of_alone"] = {
             k: fair[k] for k in ("victim_p99_alone_ms", "victim_p99_flooded_ms", "p99_ratio", "victim_errors",
                                  "flooder_refused", "met")}
+    propagation = (data.get("scale_out") or {}).get("catalogue_propagation")
+    if propagation:
+        targets["catalogue_change_on_every_gateway_within_1s"] = propagation
     million = (data.get("catalogue_scale") or {}).get("catalogue_1m")
     if million:
         targets["catalogue_1m"] = catalogue_1m_target(million)
@@ -345,6 +348,22 @@ def _startup_row(target: dict[str, Any] | None) -> list[str]:
             f"{target['serving_s']:.2f} s | {target['met']} |"]
 
 
+def _propagation_row(target: dict[str, Any] | None) -> list[str]:
+    """The Targets row of catalogue changes across two gateways (none when not measured)."""
+    if not target:
+        return []
+    added, removed = target["added_on_the_other"], target["removed_on_the_other"]
+
+    def lags(x: dict[str, Any]) -> str:
+        never = f", {x['never_seen']} never" if x["never_seen"] else ""
+        return f"p50 {x['p50_s']} s, max {x['max_s']} s{never}"
+    return [f"| catalogue change served by every gateway within {target['target_s']:g} s of the reply | "
+            f"{target['changes']} items added through one of two gateways (PostgreSQL), seen by the other: "
+            f"{lags(added)}; removed through the other, gone from the first: {lags(removed)}; stale "
+            f"on the gateway that took the change: {target['stale_on_own_gateway']} "
+            f"(catalogue_poll_s {target['poll_s']:g}) | {target['met']} |"]
+
+
 def _fair_share_row(fair: dict[str, Any] | None) -> list[str]:
     """The Targets row of the fair-share run (none in reports from before it existed)."""
     if not fair:
@@ -459,6 +478,7 @@ def write_markdown(summary: dict[str, Any], path: Path) -> None:
         *_startup_row(t.get("startup_serving_under_20s")),
         *_fair_share_row(d.get("fair_share")),
         *_catalogue_1m_row(summary.get("catalogue_1m"), t.get("catalogue_1m")),
+        *_propagation_row(t.get("catalogue_change_on_every_gateway_within_1s")),
         "",
         "## EncodeInterest",
         "",

@@ -8,7 +8,9 @@ ingest_p99_ms); Recommend of kitchen items from food for users with stored profi
 consent, closed loop at the concurrency (recommend_rps, recommend_p99_ms), then open loop at
 200/s (recommend_p99_ms_at_200rps). Every run records the CPU cores each process used: each
 gateway, Triton (its process group), PostgreSQL (the postmaster and its backends) and the load
-generator. Throughput per gateway core is throughput over the gateways' cores summed.
+generator. Throughput per gateway core is throughput over the gateways' cores summed. Then, on
+the two gateways, how soon a catalogue change made through one is served by the other
+(`catalogue_propagation`: the issue's "rankable within one second on every gateway").
 
 All of it shares this machine's cores, so the two-gateway figures are what two gateways do
 beside Triton, PostgreSQL and the load generator here, not on machines of their own.
@@ -24,10 +26,13 @@ import asyncio
 import contextlib
 import os
 import shutil
+import statistics
 import sys
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 import psycopg
 
 from bench.loadgen import closed_loop, open_loop
@@ -48,12 +53,17 @@ from bench.run import (
 from devtools.fleet import SERVICE, GatewayProcess, client_channel, gateway_process
 from devtools.postgres_launcher import PostgresServer, pg_binary, running_postgres
 from devtools.triton_launcher import TritonServer
+from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
 from interest_core.catalogue import Catalogue
 from interest_core.config import ROOT, load_settings
 from interest_model.corpus import UserSequence
 
 CONCURRENCY = 8  # closed-loop calls in flight: saturates one gateway on this machine
+CATALOGUE_CHANGES = 10  # new items added through one gateway and removed through the other
+CATALOGUE_TARGET_S = 1.0  # a change rankable (or gone) on every gateway within this of the reply
+POLL_EVERY_S = 0.01  # how often the other gateway is asked while waiting
+GIVE_UP_S = 10.0
 OPEN_RATE = RECOMMEND_TARGET_RATE  # open-loop Recommend/s, the Recommend target's rate
 DATABASE = "scale_out"
 
@@ -169,6 +179,69 @@ async def measure_stack(label: str, gateways: dict[str, GatewayProcess], others:
     return figures
 
 
+async def catalogue_propagation(a: GatewayProcess, b: GatewayProcess, kitchen: Catalogue,
+                                changes: int = CATALOGUE_CHANGES) -> dict[str, Any]:
+    """How soon a catalogue change made through gateway `a` is served by gateway `b`, and back.
+
+    For each of `changes` new kitchen items (a real title marked "(fleet j)"), a user whose only
+    activity is that very text (stored through b: target-only, so the model term ranks the item
+    first once it is listed); the item is added through a, and b is asked for the user's top 5
+    every POLL_EVERY_S until it is there: the seconds from a's reply to that answer. Then it is
+    removed through b, and a is asked until it is gone. The gateway that took a change must
+    serve it at its first call after the reply (counted as `stale_on_own_gateway` otherwise)."""
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{g.port}") for g in (a, b)]
+    stub_a, stub_b = (pb_grpc.InterestGatewayStub(c) for c in channels)
+    adds: list[float] = []
+    removes: list[float] = []
+    stale = 0
+
+    async def ranks(stub: pb_grpc.InterestGatewayStub, user: str, item_id: str) -> bool:
+        reply = await stub.Recommend(pb.RecommendRequest(user_id=user, target_platform="kitchen", k=5),
+                                     timeout=30)
+        return item_id in [i.item_id for i in reply.items]
+
+    async def lag(stub: pb_grpc.InterestGatewayStub, user: str, item_id: str, present: bool,
+                  since: float) -> float:
+        while await ranks(stub, user, item_id) != present:
+            if time.monotonic() - since > GIVE_UP_S:
+                return float("inf")
+            await asyncio.sleep(POLL_EVERY_S)
+        return time.monotonic() - since
+
+    try:
+        for j in range(changes):
+            user, item_id = f"bench-propagation-{j}", f"bench-fleet-new-{j}"
+            title = f"{kitchen.titles[j]} (fleet {j})"
+            await stub_b.IngestEvents(pb.IngestEventsRequest(platform="kitchen", events=[
+                pb.BehaviorEvent(user_id=user, item_text=title, event_type="view")]), timeout=60)
+            await stub_a.UpdateCatalogue(pb.UpdateCatalogueRequest(
+                platform="kitchen", upserts=[pb.CatalogueItem(item_id=item_id, title=title)]), timeout=60)
+            replied = time.monotonic()
+            stale += not await ranks(stub_a, user, item_id)
+            adds.append(await lag(stub_b, user, item_id, True, replied))
+            await stub_b.UpdateCatalogue(pb.UpdateCatalogueRequest(
+                platform="kitchen", remove_item_ids=[item_id]), timeout=60)
+            replied = time.monotonic()
+            stale += await ranks(stub_b, user, item_id)
+            removes.append(await lag(stub_a, user, item_id, False, replied))
+    finally:
+        for channel in channels:
+            await channel.close(None)
+
+    def spread(lags: list[float]) -> dict[str, float | None]:
+        done = sorted(x for x in lags if x != float("inf"))
+        return {"p50_s": round(statistics.median(done), 3) if done else None,
+                "max_s": round(done[-1], 3) if done else None, "never_seen": len(lags) - len(done)}
+
+    out = {"changes": changes, "added_on_the_other": spread(adds), "removed_on_the_other": spread(removes),
+           "stale_on_own_gateway": stale, "poll_s": load_settings().catalogue_poll_s,
+           "target_s": CATALOGUE_TARGET_S}
+    out["met"] = bool(stale == 0 and max(adds + removes) < CATALOGUE_TARGET_S)
+    log(f"catalogue changes reach the other gateway: added {out['added_on_the_other']}, removed "
+        f"{out['removed_on_the_other']}, stale on their own gateway {stale}")
+    return out
+
+
 async def scale_out_run(triton: TritonServer, duration: float, concurrency: int = CONCURRENCY
                         ) -> dict[str, Any]:
     """Both stacks on `triton`, one after the other: the "scale_out" section of the bench."""
@@ -191,6 +264,8 @@ async def scale_out_run(triton: TritonServer, duration: float, concurrency: int 
             out["two_gateways_postgres"] = await measure_stack(
                 "two gateways (PostgreSQL)", {"gateway_a": a, "gateway_b": b}, [triton_watch, postgres],
                 workload, concurrency, duration)
+            log("scale-out: catalogue changes through one gateway, served by the other")
+            out["catalogue_propagation"] = await catalogue_propagation(a, b, kitchen)
     out["notes"] = (
         f"Measured on one machine ({os.cpu_count()} CPU cores) that every process shares: the "
         "gateways, one Triton, PostgreSQL and the load generator, so two gateways here add no "

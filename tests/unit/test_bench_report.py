@@ -120,3 +120,15 @@ def test_scale_out_section_tables_both_stacks_and_each_process() -> None:
     assert _scale_out(None) == []
     assert _scale_out({"error": "python -m bench.scale_out exited with status 1"})[2] == (
         "not run: python -m bench.scale_out exited with status 1")
+
+
+def test_the_propagation_row_says_each_direction_and_what_was_never_seen() -> None:
+    from bench.report import _propagation_row
+
+    target = {"changes": 10, "added_on_the_other": {"p50_s": 0.31, "max_s": 0.62, "never_seen": 0},
+              "removed_on_the_other": {"p50_s": 0.3, "max_s": 0.58, "never_seen": 1},
+              "stale_on_own_gateway": 0, "poll_s": 0.5, "target_s": 1.0, "met": False}
+    (row,) = _propagation_row(target)
+    assert "within 1 s" in row and "p50 0.31 s, max 0.62 s;" in row
+    assert "max 0.58 s, 1 never" in row and row.endswith("| False |")
+    assert _propagation_row(None) == []
