@@ -61,12 +61,13 @@ class BatchScorer:
         self.on_batch = on_batch
         self._pending: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = []
         self._busy = False
+        self._retired = False
         # Only a catalogue scored off the loop needs the worker thread.
         self._executor = (None if self.inline
                           else ThreadPoolExecutor(1, thread_name_prefix="catalogue-scoring"))
 
     async def scores(self, query: np.ndarray) -> np.ndarray:
-        if self.inline:
+        if self.inline or self._executor is None:  # (None: retired and idle; see close())
             if self.on_batch is not None:
                 self.on_batch(1)
             return catalogue_scores(self.columns, query[None])[0]
@@ -81,6 +82,7 @@ class BatchScorer:
         live = [(q, f) for q, f in self._pending if not f.done()]
         batch, self._pending = live[: self.max_batch], live[self.max_batch :]
         if not batch:
+            self._end_worker_if_retired()
             return
         self._busy = True
         assert self._executor is not None  # inline scorers never queue
@@ -106,10 +108,22 @@ class BatchScorer:
                 future.set_result(done.result()[j])
         if self._pending:
             self._launch()
+        else:
+            self._end_worker_if_retired()
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        """Retire the scorer (a catalogue update serves a new one). Calls that took it still get
+        their scores: those queued or being scored from the worker, which ends after the last
+        of them; one that comes later (it took the catalogue before the update and awaited
+        something since) on the event loop. Shutting the worker down at once had failed such
+        calls with INTERNAL ("cannot schedule new futures after shutdown")."""
+        self._retired = True
+        self._end_worker_if_retired()
+
+    def _end_worker_if_retired(self) -> None:
+        if self._retired and not self._busy and not self._pending and self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
 
 
 class BoundGate:

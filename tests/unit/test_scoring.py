@@ -94,6 +94,29 @@ def test_a_failing_batch_fails_its_callers_and_the_scorer_keeps_working() -> Non
     np.testing.assert_allclose(good, e.sum(axis=1), rtol=0, atol=1e-4)
 
 
+def test_a_retired_scorer_still_scores_the_calls_that_took_it() -> None:
+    """A catalogue update retires the scorer while calls that took it are queued, being
+    scored, or yet to ask: each still gets its scores, and the worker thread ends after them."""
+    e = catalogue()
+    queries = np.random.default_rng(5).standard_normal((5, e.shape[1])).astype(np.float32)
+
+    async def run() -> tuple[list[np.ndarray], np.ndarray, bool, bool]:
+        scorer = BatchScorer(e, max_batch=2, inline_max_values=0)
+        worker = scorer._executor
+        tasks = [asyncio.create_task(scorer.scores(q)) for q in queries[:4]]
+        await asyncio.sleep(0)  # the first is being scored, three wait
+        scorer.close()
+        kept_while_busy = scorer._executor is worker
+        early = await asyncio.wait_for(asyncio.gather(*tasks), 30)  # (a lost batch would hang)
+        late = await asyncio.wait_for(scorer.scores(queries[4]), 30)  # took it before the retirement
+        return early, late, kept_while_busy, scorer._executor is None
+
+    early, late, kept_while_busy, ended = asyncio.run(run())
+    for q, got in zip(queries, [*early, late]):
+        np.testing.assert_allclose(got, e @ q, rtol=0, atol=1e-5)
+    assert kept_while_busy and ended
+
+
 def test_a_small_catalogue_is_scored_inline_with_the_same_scores() -> None:
     e = catalogue()  # 5000 x 16 values: below the inline limit, so no worker thread is involved
     queries = np.random.default_rng(4).standard_normal((3, e.shape[1])).astype(np.float32)
