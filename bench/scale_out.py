@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import random
 import shutil
 import statistics
 import sys
@@ -60,7 +61,7 @@ from interest_core.config import ROOT, load_settings
 from interest_model.corpus import UserSequence
 
 CONCURRENCY = 8  # closed-loop calls in flight: saturates one gateway on this machine
-CATALOGUE_CHANGES = 10  # new items added through one gateway and removed through the other
+CATALOGUE_CHANGES = 20  # new items added through one gateway and removed through the other
 CATALOGUE_TARGET_S = 1.0  # a change rankable (or gone) on every gateway within this of the reply
 POLL_EVERY_S = 0.01  # how often the other gateway is asked while waiting
 GIVE_UP_S = 10.0
@@ -187,8 +188,10 @@ async def catalogue_propagation(a: GatewayProcess, b: GatewayProcess, kitchen: C
     activity is that very text (stored through b: target-only, so the model term ranks the item
     first once it is listed); the item is added through a, and b is asked for the user's top 5
     every POLL_EVERY_S until it is there: the seconds from a's reply to that answer. Then it is
-    removed through b, and a is asked until it is gone. The gateway that took a change must
-    serve it at its first call after the reply (counted as `stale_on_own_gateway` otherwise)."""
+    removed through b, and a is asked until it is gone. Each change is made after a seeded
+    random pause within one poll period, so the lags sample the poll cycle's phases. The
+    gateway that took a change must serve it at its first call after the reply (counted as
+    `stale_on_own_gateway` otherwise)."""
     channels = [grpc.aio.insecure_channel(f"127.0.0.1:{g.port}") for g in (a, b)]
     stub_a, stub_b = (pb_grpc.InterestGatewayStub(c) for c in channels)
     adds: list[float] = []
@@ -208,17 +211,23 @@ async def catalogue_propagation(a: GatewayProcess, b: GatewayProcess, kitchen: C
             await asyncio.sleep(POLL_EVERY_S)
         return time.monotonic() - since
 
+    poll_s = load_settings().catalogue_poll_s
+    rng = random.Random(0)
     try:
         for j in range(changes):
             user, item_id = f"bench-propagation-{j}", f"bench-fleet-new-{j}"
             title = f"{kitchen.titles[j]} (fleet {j})"
             await stub_b.IngestEvents(pb.IngestEventsRequest(platform="kitchen", events=[
                 pb.BehaviorEvent(user_id=user, item_text=title, event_type="view")]), timeout=60)
+            # each change at a seeded random point of the gateways' poll cycles: back to back,
+            # every removal would land at the same phase of the other gateway's poll
+            await asyncio.sleep(rng.uniform(0, poll_s))
             await stub_a.UpdateCatalogue(pb.UpdateCatalogueRequest(
                 platform="kitchen", upserts=[pb.CatalogueItem(item_id=item_id, title=title)]), timeout=60)
             replied = time.monotonic()
             stale += not await ranks(stub_a, user, item_id)
             adds.append(await lag(stub_b, user, item_id, True, replied))
+            await asyncio.sleep(rng.uniform(0, poll_s))
             await stub_b.UpdateCatalogue(pb.UpdateCatalogueRequest(
                 platform="kitchen", remove_item_ids=[item_id]), timeout=60)
             replied = time.monotonic()
@@ -234,7 +243,7 @@ async def catalogue_propagation(a: GatewayProcess, b: GatewayProcess, kitchen: C
                 "max_s": round(done[-1], 3) if done else None, "never_seen": len(lags) - len(done)}
 
     out = {"changes": changes, "added_on_the_other": spread(adds), "removed_on_the_other": spread(removes),
-           "stale_on_own_gateway": stale, "poll_s": load_settings().catalogue_poll_s,
+           "stale_on_own_gateway": stale, "poll_s": poll_s,
            "target_s": CATALOGUE_TARGET_S}
     out["met"] = bool(stale == 0 and max(adds + removes) < CATALOGUE_TARGET_S)
     log(f"catalogue changes reach the other gateway: added {out['added_on_the_other']}, removed "
