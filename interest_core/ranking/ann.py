@@ -13,17 +13,19 @@ settings were picked by measurement (`make ann-compare`, docs/ranking.md):
   and rows read back from it for exact re-scoring.
 - The file is memory-mapped (faiss IO_FLAG_MMAP_IFC), and its pages are shared through the
   page cache by a host's gateways. Loading reads the file once, sequentially, before the
-  gateway is ready (`warm_page_cache`, 0.5 s for the 931 MB of 10^6 items here), then touches
-  every page of the mapping (`map_pages`, 0.08 s): a page the process has mapped is one the
-  kernel's proactive reclaim leaves alone (this VM's DAMON scheme pages out only unmapped file
-  pages), where a page cached but never touched was dropped within a minute and a search then
-  waited on the disk for it (5,128 reads from disk in 35 s of model-only calls at 10^6, p99
-  280 ms; docs/ranking.md#a-cold-page-cache).
+  gateway is ready (`warm_page_cache`), then touches every page of the mapping (`map_pages`):
+  a page the process has mapped is one the kernel's proactive reclaim leaves alone (a DAMON
+  `pageout` scheme that takes only unmapped file pages, as on the VMs this was measured on),
+  where a page cached but never touched can be dropped, and a search then waits on the disk
+  for it. The measurements: docs/ranking.md#a-cold-page-cache.
+- The file is written whole beside its final name and renamed into place (`store_index`): a
+  gateway mapping the old file keeps reading it, never a half-written one.
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -34,6 +36,7 @@ from typing import Any
 import numpy as np
 
 LIBRARY = "faiss-cpu HNSW, float16 vectors"
+log = logging.getLogger("interest.ann")
 
 
 WARM_CHUNK_BYTES = 16 << 20
@@ -114,7 +117,12 @@ def store_index(embeddings: np.ndarray, path: Path, params: IndexParams = IndexP
     """Build the index of `embeddings` and write it to `path`; its description for
     VERSION.json (catalogue.write_installed's `index`)."""
     started = time.monotonic()
-    _faiss().write_index(build_index(embeddings, params, progress=progress), str(path))
+    index = build_index(embeddings, params, progress=progress)
+    # Never rewritten in place: a gateway mapping the old file would fault (SIGBUS) on its
+    # truncated pages. A new inode, renamed over the name, leaves the old mapping intact.
+    partial = path.with_name(f".{path.name}.partial")
+    _faiss().write_index(index, str(partial))
+    os.replace(partial, path)
     return {**params.describe(), "build_s": round(time.monotonic() - started, 1)}
 
 
@@ -134,7 +142,10 @@ class AnnIndex:
         faiss = _faiss()
         warm_page_cache(path)
         index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
-        map_pages(path)
+        mapped, size = map_pages(path), path.stat().st_size
+        if mapped < size:  # (e.g. the file was replaced meanwhile: its mapping is "(deleted)")
+            log.warning("mapped in %d of the %d bytes of %s: the rest is read from the page cache or "
+                        "the disk when a search first touches it", mapped, size, path)
         return cls(index, ef_search)
 
     def __len__(self) -> int:

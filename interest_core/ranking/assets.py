@@ -45,7 +45,8 @@ class RankingAssets:
 
     def positions(self, platform: str) -> Mapping[str, int]:
         """Each id's position in `item_ids[platform]` ({} for a platform without assets): built
-        once and kept while that list is the same list of the same length."""
+        once and kept while that list is the same list of the same length. Shared by every
+        caller: read it, never change it."""
         known = self.item_ids.get(platform, [])
         cached = self._positions.get(platform)
         if cached is None or cached[0] is not known or cached[1] != len(known):

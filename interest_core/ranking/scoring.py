@@ -67,10 +67,14 @@ class BatchScorer:
                           else ThreadPoolExecutor(1, thread_name_prefix="catalogue-scoring"))
 
     async def scores(self, query: np.ndarray) -> np.ndarray:
-        if self.inline or self._executor is None:  # (None: retired and idle; see close())
+        if self.inline:
             if self.on_batch is not None:
                 self.on_batch(1)
             return catalogue_scores(self.columns, query[None])[0]
+        if self._executor is None:  # retired and idle (close()): alone, off the loop
+            if self.on_batch is not None:
+                self.on_batch(1)
+            return (await asyncio.to_thread(catalogue_scores, self.columns, query[None]))[0]
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         self._pending.append((query, future))
         if not self._busy:
@@ -115,7 +119,7 @@ class BatchScorer:
         """Retire the scorer (a catalogue update serves a new one). Calls that took it still get
         their scores: those queued or being scored from the worker, which ends after the last
         of them; one that comes later (it took the catalogue before the update and awaited
-        something since) on the event loop. Shutting the worker down at once had failed such
+        something since) alone, in the default executor. Shutting the worker down at once had failed such
         calls with INTERNAL ("cannot schedule new futures after shutdown")."""
         self._retired = True
         self._end_worker_if_retired()

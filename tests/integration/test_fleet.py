@@ -369,11 +369,11 @@ def test_fleet_logs_name_the_store(fleet: Fleet) -> None:
         assert "the profile store (PostgreSQL at 127.0.0.1:" in log, gw.log_tail()
 
 
-async def test_a_catalogue_change_through_one_gateway_is_served_by_the_other_within_a_second(
-        fleet: Fleet) -> None:
-    """An item added through gateway a is rankable through b within a second of a's reply (b
-    reads the store's catalogue log every catalogue_poll_s, 0.5 s); removed through b, a stops
-    ranking it as fast."""
+async def test_a_catalogue_change_through_one_gateway_is_served_by_the_other_after_its_next_poll(
+        fleet: Fleet, settings: Settings) -> None:
+    """An item added through gateway a is rankable through a when a replies, and through b once
+    b has read the store's catalogue log (every catalogue_poll_s, 0.5 s); removed through b, a
+    stops ranking it as soon. (How soon, against the one-second target: make bench.)"""
     a, b = fleet.stubs
     user = "fleet-catalogue"
     item = pb.CatalogueItem(item_id="FLEET-TEA-SET", title="Green tea gift set with honey and a tea infuser")
@@ -408,5 +408,5 @@ async def test_a_catalogue_change_through_one_gateway_is_served_by_the_other_wit
     # The other gateway learns within a poll plus one rebuild and call (about 0.6 s: the one-
     # second target is measured by make bench); a bound with room for a loaded 2-core CI box
     # still fails a poller that does not run or runs at the wrong interval.
-    bound = Settings().catalogue_poll_s + 1.5  # the default the fleet gateways run with
+    bound = settings.catalogue_poll_s + 1.5
     assert lag_b < bound and lag_a < bound, (lag_b, lag_a, bound)

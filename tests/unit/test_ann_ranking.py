@@ -217,7 +217,7 @@ def mapped_kib(path: Path) -> tuple[int, int]:
     size = rss = 0
     inside = False
     for line in Path("/proc/self/smaps").read_text().splitlines():
-        fields = line.split()
+        fields = line.split(maxsplit=5)
         if "-" in fields[0] and len(fields) >= 5 and ":" in fields[3]:  # a mapping's header line
             inside = len(fields) == 6 and fields[5] == str(path.resolve())
         elif inside and fields[0] in ("Size:", "Rss:"):
@@ -241,6 +241,23 @@ def test_map_pages_maps_every_page_of_a_mapped_file(tmp_path: Path) -> None:
         assert mapped_kib(path) == (size, size)
         assert mapped[-4:] == b"tail"
     assert ann.map_pages(path) == 0  # no longer mapped: nothing to touch
+
+
+def test_storing_an_index_over_a_served_one_leaves_the_served_one_intact(tmp_path: Path) -> None:
+    """`make engine` writing the index again under a gateway that maps the old one: the old
+    mapping still reads its own rows (written in place, its pages would be truncated under
+    it), the new file is whole, and no partial file is left."""
+    installed, _, served = random_world(tmp_path)
+    path = tmp_path / "kitchen.faiss"
+    query = installed.embeddings[3]
+    before = served.search(query, 10).tolist()
+    other = np.random.default_rng(9).standard_normal(installed.embeddings.shape).astype(np.float32)
+    other /= np.linalg.norm(other, axis=1, keepdims=True)
+    store_index(other, path, IndexParams(m=16, ef_construction=100))
+    assert served.search(query, 10).tolist() == before
+    np.testing.assert_allclose(served.vectors(np.array([3])), installed.embeddings[[3]], atol=1e-3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kitchen.faiss"]
+    assert AnnIndex.load(path, ef_search=64).search(query, 10).tolist() != before
 
 
 def test_loading_reads_the_whole_index_file_into_the_page_cache(tmp_path: Path,

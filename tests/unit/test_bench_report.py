@@ -132,3 +132,5 @@ def test_the_propagation_row_says_each_direction_and_what_was_never_seen() -> No
     assert "within 1 s" in row and "p50 0.31 s, max 0.62 s;" in row
     assert "max 0.58 s, 1 never" in row and row.endswith("| False |")
     assert _propagation_row(None) == []
+    (failed,) = _propagation_row({"error": "AioRpcError(UNAVAILABLE)"})
+    assert "not measured: AioRpcError(UNAVAILABLE) | |" in failed
