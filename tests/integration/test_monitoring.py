@@ -388,4 +388,12 @@ async def test_alert_rules_load_and_read_real_metrics(stack: Stack, prometheus: 
     quiet = ("InterestGatewayDown", "InterestTritonNotReady", "InterestProfileStoreDown",
              "InterestProfileStorePoolSaturated", "InterestServerErrorsHigh",
              "InterestServerErrorsElevated", "InterestShedding")
-    assert not [a for name in quiet for a in active.get(name, [])], f"active on a healthy stack: {active}"
+    noisy = {name: active[name] for name in quiet if active.get(name)}
+    if {a["state"] for a in noisy.get("InterestGatewayDown", [])} == {"pending"}:
+        # This pytest process serves the gateway's /metrics and generates the load: one scrape
+        # may miss its 1 s timeout, and the alert is then rightly pending (its 1 m `for` keeps
+        # it from paging). Accepted only where Prometheus did record such a failed scrape.
+        missed = await query(prometheus, f'min_over_time(up{{job="{GATEWAY_JOB}"}}[5m]) == 0')
+        if describe(missed) is None:
+            del noisy["InterestGatewayDown"]
+    assert not noisy, f"active on a healthy stack: {active}"
