@@ -10,16 +10,22 @@ from pathlib import Path
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (field 3, state, is [0]); None
+    when the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def group_pids(pgid: int) -> list[int]:
     """Every live pid whose process group is `pgid` (Triton and its python-backend stubs)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid:
+            fields = _stat_fields(entry.name)
+            if fields is not None and int(fields[2]) == pgid:
                 pids.append(int(entry.name))
     return pids
 
@@ -27,9 +33,8 @@ def group_pids(pgid: int) -> list[int]:
 def cpu_seconds(pid: int, reaped_children: bool = False) -> float:
     """utime + stime of one process, seconds; with `reaped_children`, plus those of its children
     that ended and were reaped (cutime + cstime)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+    fields = _stat_fields(pid)
+    if fields is None:
         return 0.0
     return sum(int(f) for f in fields[11:15 if reaped_children else 13]) / _TICK
 
@@ -37,9 +42,8 @@ def cpu_seconds(pid: int, reaped_children: bool = False) -> float:
 def page_faults(pid: int) -> dict[str, int]:
     """Page faults of one process so far: `minor` (the page was in memory, only unmapped here)
     and `major` (it had to be read from disk: a file page the kernel had dropped)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+    fields = _stat_fields(pid)
+    if fields is None:
         return {"minor": 0, "major": 0}
     return {"minor": int(fields[7]), "major": int(fields[9])}
 
