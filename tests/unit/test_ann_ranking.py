@@ -19,6 +19,7 @@ from interest_core.ranking import ann
 from interest_core.ranking.ann import AnnIndex, IndexParams, bitmap, store_index
 from interest_core.ranking.assets import Blend, RankingAssets
 from interest_core.ranking.blend import ServedBlend
+from interest_core.ranking.linalg import small_matvec
 from interest_core.recommender import Recommender
 from tests.unit.test_catalogue_updates import Change
 from tests.unit.test_recommender import Stages, make_book, random_assets
@@ -127,6 +128,66 @@ def test_removed_changed_and_added_items_under_the_index(tmp_path: Path) -> None
     moved = cat.position(before[1])
     assert moved is not None
     np.testing.assert_allclose(ann.vectors(np.array([moved]))[0], far, atol=1e-6)
+
+
+@pytest.mark.parametrize("candidates", [0, 1024])
+def test_many_added_items_rank_as_the_exact_path(tmp_path: Path, candidates: int) -> None:
+    """More added and changed items than the index's candidates (400 against 50): only the
+    added items of largest exact score join the candidates, and the top 20 is still the exact
+    path's, exclusions of added items included (each banned one makes room for another)."""
+    installed, assets, index = random_world(tmp_path)
+    approximate = recommender(tmp_path / "a", assets, candidates)
+    exact = recommender(tmp_path / "e", assets)
+    queries = []
+    for u in range(20):  # added items near the users' queries, so that they compete
+        profiles = exact.book.store.load(f"u{u}")
+        queries.append(exact.migration.migrate({p: (v.vector, v.events) for p, v in profiles.items()},
+                                               "kitchen"))
+    rng = np.random.default_rng(11)
+    added = np.stack(queries)[np.arange(400) % 20] + rng.normal(0, 0.05, (400, DIM)).astype(np.float32)
+    added /= np.linalg.norm(added, axis=1, keepdims=True)
+    # half new (no co-occurrence: the same blend), half installed items retitled (their blend kept)
+    changes = [Change(f"new{j}", f"NEW {j}", added[j], False, j + 1) for j in range(200)]
+    changes += [Change(f"k{j}", f"MOVED {j}", added[200 + j], False, 201 + j) for j in range(200)]
+    for rec, index_or_none in ((approximate, index), (exact, None)):
+        live = LiveCatalogue(installed)
+        live.apply(changes)
+        serve(rec, live, index_or_none)
+    served = approximate.served["kitchen"]
+    assert served.ann is not None and len(served.ann.delta) == 400 > approximate.ann_candidates
+    competing = 0
+    for u in range(20):
+        first = top(exact, f"u{u}", k=20)
+        banned = tuple(i for i in first if i.startswith("new") or int(i[1:]) < 200)[:4]
+        competing += len(banned)
+        assert top(approximate, f"u{u}", k=20) == first
+        assert top(approximate, f"u{u}", k=20, exclude=banned) == top(exact, f"u{u}", k=20, exclude=banned)
+    assert competing >= 20  # changed items reach the users' top 20s (the blend ranks many others first)
+
+
+def test_the_added_items_leaders_are_those_of_largest_exact_score(tmp_path: Path) -> None:
+    """Recommender._delta_leaders against every added item's score computed in full: the blend
+    counts (retitled items keep their co-occurrence and popularity), all of them come back when
+    there are no more than asked for."""
+    installed, assets, index = random_world(tmp_path)
+    rng = np.random.default_rng(12)
+    vectors = rng.standard_normal((300, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    live = LiveCatalogue(installed)
+    live.apply([Change(f"k{j * 7}", "MOVED", vectors[j], False, j + 1) for j in range(300)])
+    cat, _, added, snapshot = live.ann_snapshot(index)
+    blend = ServedBlend(assets, "kitchen", cat.catalogue.item_ids, added).sparse(
+        {"food": np.array([1, 2, 3], np.int64)})
+    assert blend is not None
+    query = vectors[5] + 0.5 * vectors[6]
+    full = small_matvec(snapshot.delta_vectors, query) + blend.at(snapshot.delta)
+    for n in (1, 40, 299):
+        leaders = Recommender._delta_leaders(snapshot, query, blend, n)
+        assert sorted(leaders.tolist()) == sorted(snapshot.delta[np.argsort(-full)[:n]].tolist())
+    without_blend = Recommender._delta_leaders(snapshot, query, None, 40)
+    assert sorted(without_blend.tolist()) == sorted(
+        snapshot.delta[np.argsort(-small_matvec(snapshot.delta_vectors, query))[:40]].tolist())
+    assert Recommender._delta_leaders(snapshot, query, blend, 300) is snapshot.delta
 
 
 def test_an_indexed_snapshot_shares_the_live_positions_but_sees_only_its_own_items(tmp_path: Path) -> None:
