@@ -207,6 +207,14 @@ def _catalogue_scale(section: dict[str, Any] | None) -> list[str]:
                   "| --: | --: | --: | --: |"]
         lines += [f"| {c['items']:,} | {c['exact_ms']} | {c['ann_ms']} | {c['index_build_s']} |"
                   for c in section["rank_cost"]]
+    if section.get("added_items_cost"):
+        lines += ["", "Items added since the index's build (beside the index, as UpdateCatalogue adds "
+                  "them), in-process at the largest indexed size: Recommender.ann_top_k for a model-only "
+                  "query, one at a time:", "",
+                  "| items added | call p50 ms | call p99 ms | its search p50 ms |",
+                  "| --: | --: | --: | --: |"]
+        lines += [f"| {c['added']:,} | {c['call_p50_ms']} | {c['call_p99_ms']} | {c['search_p50_ms']} |"
+                  for c in section["added_items_cost"]]
     lines += ["", "![catalogue scale](catalogue_scale.png)", ""]
     return lines
 

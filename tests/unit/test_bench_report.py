@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.report import _limit_target, _paired_table
+from bench.report import _catalogue_scale, _limit_target, _paired_table
 
 STACK = {"throughput_rps": 80.0}
 LIMIT = {"requests_per_s": 100.0}
@@ -134,3 +134,14 @@ def test_the_propagation_row_says_each_direction_and_what_was_never_seen() -> No
     assert _propagation_row(None) == []
     (failed,) = _propagation_row({"error": "AioRpcError(UNAVAILABLE)"})
     assert "not measured: AioRpcError(UNAVAILABLE) | |" in failed
+
+
+def test_the_catalogue_section_tables_the_cost_of_added_items_when_measured() -> None:
+    section: dict[str, Any] = {"queries": {"migrated": 10, "model_only": 10},
+                               "settings": {"ann_ef_search": 1024}, "sizes": [], "rank_cost": []}
+    assert not any("Items added" in line for line in _catalogue_scale(section))
+    section["added_items_cost"] = [
+        {"added": 0, "call_p50_ms": 3.75, "call_p99_ms": 5.04, "search_p50_ms": 3.68},
+        {"added": 50_000, "call_p50_ms": 10.37, "call_p99_ms": 11.73, "search_p50_ms": 4.07}]
+    lines = _catalogue_scale(section)
+    assert "| 0 | 3.75 | 5.04 | 3.68 |" in lines and "| 50,000 | 10.37 | 11.73 | 4.07 |" in lines
