@@ -9,7 +9,8 @@ cosine to r is about 0.925. Origins run through seeded permutations of the real 
 has about N / 27,637 variants (36 at 10^6) and the neighbourhoods stay those of the real
 catalogue, with near-duplicates as a real catalogue has them. Each is installed like
 `make engine` installs a catalogue (interest_core.catalogue.write_installed, the index built
-by the same code for N >= ann_min_items) into var/bench/catalogues/kitchen-<N>/, beside the
+by the same code for N >= ann_min_items, and then the catalogue written in the index's locality
+order, not the one above) into var/bench/catalogues/kitchen-<N>/, beside the
 real model's other files, and kept there: a later run with the same parameters reuses it.
 
 **Each size.** A real gateway process (`python -m gateway.server`) on the real Triton serves
@@ -74,7 +75,13 @@ from interest_core.catalogue_log import CatalogueRow
 from interest_core.config import ROOT, Settings, load_settings
 from interest_core.contract import ASSETS_FILE, VERSION_FILE, read_version
 from interest_core.live_catalogue import LiveCatalogue
-from interest_core.ranking.ann import AnnIndex, IndexParams, build_index, store_index
+from interest_core.ranking.ann import (
+    LOCALITY_ORDER,
+    AnnIndex,
+    IndexParams,
+    build_index,
+    store_index_in_locality_order,
+)
 from interest_core.ranking.scoring import catalogue_scores
 from interest_core.recommender import Recommender
 from interest_model.corpus import UserSequence, load_sequences
@@ -127,7 +134,7 @@ def install(settings: Settings, n: int) -> tuple[Path, dict[str, Any]]:
     indexed = n >= settings.ann_min_items
     params = IndexParams()
     stamp = {"items": n, "noise": NOISE, "seed": SEED, "model_version": version["model_version"],
-             "index": params.describe() if indexed else None}
+             "index": {**params.describe(), "order": LOCALITY_ORDER} if indexed else None}
     stamp_path = repo / "stamp.json"
     if (stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp
             and all((target / name).exists() for name in os.listdir(target))):  # (links may dangle)
@@ -144,8 +151,8 @@ def install(settings: Settings, n: int) -> tuple[Path, dict[str, Any]]:
         log(f"  indexed {done:,}/{total:,} items ({done / max(seconds, 1e-6):.0f}/s, "
             f"~{seconds * (total - done) / max(done, 1):.0f}s left)")
 
-    entry = write_installed(target, grown, (lambda emb, path: store_index(emb, path, params, progress))
-                            if indexed else None)
+    entry = write_installed(target, grown, (lambda emb, path: store_index_in_locality_order(
+        emb, path, params, progress)) if indexed else None)
     for name in os.listdir(model_dir):  # everything else: the real model's files
         if name != VERSION_FILE and not (target / name).exists():
             (target / name).symlink_to((model_dir / name).resolve())
@@ -373,7 +380,8 @@ def added_cost(settings: Settings, repo: Path, counts: Sequence[int] = ADDED_COU
     installed = read_installed(model_dir, PLATFORM, version)
     index = AnnIndex.load(model_dir / f"catalogue-{PLATFORM}.faiss", settings.ann_ef_search)
     rng = np.random.default_rng(4)
-    base = np.asarray(installed.embeddings[:min(len(installed.embeddings), 27_637)], dtype=np.float32)
+    real = settings.model_repository / settings.model_name
+    base = np.asarray(read_installed(real, PLATFORM, read_version(real)).embeddings, dtype=np.float32)
     qs = np.stack([base[rng.choice(len(base), rng.integers(3, 9), replace=False)].mean(axis=0)
                    for _ in range(queries)]).astype(np.float32)
     qs /= np.linalg.norm(qs, axis=1, keepdims=True)

@@ -58,6 +58,17 @@ class InstalledCatalogue:
                 f"catalogue {self.catalogue.platform}: {n} ids, {len(self.catalogue.titles)} titles, "
                 f"embeddings {self.embeddings.shape} and popularity {self.popularity.shape} do not match")
 
+    def reordered(self, order: np.ndarray) -> InstalledCatalogue:
+        """The same items, item j of the result being item order[j] of this one (`order` a
+        permutation of the positions)."""
+        if sorted(order.tolist()) != list(range(len(self.catalogue))):
+            raise ValueError(f"catalogue {self.catalogue.platform}: the order is not a permutation of its "
+                             f"{len(self.catalogue)} positions")
+        c = self.catalogue
+        return InstalledCatalogue(Catalogue(c.platform, tuple(c.item_ids[i] for i in order),
+                                            tuple(c.titles[i] for i in order)),
+                                  np.asarray(self.embeddings)[order], self.popularity[order], self.index_path)
+
     def head(self, limit: int | None) -> InstalledCatalogue:
         """The first `limit` items (all when None): settings.catalogue_limit."""
         if limit is None or limit >= len(self.catalogue):
@@ -77,15 +88,21 @@ def index_path(model_dir: Path, platform: str) -> Path:
     return model_dir / CATALOGUE_INDEX.format(platform=platform)
 
 
-IndexWriter = Callable[[np.ndarray, Path], dict[str, object]]
+IndexWriter = Callable[[np.ndarray, Path], tuple[dict[str, object], np.ndarray]]
 
 
 def write_installed(model_dir: Path, installed: InstalledCatalogue,
                     index: IndexWriter | None = None) -> dict[str, object]:
     """Write one platform's catalogue files, and its nearest-neighbour index when given
-    `index(embeddings, path)`, which writes it there and describes it
-    (interest_core.ranking.ann.store_index); returns its VERSION.json entry (item count, each
-    file's digest, the index's description)."""
+    `index(embeddings, path)`, which writes it there and returns (its description, the order
+    of its ids: id i is row order[i]; interest_core.ranking.ann.store_index_in_locality_order).
+    The catalogue is then written in the index's order, so that its positions are the index's
+    ids. Returns the VERSION.json entry (item count, each file's digest, the index's
+    description)."""
+    described: dict[str, object] | None = None
+    if index is not None:
+        described, order = index(installed.embeddings, index_path(model_dir, installed.catalogue.platform))
+        installed = installed.reordered(order)
     items_path, embeddings_path = catalogue_paths(model_dir, installed.catalogue.platform)
     items = {"platform": installed.catalogue.platform, "item_ids": list(installed.catalogue.item_ids),
              "titles": list(installed.catalogue.titles),
@@ -95,9 +112,9 @@ def write_installed(model_dir: Path, installed: InstalledCatalogue,
     entry: dict[str, object] = {
         "items": len(installed.catalogue), "dim": int(installed.embeddings.shape[1]),
         "items_digest": file_digest(items_path), "embeddings_digest": file_digest(embeddings_path)}
-    if index is not None:
-        path = index_path(model_dir, installed.catalogue.platform)
-        entry["index"] = {**index(installed.embeddings, path), "digest": file_digest(path)}
+    if described is not None:
+        indexed = index_path(model_dir, installed.catalogue.platform)
+        entry["index"] = {**described, "digest": file_digest(indexed)}
     return entry
 
 

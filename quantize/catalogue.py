@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from interest_core.catalogue import Catalogue, InstalledCatalogue, catalogue_paths, write_installed
+from interest_core.catalogue import (
+    Catalogue,
+    IndexWriter,
+    InstalledCatalogue,
+    catalogue_paths,
+    write_installed,
+)
 from interest_core.config import Settings
 from interest_core.contract import CATALOGUE_EMBEDDINGS, CATALOGUE_INDEX, CATALOGUE_ITEMS
-from interest_core.ranking.ann import IndexParams, store_index
+from interest_core.ranking.ann import IndexParams, store_index_in_locality_order
 from interest_core.ranking.assets import RankingAssets
 from interest_core.tokenizer import BehaviourTokenizer
 from interest_model.corpus import item_popularity, load_catalogue
@@ -75,8 +81,7 @@ def remove_installed_catalogues(model_dir: Path) -> None:
             path.unlink()
 
 
-def index_for(settings: Settings, installed: InstalledCatalogue) -> Callable[
-        [np.ndarray, Path], dict[str, object]] | None:
+def index_for(settings: Settings, installed: InstalledCatalogue) -> IndexWriter | None:
     """write_installed's `index`: a nearest-neighbour index, with progress logging, for a
     catalogue of at least settings.ann_min_items items; none for a smaller one (scored whole)."""
     name, n = installed.catalogue.platform, len(installed.catalogue)
@@ -92,7 +97,7 @@ def index_for(settings: Settings, installed: InstalledCatalogue) -> Callable[
         log.info("catalogue %s: indexed %d/%d items (%.0f items/s, ~%.0fs left)", name, done, total,
                  done / max(seconds, 1e-6), left)
 
-    return lambda embeddings, path: store_index(embeddings, path, params, progress)
+    return lambda embeddings, path: store_index_in_locality_order(embeddings, path, params, progress)
 
 
 def install_catalogues(settings: Settings, onnx_path: Path, model_dir: Path,

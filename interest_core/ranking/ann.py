@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 LIBRARY = "faiss-cpu HNSW, float16 vectors"
+LOCALITY_ORDER = "breadth-first over level 0"  # store_index_in_locality_order's numbering
 log = logging.getLogger("interest.ann")
 
 
@@ -112,18 +113,61 @@ def build_index(embeddings: np.ndarray, params: IndexParams = IndexParams(),
     return index
 
 
+def locality_order(index: Any) -> np.ndarray:
+    """int64 [N]: the items of an HNSW `index` in breadth-first order over its level-0 graph
+    (links taken both ways) from the entry point; any item that walk never reaches follows,
+    in id order. Renumbered in this order, an item's graph neighbours mostly lie near it in
+    the file, so a search reads fewer distinct pages and cache lines."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import breadth_first_order
+
+    faiss = _faiss()
+    hnsw, n = index.hnsw, int(index.ntotal)
+    offsets = faiss.vector_to_array(hnsw.offsets).astype(np.int64)
+    links = faiss.vector_to_array(hnsw.neighbors)
+    first = int(faiss.vector_to_array(hnsw.cum_nneighbor_per_level)[0])  # level 0's slots
+    level0 = links[offsets[:-1, None] + first + np.arange(hnsw.nb_neighbors(0))[None, :]]
+    rows, cols = np.nonzero(level0 >= 0)
+    graph = csr_matrix((np.ones(len(rows), np.int8), (rows, level0[rows, cols])), shape=(n, n))
+    order = breadth_first_order(graph, int(hnsw.entry_point), directed=False, return_predecessors=False)
+    unreached = np.setdiff1d(np.arange(n), order)
+    return np.concatenate([order, unreached]).astype(np.int64)
+
+
 def store_index(embeddings: np.ndarray, path: Path, params: IndexParams = IndexParams(),
                 progress: Callable[[int, int, float], None] | None = None) -> dict[str, object]:
-    """Build the index of `embeddings` and write it to `path`; its description for
-    VERSION.json (catalogue.write_installed's `index`)."""
+    """Build the index of `embeddings` (item i gets id i) and write it to `path`; its
+    description for VERSION.json."""
     started = time.monotonic()
     index = build_index(embeddings, params, progress=progress)
-    # Never rewritten in place: a gateway mapping the old file would fault (SIGBUS) on its
-    # truncated pages. A new inode, renamed over the name, leaves the old mapping intact.
+    _write(index, path)
+    return {**params.describe(), "build_s": round(time.monotonic() - started, 1)}
+
+
+def store_index_in_locality_order(
+        embeddings: np.ndarray, path: Path, params: IndexParams = IndexParams(),
+        progress: Callable[[int, int, float], None] | None = None) -> tuple[dict[str, object], np.ndarray]:
+    """store_index with the items renumbered in `locality_order`: (its description, `order`),
+    where the index's id i is row order[i] of `embeddings`. The caller installs its catalogue
+    in that order (catalogue.write_installed), so that ids stay positions. The same graph and
+    the same candidates, found faster: at 10^6 items a search took 2.6 against 4.0 ms
+    (docs/ranking.md)."""
+    started = time.monotonic()
+    index = build_index(embeddings, params, progress=progress)
+    order = locality_order(index)
+    index.permute_entries(order)
+    _write(index, path)
+    return {**params.describe(), "order": LOCALITY_ORDER,
+            "build_s": round(time.monotonic() - started, 1)}, order
+
+
+def _write(index: Any, path: Path) -> None:
+    """Write `index` to `path`, never in place: a gateway mapping the old file would fault
+    (SIGBUS) on its truncated pages; a new inode renamed over the name leaves that mapping
+    intact."""
     partial = path.with_name(f".{path.name}.partial")
     _faiss().write_index(index, str(partial))
     os.replace(partial, path)
-    return {**params.describe(), "build_s": round(time.monotonic() - started, 1)}
 
 
 class AnnIndex:

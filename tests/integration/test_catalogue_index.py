@@ -1,7 +1,8 @@
 """A catalogue ranked through its nearest-neighbour index, on the real stack: the session's
 Triton, an in-process gateway on its own SQLite store, and the kitchen slice installed with
 an index as `make engine` installs one above ann_min_items (write_installed with
-ranking.ann.store_index; ann_min_items lowered to the slice's size). It ranks as the session's
+ranking.ann.store_index_in_locality_order: the catalogue written in the index's order;
+ann_min_items lowered to the slice's size). It ranks as the session's
 gateway, which scores the same slice whole; a new item appears at once, a removed one never
 again, also after a restart. The million-item figures: `make bench` (bench/catalogue_scale.py)."""
 
@@ -25,7 +26,7 @@ from gateway.server import create_server
 from interest_core.catalogue import read_installed, write_installed
 from interest_core.config import Settings
 from interest_core.contract import VERSION_FILE, read_version
-from interest_core.ranking.ann import IndexParams, store_index
+from interest_core.ranking.ann import IndexParams, store_index_in_locality_order
 from tests.integration.conftest import CATALOGUE_SLICE, Stack
 from tests.integration.test_catalogue_updates import NEW_ID, NEW_TITLE, TEA, kitchen_ids, tea_drinker
 
@@ -39,7 +40,8 @@ def indexed_repository(settings: Settings, root: Path) -> Path:
     target.mkdir(parents=True)
     version = read_version(source)
     installed = read_installed(source, "kitchen", version)
-    entry = write_installed(target, installed, lambda emb, path: store_index(emb, path, IndexParams()))
+    entry = write_installed(target, installed,
+                            lambda emb, path: store_index_in_locality_order(emb, path, IndexParams()))
     for name in os.listdir(source):
         if name != VERSION_FILE and not (target / name).exists():
             (target / name).symlink_to((source / name).resolve())
