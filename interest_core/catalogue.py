@@ -61,7 +61,7 @@ class InstalledCatalogue:
     def reordered(self, order: np.ndarray) -> InstalledCatalogue:
         """The same items, item j of the result being item order[j] of this one (`order` a
         permutation of the positions)."""
-        if sorted(order.tolist()) != list(range(len(self.catalogue))):
+        if not np.array_equal(np.sort(order), np.arange(len(self.catalogue))):
             raise ValueError(f"catalogue {self.catalogue.platform}: the order is not a permutation of its "
                              f"{len(self.catalogue)} positions")
         c = self.catalogue

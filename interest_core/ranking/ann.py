@@ -11,6 +11,9 @@ settings were picked by measurement (`make ann-compare`, docs/ranking.md):
   efSearch while searching), the vectors stored as float16 inside the index: one copy of the
   catalogue in 2 bytes a value, 768 MB at 10^6 x 384, scores within about 1e-4 of float32,
   and rows read back from it for exact re-scoring.
+- The items are numbered in a breadth-first walk of the graph (`locality_order`), and the
+  catalogue is installed in that order: an item's links lie near it in the file, so a search
+  touches fewer pages (a third less time a search at 10^6 items).
 - The file is memory-mapped (faiss IO_FLAG_MMAP_IFC), and its pages are shared through the
   page cache by a host's gateways. Loading reads the file once, sequentially, before the
   gateway is ready (`warm_page_cache`), then touches every page of the mapping (`map_pages`):
