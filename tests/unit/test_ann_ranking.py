@@ -165,6 +165,33 @@ def test_many_added_items_rank_as_the_exact_path(tmp_path: Path, candidates: int
     assert competing >= 20  # changed items reach the users' top 20s (the blend ranks many others first)
 
 
+def test_banned_added_items_make_room_for_others(tmp_path: Path) -> None:
+    """ann_top_k without a blend (a user with no source platform), k above the index's
+    candidates and the best added items banned: the added items fill the true top k, so it
+    comes back whole only if the added items taken are k plus the banned count."""
+    installed, assets, index = random_world(tmp_path)
+    rec = recommender(tmp_path, assets)
+    rng = np.random.default_rng(13)
+    query = rng.standard_normal(DIM).astype(np.float32)
+    query /= np.linalg.norm(query)
+    added = query + rng.normal(0, 0.05, (300, DIM)).astype(np.float32)
+    added /= np.linalg.norm(added, axis=1, keepdims=True)
+    live = LiveCatalogue(installed)
+    live.apply([Change(f"new{j}", f"NEW {j}", added[j], False, j + 1) for j in range(300)])
+    serve(rec, live, index)
+    served = rec.served["kitchen"]
+    assert served.ann is not None
+    every = np.flatnonzero(served.ann.live)
+    scores = served.ann.vectors(every) @ query
+    best = every[np.argsort(-scores)]
+    k = rec.ann_candidates + 10
+    banned = np.sort(best[:8])
+    assert all(p >= N for p in best[:k + 8])  # the added items lead, well past k + 8
+    ranked, bounded = rec.ann_top_k(served, query, None, k, banned)
+    assert not bounded
+    assert [r.item_id for r in ranked] == [served.index.catalogue.item_ids[p] for p in best[8:k + 8]]
+
+
 def test_the_added_items_leaders_are_those_of_largest_exact_score(tmp_path: Path) -> None:
     """Recommender._delta_leaders against every added item's score computed in full: the blend
     counts (retitled items keep their co-occurrence and popularity), all of them come back when
