@@ -130,8 +130,9 @@ def locality_order(index: Any) -> np.ndarray:
     links = faiss.vector_to_array(hnsw.neighbors)
     first = int(faiss.vector_to_array(hnsw.cum_nneighbor_per_level)[0])  # level 0's slots
     level0 = links[offsets[:-1, None] + first + np.arange(hnsw.nb_neighbors(0))[None, :]]
-    rows, cols = np.nonzero(level0 >= 0)
-    graph = csr_matrix((np.ones(len(rows), np.int8), (rows, level0[rows, cols])), shape=(n, n))
+    valid = level0 >= 0  # (-1: an empty slot)
+    indptr = np.concatenate([[0], np.cumsum(valid.sum(axis=1))])  # CSR built directly: no COO copy
+    graph = csr_matrix((np.ones(int(indptr[-1]), np.int8), level0[valid], indptr), shape=(n, n))
     order = breadth_first_order(graph, int(hnsw.entry_point), directed=False, return_predecessors=False)
     unreached = np.setdiff1d(np.arange(n), order)
     return np.concatenate([order, unreached]).astype(np.int64)
