@@ -104,12 +104,11 @@ class CatalogueFollower:
                 continue
             if name in self.indexes:
                 served = await asyncio.to_thread(self._prepare, name)
-                index = served.index
             else:  # nothing in the log for it: the installed catalogue as it is, no copy
                 index = CatalogueIndex(installed.catalogue, installed.embeddings)
                 served = await asyncio.to_thread(self.recommender.prepare, name, index, installed.popularity)
             self.recommender.serve(name, served)
-            self.metrics.catalogue_items.labels(platform=name).set(len(index))
+            self._count(name, served)
 
     async def sync(self, platform: str) -> int:
         """Apply the log entries of `platform` this gateway has not seen; how many."""
@@ -130,12 +129,20 @@ class CatalogueFollower:
                 if not row.removed:
                     self.titles[platform][row.item_id] = row.title
             self.recommender.serve(platform, served)
-            index = served.index
-            self.metrics.catalogue_items.labels(platform=platform).set(len(index))
+            self._count(platform, served)
             self.metrics.catalogue_version.labels(platform=platform).set(live.version)
-            log.info("catalogue %s: %d change(s) applied up to version %d; %d items rankable",
-                     platform, applied, live.version, len(index))
+            log.info("catalogue %s: %d change(s) applied up to version %d; %d items rankable%s",
+                     platform, applied, live.version, len(live),
+                     f", {len(served.ann.delta)} of them beside its index until the next make engine"
+                     if served.ann is not None else "")
             return applied
+
+    def _count(self, platform: str, served: ServedCatalogue) -> None:
+        """The catalogue gauges of `platform` now: its rankable items (an indexed snapshot keeps
+        the removed ones' positions, so not len(served.index)) and those beside its index."""
+        self.metrics.catalogue_items.labels(platform=platform).set(len(self.live[platform]))
+        self.metrics.catalogue_unindexed.labels(platform=platform).set(
+            len(served.ann.delta) if served.ann is not None else 0)
 
     def _prepare(self, platform: str) -> ServedCatalogue:
         """What Recommend ranks `platform` with, made from its live catalogue now: through its

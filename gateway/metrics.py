@@ -108,8 +108,13 @@ class GatewayMetrics:
             "Stored profiles of an older model re-embedded for the served one: rebuilt from their "
             "items' titles, or emptied (no catalogue item to rebuild from).",
             ("platform", "outcome"), registry=self.registry)
-        self.catalogue_items = Gauge("interest_catalogue_items", "Items in the ranking index.",
-                                     ("platform",), registry=self.registry)
+        self.catalogue_items = Gauge("interest_catalogue_items", "Items Recommend can rank now (removed "
+                                     "ones not counted).", ("platform",), registry=self.registry)
+        self.catalogue_unindexed = Gauge(
+            "interest_catalogue_unindexed_items",
+            "Items added or retitled since `make engine` built the platform's nearest-neighbour index: "
+            "each call through the index scores them all beside it, until the next `make engine` "
+            "folds them in (0 for a catalogue scored whole).", ("platform",), registry=self.registry)
         self.catalogue_version = Gauge(
             "interest_catalogue_version",
             "The platform's catalogue-log version this gateway serves (0: as installed); gateways "

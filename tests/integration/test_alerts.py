@@ -197,6 +197,19 @@ CASES: list[dict[str, Any]] = [
                 "summary": "food is refused 5 calls/s over its share"}),
         ],
     },
+    {  # kitchen's items outside its index pass 50,000 at minute 26 and stay; food's catalogue
+        # is scored whole (0)
+        "input_series": [
+            series("interest_catalogue_unindexed_items", {"platform": "kitchen"}, "0+2000x30 60000+0x70"),
+            series("interest_catalogue_unindexed_items", {"platform": "food"}, "0+0x100"),
+        ],
+        "alert_rule_test": [
+            alert("InterestCatalogueUnindexed", "60m"),  # over, but not yet for an hour
+            alert("InterestCatalogueUnindexed", "90m", {
+                "severity": "warning", "platform": "kitchen",
+                "summary": "kitchen has 60000 items outside its nearest-neighbour index"}),
+        ],
+    },
     {  # a keys file reload refused at minute 3; later reloads succeed
         "input_series": [
             series("interest_api_key_reloads_total", {"outcome": "rejected"}, "0 0 0 1+0x13"),

@@ -13,6 +13,7 @@ import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -72,6 +73,16 @@ async def tea_drinker_on(stub: pb_grpc.InterestGatewayStub, user: str) -> None:
     await stub.SetConsent(pb.SetConsentRequest(user_id=user, migrate=True), timeout=30)
 
 
+def gauge(metric: Any) -> float:
+    """The kitchen series of a per-platform gauge."""
+    return next(s.value for m in metric.collect() for s in m.samples if s.labels.get("platform") == "kitchen")
+
+
+def counted(metrics: GatewayMetrics) -> tuple[float, float]:
+    """(kitchen items rankable, of them outside the index) as the gateway exports them."""
+    return gauge(metrics.catalogue_items), gauge(metrics.catalogue_unindexed)
+
+
 def rank_paths(metrics: GatewayMetrics) -> dict[str, float]:
     return {s.labels["path"]: s.value for m in metrics.rank_path.collect() for s in m.samples
             if s.name.endswith("_total") and s.labels.get("platform") == "kitchen"}
@@ -94,15 +105,20 @@ async def test_an_indexed_catalogue_ranks_as_the_exact_one_and_takes_updates(
         assert served[0] == exact[0]
         assert sum(rank_paths(metrics).values()) == 1 and rank_paths(metrics).keys() >= {"ann", "bounded"}
         assert len(await kitchen_ids(stub, user, k=200)) == 200
+        assert counted(metrics) == (CATALOGUE_SLICE, 0)
 
         added = await stub.UpdateCatalogue(pb.UpdateCatalogueRequest(
             platform="kitchen", upserts=[pb.CatalogueItem(item_id=NEW_ID, title=NEW_TITLE)]), timeout=30)
         assert (added.applied, added.catalogue_items) == (1, CATALOGUE_SLICE + 1), added
         assert NEW_ID in (await kitchen_ids(stub, user, k=200))[:100]
+        # the new item is ranked beside the index, and the dashboard counts it
+        assert counted(metrics) == (CATALOGUE_SLICE + 1, 1)
         removed = await stub.UpdateCatalogue(pb.UpdateCatalogueRequest(
             platform="kitchen", remove_item_ids=[NEW_ID, exact[0]]), timeout=30)
         assert removed.applied == 2, removed
         after = await kitchen_ids(stub, user, k=200)
         assert NEW_ID not in after and exact[0] not in after and len(after) == 200
+        # both removed: neither counted, though the index keeps a position for each
+        assert counted(metrics) == (CATALOGUE_SLICE - 1, 0)
     async with indexed_gateway(stack, settings) as (stub, _):  # restarted on the same store
         assert await kitchen_ids(stub, user, k=200) == after
