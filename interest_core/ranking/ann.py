@@ -116,6 +116,17 @@ def build_index(embeddings: np.ndarray, params: IndexParams = IndexParams(),
     return index
 
 
+def level0_links(index: Any) -> np.ndarray:
+    """int32 [N, 2M]: each item's links at level 0 of an HNSW `index` (-1: an empty slot)."""
+    faiss = _faiss()
+    hnsw = index.hnsw
+    offsets = faiss.vector_to_array(hnsw.offsets).astype(np.int64)
+    links = faiss.vector_to_array(hnsw.neighbors)
+    first = int(faiss.vector_to_array(hnsw.cum_nneighbor_per_level)[0])  # level 0's slots
+    level0: np.ndarray = links[offsets[:-1, None] + first + np.arange(hnsw.nb_neighbors(0))[None, :]]
+    return level0
+
+
 def locality_order(index: Any) -> np.ndarray:
     """int64 [N]: the items of an HNSW `index` in breadth-first order over its level-0 graph
     (links taken both ways) from the entry point; any item that walk never reaches follows,
@@ -124,16 +135,13 @@ def locality_order(index: Any) -> np.ndarray:
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import breadth_first_order
 
-    faiss = _faiss()
-    hnsw, n = index.hnsw, int(index.ntotal)
-    offsets = faiss.vector_to_array(hnsw.offsets).astype(np.int64)
-    links = faiss.vector_to_array(hnsw.neighbors)
-    first = int(faiss.vector_to_array(hnsw.cum_nneighbor_per_level)[0])  # level 0's slots
-    level0 = links[offsets[:-1, None] + first + np.arange(hnsw.nb_neighbors(0))[None, :]]
+    n = int(index.ntotal)
+    level0 = level0_links(index)
     valid = level0 >= 0  # (-1: an empty slot)
     indptr = np.concatenate([[0], np.cumsum(valid.sum(axis=1))])  # CSR built directly: no COO copy
     graph = csr_matrix((np.ones(int(indptr[-1]), np.int8), level0[valid], indptr), shape=(n, n))
-    order = breadth_first_order(graph, int(hnsw.entry_point), directed=False, return_predecessors=False)
+    order = breadth_first_order(graph, int(index.hnsw.entry_point), directed=False,
+                                return_predecessors=False)
     unreached = np.setdiff1d(np.arange(n), order)
     return np.concatenate([order, unreached]).astype(np.int64)
 

@@ -370,14 +370,8 @@ def test_loading_reads_the_whole_index_file_into_the_page_cache(tmp_path: Path,
 def blocks_per_neighbour(index: object, block: int = 8) -> float:
     """The mean, over items, of the distinct blocks of `block` consecutive ids that an item's
     level-0 links point into, per link (1: every link in a block of its own)."""
-    import faiss
-
-    hnsw = index.hnsw  # type: ignore[attr-defined]
-    offsets = faiss.vector_to_array(hnsw.offsets).astype(np.int64)
-    links = faiss.vector_to_array(hnsw.neighbors)
-    level0 = links[offsets[:-1, None] + np.arange(hnsw.nb_neighbors(0))[None, :]]
     return float(np.mean([len(np.unique(row[row >= 0] // block)) / max(int((row >= 0).sum()), 1)
-                          for row in level0]))
+                          for row in ann.level0_links(index)]))
 
 
 def test_the_locality_order_renumbers_the_same_graph(tmp_path: Path) -> None:
