@@ -79,8 +79,7 @@ from interest_core.ranking.ann import (
     LOCALITY_ORDER,
     AnnIndex,
     IndexParams,
-    build_index,
-    locality_order,
+    build_index_in_locality_order,
     store_index_in_locality_order,
 )
 from interest_core.ranking.scoring import catalogue_scores
@@ -356,9 +355,7 @@ def rank_cost(settings: Settings, sizes: Sequence[int] = COST_SIZES, queries: in
             np.argpartition(-scores, k)[:k]
         exact_ms = (time.perf_counter() - started) * 1e3 / queries
         built = time.monotonic()
-        graph = build_index(items, IndexParams())
-        graph.permute_entries(locality_order(graph))  # as installed (store_index_in_locality_order)
-        index = AnnIndex(graph, settings.ann_ef_search)
+        index = AnnIndex(build_index_in_locality_order(items)[0], settings.ann_ef_search)  # as installed
         build_s = time.monotonic() - built
         started = time.perf_counter()
         for q in qs:

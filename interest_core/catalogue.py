@@ -99,9 +99,10 @@ def write_installed(model_dir: Path, installed: InstalledCatalogue,
     The catalogue is then written in the index's order, so that its positions are the index's
     ids. Returns the VERSION.json entry (item count, each file's digest, the index's
     description)."""
+    indexed = index_path(model_dir, installed.catalogue.platform)
     described: dict[str, object] | None = None
     if index is not None:
-        described, order = index(installed.embeddings, index_path(model_dir, installed.catalogue.platform))
+        described, order = index(installed.embeddings, indexed)
         installed = installed.reordered(order)
     items_path, embeddings_path = catalogue_paths(model_dir, installed.catalogue.platform)
     items = {"platform": installed.catalogue.platform, "item_ids": list(installed.catalogue.item_ids),
@@ -113,7 +114,6 @@ def write_installed(model_dir: Path, installed: InstalledCatalogue,
         "items": len(installed.catalogue), "dim": int(installed.embeddings.shape[1]),
         "items_digest": file_digest(items_path), "embeddings_digest": file_digest(embeddings_path)}
     if described is not None:
-        indexed = index_path(model_dir, installed.catalogue.platform)
         entry["index"] = {**described, "digest": file_digest(indexed)}
     return entry
 
