@@ -77,6 +77,7 @@ from interest_core.contract import ASSETS_FILE, VERSION_FILE, read_version
 from interest_core.live_catalogue import LiveCatalogue
 from interest_core.ranking.ann import (
     LOCALITY_ORDER,
+    AddedIndex,
     AnnIndex,
     IndexParams,
     build_index_in_locality_order,
@@ -88,7 +89,7 @@ from interest_model.corpus import UserSequence, load_sequences
 
 SIZES = (10_000, 100_000, 1_000_000)
 COST_SIZES = (10_000, 30_000, 50_000, 100_000)  # where the exact scan stops being faster
-ADDED_COUNTS = (0, 1_000, 10_000, 50_000)  # items added while serving, not yet in the index
+ADDED_COUNTS = (0, 1_000, 10_000, 50_000, 100_000)  # items added while serving, not in make engine's index
 NOISE = 0.021  # per dimension: cosine 1 / sqrt(1 + 384 * NOISE^2) = 0.925 to the origin
 SEED = 1
 QUERIES = 1000  # users whose top 10 are compared (the issue asks for at least 1,000)
@@ -375,7 +376,10 @@ def added_cost(settings: Settings, repo: Path, counts: Sequence[int] = ADDED_COU
     in `repo` after `count` items were added through the live catalogue (as UpdateCatalogue
     adds them: not in the index, each with its own vector, here a real item's plus the
     catalogue's noise); no blend (a model-only user, every call through the index). p50 and
-    p99 of the whole call and of its search alone; queries are means of 3-8 real items."""
+    p99 of the whole call and of its search alone; queries are means of 3-8 real items. Where
+    `count` reaches `ann_added_index_min`, the same again with the added items indexed as the
+    gateway indexes them (AddedIndex): the build's time, the call's p50 and p99, and its top k
+    against the exact scoring of every added item (overlap@k)."""
     model_dir = repo / settings.model_name
     version = read_version(model_dir)
     installed = read_installed(model_dir, PLATFORM, version)
@@ -408,13 +412,35 @@ def added_cost(settings: Settings, repo: Path, counts: Sequence[int] = ADDED_COU
             started = time.perf_counter()
             index.search(q, settings.ann_candidates)
             searches.append(time.perf_counter() - started)
-        row = {"added": count, "call_p50_ms": round(float(np.median(calls)) * 1e3, 2),
-               "call_p99_ms": round(float(np.percentile(calls, 99)) * 1e3, 2),
-               "search_p50_ms": round(float(np.median(searches)) * 1e3, 2)}
-        out.append(row)
+        row: dict[str, Any] = {"added": count, "call_p50_ms": ms(calls, 50), "call_p99_ms": ms(calls, 99),
+                               "search_p50_ms": ms(searches, 50)}
         log(f"  {count:,} items added since the build: ann_top_k p50 {row['call_p50_ms']} ms, "
             f"p99 {row['call_p99_ms']} ms (its search alone p50 {row['search_p50_ms']} ms)")
+        if count >= settings.ann_added_index_min:
+            exact_tops = [{r.item_id for r in rec.ann_top_k(served, q, None, k, banned)[0]} for q in qs]
+            started = time.perf_counter()
+            added_index = AddedIndex.build(*live.changed_items())
+            row["added_index_build_s"] = round(time.perf_counter() - started, 2)
+            cat, popularity, added, snapshot = live.ann_snapshot(index, added_index)
+            served = rec.prepare(PLATFORM, cat, popularity, added, snapshot)
+            calls, overlap = [], []
+            for q, exact_top in zip(qs, exact_tops):
+                started = time.perf_counter()
+                ranked, _ = rec.ann_top_k(served, q, None, k, banned)
+                calls.append(time.perf_counter() - started)
+                overlap.append(len(exact_top & {r.item_id for r in ranked}) / k)
+            row.update(indexed_call_p50_ms=ms(calls, 50), indexed_call_p99_ms=ms(calls, 99),
+                       indexed_overlap_at_10=round(float(np.mean(overlap)), 4))
+            log(f"  ... indexed as the gateway indexes them ({row['added_index_build_s']} s on one "
+                f"thread): ann_top_k p50 {row['indexed_call_p50_ms']} ms, p99 {row['indexed_call_p99_ms']} "
+                f"ms, overlap@{k} with their exact scoring {row['indexed_overlap_at_10']}")
+        out.append(row)
     return out
+
+
+def ms(seconds: Sequence[float], percentile: float) -> float:
+    """The `percentile` of durations in seconds, in ms, rounded to 0.01."""
+    return round(float(np.percentile(seconds, percentile)) * 1e3, 2)
 
 
 async def catalogue_scale_run(triton: TritonServer, sizes: Sequence[int], queries: int,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -20,7 +21,7 @@ from interest_core.catalogue_log import CatalogueRow
 from interest_core.errors import Unavailable
 from interest_core.live_catalogue import LiveCatalogue
 from interest_core.profile_book import ProfileBook
-from interest_core.ranking.ann import AnnIndex
+from interest_core.ranking.ann import AddedIndex, AnnIndex
 from interest_core.ranking.index import CatalogueIndex
 from interest_core.recommender import Recommender, ServedCatalogue
 
@@ -69,12 +70,17 @@ class CatalogueFollower:
     Recommend then ranks the new snapshot from its next call on (Recommender.serve).
 
     Log entries embedded by another model (added before `make engine` installed the served
-    one) are embedded again through Triton when read, and written back for every gateway."""
+    one) are embedded again through Triton when read, and written back for every gateway.
+
+    For a catalogue ranked through its index, once `added_index_min` items added or changed
+    since the build are scored exactly beside it, an index of all of them is built in the
+    background (AddedIndex, on one thread) and served from then on; items that arrive later
+    are scored exactly until they are as many again, and the index is built again, whole."""
 
     def __init__(self, book: ProfileBook, recommender: Recommender, encoder: TritonEncoder,
                  metrics: GatewayMetrics, installed: Mapping[str, InstalledCatalogue],
                  titles: Mapping[str, dict[str, str]], model_version: str,
-                 indexes: Mapping[str, AnnIndex] | None = None) -> None:
+                 indexes: Mapping[str, AnnIndex] | None = None, added_index_min: int = 10_000) -> None:
         self.book = book
         self.store = book.store
         self.recommender = recommender
@@ -84,6 +90,9 @@ class CatalogueFollower:
         self.titles = titles  # the adapters' item-id -> title maps: new items resolve there too
         self.model_version = model_version
         self.indexes = dict(indexes or {})  # the catalogues ranked through a nearest-neighbour index
+        self.added_index_min = added_index_min
+        self.added: dict[str, AddedIndex] = {}  # per indexed catalogue: its items added since the build
+        self._indexing: dict[str, asyncio.Task[None]] = {}  # added-items index builds under way
         self.live: dict[str, LiveCatalogue] = {}
         self._locks = {name: asyncio.Lock() for name in installed}
 
@@ -110,6 +119,12 @@ class CatalogueFollower:
             self.recommender.serve(name, served)
             self._count(name, served)
 
+    async def close(self) -> None:
+        """Stop the added-items index builds under way (the one on a thread finishes first)."""
+        for task in list(self._indexing.values()):
+            task.cancel()
+        await asyncio.gather(*self._indexing.values(), return_exceptions=True)
+
     async def sync(self, platform: str) -> int:
         """Apply the log entries of `platform` this gateway has not seen; how many."""
         live = self.live[platform]
@@ -133,23 +148,64 @@ class CatalogueFollower:
             self.metrics.catalogue_version.labels(platform=platform).set(live.version)
             log.info("catalogue %s: %d change(s) applied up to version %d; %d items rankable%s",
                      platform, applied, live.version, len(live),
-                     f", {len(served.ann.delta)} of them beside its index until the next make engine"
-                     if served.ann is not None else "")
+                     f", {served.ann.since_build} of them added or changed since its index was built "
+                     f"({served.ann.added_live} in the gateway's index of them, {len(served.ann.delta)} "
+                     "scored exactly)" if served.ann is not None else "")
+            self._index_added_when_due(platform, served)
             return applied
+
+    def _index_added_when_due(self, platform: str, served: ServedCatalogue) -> None:
+        """Start building an index of `platform`'s items added since the build when at least
+        `added_index_min` of them are scored exactly on every call (none already building)."""
+        if (served.ann is not None and len(served.ann.delta) >= self.added_index_min
+                and platform not in self._indexing):
+            self._indexing[platform] = asyncio.create_task(self._index_added(platform),
+                                                           name=f"index-added-{platform}")
+
+    async def _index_added(self, platform: str) -> None:
+        """Build the index of `platform`'s live items added or changed since the build, off the
+        event loop, and serve it; changes applied meanwhile are checked against it when it is
+        served (LiveCatalogue.ann_snapshot). A failure leaves them scored exactly."""
+        live = self.live[platform]
+        try:
+            async with self._locks[platform]:  # (apply runs under it: a consistent copy)
+                positions, vectors, versions = live.changed_items()
+            if not len(positions):
+                return  # (all removed meanwhile)
+            started = time.monotonic()
+            added = await asyncio.to_thread(AddedIndex.build, positions, vectors, versions)
+            async with self._locks[platform]:
+                self.added[platform] = added
+                served = await asyncio.to_thread(self._prepare, platform)
+                self.recommender.serve(platform, served)
+                self._count(platform, served)
+            log.info("catalogue %s: indexed the %d items added or changed since its index was built "
+                     "in %.1f s (%d scored exactly beside the indexes now)", platform, len(added),
+                     time.monotonic() - started, len(served.ann.delta) if served.ann is not None else 0)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("catalogue %s: indexing the items added since its index was built failed; "
+                          "they stay scored exactly beside it", platform)
+            return
+        finally:
+            self._indexing.pop(platform, None)
+        self._index_added_when_due(platform, served)  # many more arrived while it was building
 
     def _count(self, platform: str, served: ServedCatalogue) -> None:
         """The catalogue gauges of `platform` now: its rankable items (an indexed snapshot keeps
         the removed ones' positions, so not len(served.index)) and those beside its index."""
         self.metrics.catalogue_items.labels(platform=platform).set(len(self.live[platform]))
         self.metrics.catalogue_unindexed.labels(platform=platform).set(
-            len(served.ann.delta) if served.ann is not None else 0)
+            served.ann.since_build if served.ann is not None else 0)
 
     def _prepare(self, platform: str) -> ServedCatalogue:
         """What Recommend ranks `platform` with, made from its live catalogue now: through its
         nearest-neighbour index when it has one (no copy of the installed embeddings)."""
         live = self.live[platform]
         if platform in self.indexes:
-            index, popularity, added, ann = live.ann_snapshot(self.indexes[platform])
+            index, popularity, added, ann = live.ann_snapshot(self.indexes[platform],
+                                                              self.added.get(platform))
             return self.recommender.prepare(platform, index, popularity, added, ann)
         index, popularity, added = live.snapshot()
         return self.recommender.prepare(platform, index, popularity, added)

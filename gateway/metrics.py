@@ -113,8 +113,9 @@ class GatewayMetrics:
         self.catalogue_unindexed = Gauge(
             "interest_catalogue_unindexed_items",
             "Items added or retitled since `make engine` built the platform's nearest-neighbour index: "
-            "each call through the index scores them all beside it, until the next `make engine` "
-            "folds them in (0 for a catalogue scored whole).", ("platform",), registry=self.registry)
+            "in the gateway's own index of them, or scored beside the indexes on every call until there "
+            "are ann_added_index_min to index, until the next `make engine` folds them in (0 for a "
+            "catalogue scored whole).", ("platform",), registry=self.registry)
         self.catalogue_version = Gauge(
             "interest_catalogue_version",
             "The platform's catalogue-log version this gateway serves (0: as installed); gateways "

@@ -148,7 +148,8 @@ class Gateway:
                          "agree to cosine %.4f)", self.model_version, cosine)
             indexes = await asyncio.to_thread(open_indexes, self.settings, self.catalogues)
             follower = CatalogueFollower(svc.book, svc.recommender, svc.encoder, self.metrics,
-                                         self.catalogues, self.titles, self.model_version, indexes)
+                                         self.catalogues, self.titles, self.model_version, indexes,
+                                         self.settings.ann_added_index_min)
             await follower.start()  # the installed catalogues plus the store's catalogue log
             svc.catalogues = follower
             for name in self.catalogues:
@@ -222,6 +223,8 @@ class Gateway:
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.service.catalogues is not None:
+            await self.service.catalogues.close()
         await self.service.encoder.close()
         self.service.close()
 

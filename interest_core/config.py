@@ -167,6 +167,12 @@ class Settings(BaseSettings):
         description="how wide the index search looks (faiss HNSW efSearch): recall against time "
         "(at 10^6 items, efConstruction 400: overlap@10 0.989 with exact ranking: docs/ranking.md)",
     )
+    ann_added_index_min: int = Field(
+        default=10_000, ge=1,
+        description="for a catalogue ranked through its index: once this many items added or changed "
+        "since `make engine` built it are scored exactly beside it on every call, the gateway indexes "
+        "them in the background (all of them since the build, again as they grow: docs/catalogue.md)",
+    )
     ann_candidates: int = Field(
         default=100, ge=10,
         description="items the index supplies for the model term (at least k), scored exactly "

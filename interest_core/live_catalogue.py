@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 
 from interest_core.catalogue import Catalogue, InstalledCatalogue
-from interest_core.ranking.ann import AnnIndex, AnnSnapshot, bitmap
+from interest_core.ranking.ann import AddedIndex, AnnIndex, AnnSnapshot, bitmap
 from interest_core.ranking.index import CatalogueIndex
 
 
@@ -51,6 +51,7 @@ class LiveCatalogue:
         self.base = installed.embeddings
         self.dim = int(installed.embeddings.shape[1])
         self.changed: dict[int, np.ndarray] = {}  # position -> its vector, where not base's
+        self.changed_at: dict[int, int] = {}  # position -> the log version that gave `changed` its vector
         self.popularity = np.asarray(installed.popularity, dtype=np.float32)
         self.live = np.ones(len(self.ids), dtype=bool)
         self.position = {item: i for i, item in enumerate(self.ids)}
@@ -89,6 +90,7 @@ class LiveCatalogue:
                 if pos is not None:
                     live[pos] = False
                     self.changed.pop(pos, None)
+                    self.changed_at.pop(pos, None)
                 continue
             assert pos is not None
             if change.embedding is None:
@@ -99,6 +101,7 @@ class LiveCatalogue:
                 raise ValueError(f"catalogue log entry {change.version} of {change.item_id!r} has "
                                  f"{vec.shape} values, the served model {self.dim}")
             self.changed[pos] = vec
+            self.changed_at[pos] = change.version
             self.titles[pos] = change.title
             live[pos] = True
         self.live = live
@@ -121,21 +124,42 @@ class LiveCatalogue:
         return (CatalogueIndex(catalogue, embeddings), self.popularity[keep].copy(),
                 keep >= self.installed)
 
-    def ann_snapshot(self, index: AnnIndex) -> tuple[CatalogueIndex, np.ndarray, np.ndarray, AnnSnapshot]:
+    def changed_items(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The live items added or changed since the build: (positions int64, sorted; their
+        vectors float32 [n, D]; the log version of each vector), copies: what AddedIndex.build
+        indexes."""
+        positions = np.array(sorted(p for p in self.changed if self.live[p]), dtype=np.int64)
+        vectors = (np.stack([self.changed[int(p)] for p in positions]) if len(positions)
+                   else np.zeros((0, self.dim), np.float32))
+        versions = np.array([self.changed_at[int(p)] for p in positions], dtype=np.int64)
+        return positions, vectors, versions
+
+    def ann_snapshot(self, index: AnnIndex, added: AddedIndex | None = None
+                     ) -> tuple[CatalogueIndex, np.ndarray, np.ndarray, AnnSnapshot]:
         """snapshot() for a catalogue ranked through `index` (built over the installed items):
         every position kept (removed ones masked: never ranked, popularity -inf), no copy of
-        the installed embeddings; the items added or changed since are scored exactly."""
+        the installed embeddings. The items added or changed since are found through `added`
+        (an index of them built from changed_items()) where they are still as it indexed them,
+        and are scored exactly otherwise."""
         if len(index) != self.installed:
             raise ValueError(f"the {self.platform} index holds {len(index)} items, the installed "
                              f"catalogue {self.installed}")
         live = self.live.copy()
         catalogue = Catalogue(self.platform, tuple(self.ids), tuple(self.titles))
-        delta = np.array(sorted(p for p in self.changed if live[p]), dtype=np.int64)
+        changed = np.array(sorted(p for p in self.changed if live[p]), dtype=np.int64)
+        delta, added_banned, added_live = changed, None, 0
+        if added is not None:  # as indexed: still live, its vector from the same log entry
+            same = np.array([self.changed_at.get(int(p)) == v
+                             for p, v in zip(added.positions, added.versions)], dtype=bool)
+            delta = np.setdiff1d(changed, added.positions[same], assume_unique=True)
+            added_banned = bitmap(~same) if not same.all() else None
+            added_live = int(same.sum())
         vectors = (np.stack([self.changed[int(p)] for p in delta]) if len(delta)
                    else np.zeros((0, self.dim), np.float32))
         stale = ~live[:self.installed]
-        stale[delta[delta < self.installed]] = True  # changed since the build: scored from delta
-        served = AnnSnapshot(index, live, bitmap(stale) if stale.any() else None, delta, vectors)
+        stale[changed[changed < self.installed]] = True  # changed since the build: not as indexed
+        served = AnnSnapshot(index, live, bitmap(stale) if stale.any() else None, delta, vectors,
+                             added, added_banned, added_live)
         popularity = np.where(live, self.popularity, -np.inf).astype(np.float32)
         # positions are never reused (a removed item keeps its own), so the live map serves
         # this snapshot too: it adds no item below len(live)

@@ -15,7 +15,8 @@ catalogue, scored in batches with concurrent requests (BatchScorer). A catalogue
 `ann_min_items` items is never scored whole: the same bound is tried first (the blend kept
 sparse), and where it proves nothing the ranking is approximate: candidates from the
 catalogue's nearest-neighbour index (ranking/ann.py) for the model term, the items of largest
-blend, and the items added or changed since the index was built, scored exactly together.
+blend, and the items added or changed since the index was built (through the gateway's own
+index of them once there are many), scored exactly together.
 A user with nothing that may be used (no consented source and no activity on the target) gets
 the most popular items.
 """
@@ -257,7 +258,8 @@ class Recommender:
         CatalogueIndex.top_k_bounded does it; else (or when that proves nothing) the exact
         scores of the union of: the index's `ann_candidates` nearest items (more by the banned
         count, so that k still come back), as many of the items added or changed since the build
-        as that (those of largest exact score: _delta_leaders), and the max(rank_candidates, 8k)
+        (the nearest in the index of them the gateway built, if any, AddedIndex, and of those not
+        in it, the ones of largest exact score: _delta_leaders), and the max(rank_candidates, 8k)
         items of largest blend."""
         ann = served.ann
         assert ann is not None
@@ -268,6 +270,8 @@ class Recommender:
         n = max(self.ann_candidates, k) + len(banned)
         parts = [ann.index.search(query, min(n, len(ann.index)), ann.banned),
                  self._delta_leaders(ann, query, blend, n)]
+        if ann.added is not None:
+            parts.append(ann.added.search(query, n, ann.added_banned))
         if blend is not None:
             parts.append(blend.leaders(max(self.rank_candidates, 8 * k))[0])
         union = np.unique(np.concatenate(parts))
@@ -279,11 +283,11 @@ class Recommender:
 
     @staticmethod
     def _delta_leaders(ann: AnnSnapshot, query: np.ndarray, blend: SparseBlend | None, n: int) -> np.ndarray:
-        """The n items added or changed since the build of largest exact score (all of them when
-        there are no more): one product over their own contiguous vectors, not a gather of them
-        all into the union (ann_top_k at 10^6 items with 50,000 added: 10.4 against 52.5 ms,
-        docs/catalogue.md). Exact: with n at least k plus the banned count, every added item of
-        the true top k is among them."""
+        """The n items added or changed since the build, and not in the gateway's index of them,
+        of largest exact score (all of them when there are no more): one product over their own
+        contiguous vectors, not a gather of them all into the union (ann_top_k at 10^6 items
+        with 50,000 such items: 10.4 against 52.5 ms, docs/catalogue.md). Exact: with n at least
+        k plus the banned count, every such item of the true top k is among them."""
         if len(ann.delta) <= n:
             return ann.delta
         scores = small_matvec(ann.delta_vectors, query)

@@ -4,13 +4,17 @@ an index as `make engine` installs one above ann_min_items (write_installed with
 ranking.ann.store_index_in_locality_order: the catalogue written in the index's order;
 ann_min_items lowered to the slice's size). It ranks as the session's
 gateway, which scores the same slice whole; a new item appears at once, a removed one never
-again, also after a restart. The million-item figures: `make bench` (bench/catalogue_scale.py)."""
+again, also after a restart; with ann_added_index_min at 1 the new item is found through the
+index the gateway builds of the items added since `make engine` (AddedIndex). The million-item
+figures: `make bench` (bench/catalogue_scale.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +27,7 @@ from devtools.readiness import wait_serving
 from gateway.metrics import GatewayMetrics
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.proto.interest.v1 import gateway_pb2_grpc as pb_grpc
-from gateway.server import create_server
+from gateway.server import Gateway, create_server
 from interest_core.catalogue import read_installed, write_installed
 from interest_core.config import Settings
 from interest_core.contract import VERSION_FILE, read_version
@@ -53,14 +57,14 @@ def indexed_repository(settings: Settings, root: Path) -> Path:
 
 @contextlib.asynccontextmanager
 async def indexed_gateway(stack: Stack, settings: Settings
-                          ) -> AsyncIterator[tuple[pb_grpc.InterestGatewayStub, GatewayMetrics]]:
+                          ) -> AsyncIterator[tuple[pb_grpc.InterestGatewayStub, GatewayMetrics, Gateway]]:
     metrics = GatewayMetrics()
     gateway = create_server(settings, metrics, triton_url=stack.triton.grpc_url, port=0)
     await gateway.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
             await wait_serving(health_pb2_grpc.HealthStub(channel), timeout_s=120)
-            yield pb_grpc.InterestGatewayStub(channel), metrics
+            yield pb_grpc.InterestGatewayStub(channel), metrics, gateway
     finally:
         await gateway.stop(grace=1.0)
 
@@ -83,6 +87,19 @@ def counted(metrics: GatewayMetrics) -> tuple[float, float]:
     return gauge(metrics.catalogue_items), gauge(metrics.catalogue_unindexed)
 
 
+async def added_items_indexed(gateway: Gateway, count: int, timeout_s: float = 30.0) -> None:
+    """Wait until the kitchen catalogue the gateway serves finds `count` items through its index
+    of the items added since the build, and none beside it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ann = gateway.service.recommender.served["kitchen"].ann
+        assert ann is not None
+        if (ann.added_live, len(ann.delta)) == (count, 0):
+            return
+        assert time.monotonic() < deadline, (ann.added_live, len(ann.delta))
+        await asyncio.sleep(0.05)
+
+
 def rank_paths(metrics: GatewayMetrics) -> dict[str, float]:
     return {s.labels["path"]: s.value for m in metrics.rank_path.collect() for s in m.samples
             if s.name.endswith("_total") and s.labels.get("platform") == "kitchen"}
@@ -93,11 +110,12 @@ async def test_an_indexed_catalogue_ranks_as_the_exact_one_and_takes_updates(
     repo = indexed_repository(stack.settings, tmp_path)
     assert (repo / stack.settings.model_name / "catalogue-kitchen.faiss").exists()
     settings = stack.settings.model_copy(update={
-        "model_repository": repo, "var_dir": tmp_path / "var", "ann_min_items": CATALOGUE_SLICE})
+        "model_repository": repo, "var_dir": tmp_path / "var", "ann_min_items": CATALOGUE_SLICE,
+        "ann_added_index_min": 1})
     user = "indexed-tea-drinker"
     await tea_drinker(stack, user)  # on the session's gateway: the slice scored whole
     exact = await kitchen_ids(stack.stub, user, k=10)
-    async with indexed_gateway(stack, settings) as (stub, metrics):
+    async with indexed_gateway(stack, settings) as (stub, metrics, gateway):
         await tea_drinker_on(stub, user)
         served = await kitchen_ids(stub, user, k=10)
         # the same 10 items (float16 vectors in the index may swap a near tie at the edge)
@@ -113,6 +131,10 @@ async def test_an_indexed_catalogue_ranks_as_the_exact_one_and_takes_updates(
         assert NEW_ID in (await kitchen_ids(stub, user, k=200))[:100]
         # the new item is ranked beside the index, and the dashboard counts it
         assert counted(metrics) == (CATALOGUE_SLICE + 1, 1)
+        # then found through the gateway's index of the items added since the build
+        await added_items_indexed(gateway, 1)
+        assert NEW_ID in (await kitchen_ids(stub, user, k=200))[:100]
+        assert counted(metrics) == (CATALOGUE_SLICE + 1, 1)
         removed = await stub.UpdateCatalogue(pb.UpdateCatalogueRequest(
             platform="kitchen", remove_item_ids=[NEW_ID, exact[0]]), timeout=30)
         assert removed.applied == 2, removed
@@ -120,5 +142,5 @@ async def test_an_indexed_catalogue_ranks_as_the_exact_one_and_takes_updates(
         assert NEW_ID not in after and exact[0] not in after and len(after) == 200
         # both removed: neither counted, though the index keeps a position for each
         assert counted(metrics) == (CATALOGUE_SLICE - 1, 0)
-    async with indexed_gateway(stack, settings) as (stub, _):  # restarted on the same store
+    async with indexed_gateway(stack, settings) as (stub, _, _):  # restarted on the same store
         assert await kitchen_ids(stub, user, k=200) == after

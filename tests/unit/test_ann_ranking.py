@@ -165,6 +165,67 @@ def test_many_added_items_rank_as_the_exact_path(tmp_path: Path, candidates: int
     assert competing >= 20  # changed items reach the users' top 20s (the blend ranks many others first)
 
 
+def test_an_index_of_the_added_items_ranks_as_the_exact_path_and_follows_later_changes(
+        tmp_path: Path) -> None:
+    """The gateway's index of the items added since the build (AddedIndex over
+    changed_items()): served beside the main one, the top 20s are the exact path's; then an
+    indexed item removed, one changed again and a new one added, with the same index: the
+    removed never comes back, the changed one is scored at its new vector (from delta, banned
+    in the index), and the top 20s still agree."""
+    installed, assets, index = random_world(tmp_path)
+    approximate = recommender(tmp_path / "a", assets, 0)  # never the bound: always the indexes
+    exact = recommender(tmp_path / "e", assets)
+    queries = []
+    for u in range(20):
+        profiles = exact.book.store.load(f"u{u}")
+        queries.append(exact.migration.migrate({p: (v.vector, v.events) for p, v in profiles.items()},
+                                               "kitchen"))
+    rng = np.random.default_rng(21)
+    added = np.stack(queries)[np.arange(400) % 20] + rng.normal(0, 0.05, (400, DIM)).astype(np.float32)
+    added /= np.linalg.norm(added, axis=1, keepdims=True)
+    changes = [Change(f"new{j}", f"NEW {j}", added[j], False, j + 1) for j in range(200)]
+    changes += [Change(f"k{j}", f"MOVED {j}", added[200 + j], False, 201 + j) for j in range(200)]
+    live, exact_live = LiveCatalogue(installed), LiveCatalogue(installed)
+    live.apply(changes)
+    exact_live.apply(changes)
+    positions, vectors, versions = live.changed_items()
+    assert len(positions) == 400 and sorted(versions.tolist()) == list(range(1, 401))
+    added_index = ann.AddedIndex.build(positions, vectors, versions)
+
+    def serve_both() -> None:
+        cat, popularity, is_added, snapshot = live.ann_snapshot(index, added_index)
+        approximate.serve("kitchen", approximate.prepare("kitchen", cat, popularity, is_added, snapshot))
+        serve(exact, exact_live, None)
+
+    serve_both()
+    snapshot = approximate.served["kitchen"].ann
+    assert snapshot is not None
+    assert (len(snapshot.delta), snapshot.added_live, snapshot.since_build) == (0, 400, 400)
+    assert snapshot.added_banned is None
+    for u in range(20):
+        assert top(approximate, f"u{u}", k=20) == top(exact, f"u{u}", k=20)
+    indexed = {f"new{j}" for j in range(200)} | {f"k{j}" for j in range(200)}
+    gone, moved = [i for i in top(exact, "u0", k=20) if i in indexed][:2]  # two of u0's top 20
+    away = -queries[0] / np.linalg.norm(queries[0])
+    later = [Change(gone, "", None, True, 401), Change(moved, "MOVED AGAIN", away, False, 402),
+             Change("newer", "NEWER", added[0], False, 403)]
+    live.apply(later)
+    exact_live.apply(later)
+    serve_both()
+    snapshot = approximate.served["kitchen"].ann
+    assert snapshot is not None and snapshot.added_banned is not None
+    assert (len(snapshot.delta), snapshot.added_live, snapshot.since_build) == (2, 398, 400)
+    cat = approximate.served["kitchen"].index
+    at = cat.position(moved)
+    assert at is not None
+    np.testing.assert_allclose(snapshot.vectors(np.array([at]))[0], away, atol=1e-6)
+    for u in range(20):
+        assert top(approximate, f"u{u}", k=20) == top(exact, f"u{u}", k=20)
+    assert gone not in top(approximate, "u0", k=200) and moved not in top(approximate, "u0", k=50)
+    assert cat.position("newer") in snapshot.delta.tolist()  # new since the index: scored exactly
+    assert "newer" in top(approximate, "u0", k=200)
+
+
 def test_banned_added_items_make_room_for_others(tmp_path: Path) -> None:
     """ann_top_k without a blend (a user with no source platform), k above the index's
     candidates and the best added items banned: the added items fill the true top k, so it

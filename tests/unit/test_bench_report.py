@@ -142,6 +142,9 @@ def test_the_catalogue_section_tables_the_cost_of_added_items_when_measured() ->
     assert not any("Items added" in line for line in _catalogue_scale(section))
     section["added_items_cost"] = [
         {"added": 0, "call_p50_ms": 3.75, "call_p99_ms": 5.04, "search_p50_ms": 3.68},
-        {"added": 50_000, "call_p50_ms": 10.37, "call_p99_ms": 11.73, "search_p50_ms": 4.07}]
+        {"added": 50_000, "call_p50_ms": 10.37, "call_p99_ms": 11.73, "search_p50_ms": 4.07,
+         "added_index_build_s": 12.03, "indexed_call_p50_ms": 4.58, "indexed_call_p99_ms": 7.35,
+         "indexed_overlap_at_10": 1.0}]
     lines = _catalogue_scale(section)
-    assert "| 0 | 3.75 | 5.04 | 3.68 |" in lines and "| 50,000 | 10.37 | 11.73 | 4.07 |" in lines
+    assert "| 0 | 3.75 | 5.04 | 3.68 |  |  |  |  |" in lines  # (below ann_added_index_min: not indexed)
+    assert "| 50,000 | 10.37 | 11.73 | 4.07 | 12.03 | 4.58 | 7.35 | 1.0 |" in lines
