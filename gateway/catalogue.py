@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 
@@ -21,12 +22,13 @@ from interest_core.catalogue_log import CatalogueRow
 from interest_core.errors import Unavailable
 from interest_core.live_catalogue import LiveCatalogue
 from interest_core.profile_book import ProfileBook
-from interest_core.ranking.ann import AddedIndex, AnnIndex
+from interest_core.ranking.ann import AddedIndex, AnnIndex, BuildStopped
 from interest_core.ranking.index import CatalogueIndex
 from interest_core.recommender import Recommender, ServedCatalogue
 
 log = logging.getLogger("interest.gateway")
 
+ADDED_INDEX_RETRY_S = 300.0  # after a failed build of an added-items index, the next try at the earliest
 SAME_MODEL_COSINE = 0.98  # INT8 vs the embeddings installed from the same engine: above 0.99 (docs/model.md)
 PROBE_TITLES = 4
 
@@ -73,9 +75,11 @@ class CatalogueFollower:
     one) are embedded again through Triton when read, and written back for every gateway.
 
     For a catalogue ranked through its index, once `added_index_min` items added or changed
-    since the build are scored exactly beside it, an index of all of them is built in the
-    background (AddedIndex, on one thread) and served from then on; items that arrive later
-    are scored exactly until they are as many again, and the index is built again, whole."""
+    since the build are scored exactly beside it (or masked in the index of them), an index of
+    all of them is built in the background (AddedIndex, on one thread, from when `start` has
+    served every catalogue) and served from then on; items that arrive later are scored
+    exactly until they are as many again, and the index is built again, whole. `close` stops a
+    build under way."""
 
     def __init__(self, book: ProfileBook, recommender: Recommender, encoder: TritonEncoder,
                  metrics: GatewayMetrics, installed: Mapping[str, InstalledCatalogue],
@@ -93,6 +97,9 @@ class CatalogueFollower:
         self.added_index_min = added_index_min
         self.added: dict[str, AddedIndex] = {}  # per indexed catalogue: its items added since the build
         self._indexing: dict[str, asyncio.Task[None]] = {}  # added-items index builds under way
+        self._index_failed: dict[str, float] = {}  # monotonic time of a platform's last failed build
+        self._stop = threading.Event()  # tells a build on its thread to stop (close)
+        self._started = False  # builds start once every catalogue is served
         self.live: dict[str, LiveCatalogue] = {}
         self._locks = {name: asyncio.Lock() for name in installed}
 
@@ -118,11 +125,14 @@ class CatalogueFollower:
                 served = await asyncio.to_thread(self.recommender.prepare, name, index, installed.popularity)
             self.recommender.serve(name, served)
             self._count(name, served)
+        self._started = True  # (a start-up that failed before here left no build behind)
+        for name in self.indexes:
+            self._index_added_when_due(name, self.recommender.served[name])
 
     async def close(self) -> None:
-        """Stop the added-items index builds under way (the one on a thread finishes first)."""
-        for task in list(self._indexing.values()):
-            task.cancel()
+        """Stop the added-items index builds under way and wait for their threads (each stops
+        within a chunk of items, AddedIndex.build)."""
+        self._stop.set()
         await asyncio.gather(*self._indexing.values(), return_exceptions=True)
 
     async def sync(self, platform: str) -> int:
@@ -156,9 +166,15 @@ class CatalogueFollower:
 
     def _index_added_when_due(self, platform: str, served: ServedCatalogue) -> None:
         """Start building an index of `platform`'s items added since the build when at least
-        `added_index_min` of them are scored exactly on every call (none already building)."""
-        if (served.ann is not None and len(served.ann.delta) >= self.added_index_min
-                and platform not in self._indexing):
+        `added_index_min` of them are scored exactly on every call or masked in the index of
+        them (none building, none failed in the last ADDED_INDEX_RETRY_S, start-up over)."""
+        ann = served.ann
+        if ann is None or not self._started or self._stop.is_set() or platform in self._indexing:
+            return
+        masked = len(ann.added) - ann.added_live if ann.added is not None else 0
+        failed = self._index_failed.get(platform)
+        if (len(ann.delta) + masked >= self.added_index_min
+                and (failed is None or time.monotonic() - failed >= ADDED_INDEX_RETRY_S)):
             self._indexing[platform] = asyncio.create_task(self._index_added(platform),
                                                            name=f"index-added-{platform}")
 
@@ -168,12 +184,13 @@ class CatalogueFollower:
         served (LiveCatalogue.ann_snapshot). A failure leaves them scored exactly."""
         live = self.live[platform]
         try:
-            async with self._locks[platform]:  # (apply runs under it: a consistent copy)
-                positions, vectors, versions = live.changed_items()
+            async with self._locks[platform]:  # (apply runs under it, on a thread: a consistent copy)
+                positions, vectors, versions = await asyncio.to_thread(live.changed_items)
             if not len(positions):
                 return  # (all removed meanwhile)
             started = time.monotonic()
-            added = await asyncio.to_thread(AddedIndex.build, positions, vectors, versions)
+            added = await asyncio.to_thread(AddedIndex.build, positions, vectors, versions, self._stop)
+            del vectors  # (the index holds its own copy)
             async with self._locks[platform]:
                 self.added[platform] = added
                 served = await asyncio.to_thread(self._prepare, platform)
@@ -182,11 +199,15 @@ class CatalogueFollower:
             log.info("catalogue %s: indexed the %d items added or changed since its index was built "
                      "in %.1f s (%d scored exactly beside the indexes now)", platform, len(added),
                      time.monotonic() - started, len(served.ann.delta) if served.ann is not None else 0)
-        except asyncio.CancelledError:
-            raise
+        except BuildStopped as stopped:
+            log.info("catalogue %s: the index of the items added since its index was built was not "
+                     "finished: %s", platform, stopped)
+            return
         except Exception:
+            self._index_failed[platform] = time.monotonic()
             log.exception("catalogue %s: indexing the items added since its index was built failed; "
-                          "they stay scored exactly beside it", platform)
+                          "they stay scored exactly beside it (next try in %.0f s at the earliest)",
+                          platform, ADDED_INDEX_RETRY_S)
             return
         finally:
             self._indexing.pop(platform, None)

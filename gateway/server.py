@@ -147,6 +147,9 @@ class Gateway:
                 log.info("Triton serves the installed model %s (its embeddings of catalogue titles "
                          "agree to cosine %.4f)", self.model_version, cosine)
             indexes = await asyncio.to_thread(open_indexes, self.settings, self.catalogues)
+            if svc.catalogues is not None:  # (an earlier try got this far): its builds stop
+                await svc.catalogues.close()
+                svc.catalogues = None
             follower = CatalogueFollower(svc.book, svc.recommender, svc.encoder, self.metrics,
                                          self.catalogues, self.titles, self.model_version, indexes,
                                          self.settings.ann_added_index_min)

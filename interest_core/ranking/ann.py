@@ -30,6 +30,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -247,12 +248,17 @@ class AnnIndex:
 
 # The index over the items added since the build (AddedIndex): built by the gateway while it
 # serves, on one thread, its vectors in float32 (they are re-scored from it exactly, as those
-# not yet in it are). M 16, efConstruction 100: 1.4 s for 10,000 real kitchen vectors and
-# 10.8 s for 50,000 (float16), against 2.8 and 24.9 s at M 24, efConstruction 200, for the same
-# recall; efSearch 256: 0.55 ms a search over 50,000 items, recall@10 0.9995 among 100 found
-# (Intel Xeon, docs/catalogue.md).
+# not yet in it are). M 16, efConstruction 100: 1.6 s for 10,000 real kitchen vectors (plus
+# noise), 12.0 s for 50,000 and 26.9 s for 100,000 (Intel Xeon; in a float16 trial 1.4 and
+# 10.8 s, against 2.8 and 24.9 s at M 24, efConstruction 200, for the same recall); efSearch
+# 256: 0.55 ms a search over 50,000 items, recall@10 0.9995 among 100 found (docs/catalogue.md).
 ADDED_PARAMS = IndexParams(m=16, ef_construction=100, storage="")
 ADDED_EF_SEARCH = 256
+ADDED_CHUNK = 2_000  # items added to it between two looks at `stop` (about 0.3 s)
+
+
+class BuildStopped(Exception):
+    """AddedIndex.build was told to stop (the gateway is shutting down)."""
 
 
 @dataclass(frozen=True)
@@ -268,14 +274,23 @@ class AddedIndex:
     versions: np.ndarray  # int64 [n]: the log version of each indexed vector
 
     @classmethod
-    def build(cls, positions: np.ndarray, vectors: np.ndarray, versions: np.ndarray) -> AddedIndex:
-        """Index unit rows float32 [n, D] of live `positions` (sorted), on the calling thread only."""
+    def build(cls, positions: np.ndarray, vectors: np.ndarray, versions: np.ndarray,
+              stop: threading.Event | None = None) -> AddedIndex:
+        """Index unit rows float32 [n, D] of live `positions` (sorted), on the calling thread
+        only; BuildStopped within a chunk of items once `stop` is set."""
         faiss = _faiss()
         faiss.omp_set_num_threads(1)  # (per thread: the serving threads keep the other core)
         if len(positions) and not np.all(np.diff(positions) > 0):
             raise ValueError("an added-items index wants its positions sorted, each once")
-        return cls(AnnIndex(build_index(vectors, ADDED_PARAMS), ADDED_EF_SEARCH),
-                   np.asarray(positions, dtype=np.int64), np.asarray(versions, dtype=np.int64))
+
+        def look(done: int, total: int, seconds: float) -> None:
+            if stop is not None and stop.is_set():
+                raise BuildStopped(f"stopped after {done:,} of {total:,} items ({seconds:.1f} s)")
+
+        look(0, len(positions), 0.0)
+        index = build_index(vectors, ADDED_PARAMS, progress=look, chunk=ADDED_CHUNK)
+        return cls(AnnIndex(index, ADDED_EF_SEARCH), np.asarray(positions, dtype=np.int64),
+                   np.asarray(versions, dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.positions)

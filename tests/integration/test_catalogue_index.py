@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2_grpc
 
@@ -133,6 +134,10 @@ async def test_an_indexed_catalogue_ranks_as_the_exact_one_and_takes_updates(
         assert counted(metrics) == (CATALOGUE_SLICE + 1, 1)
         # then found through the gateway's index of the items added since the build
         await added_items_indexed(gateway, 1)
+        served_now = gateway.service.recommender.served["kitchen"]
+        ann, at = served_now.ann, served_now.index.position(NEW_ID)
+        assert ann is not None and ann.added is not None and at is not None
+        assert ann.added.search(ann.vectors(np.array([at]))[0], 1, ann.added_banned).tolist() == [at]
         assert NEW_ID in (await kitchen_ids(stub, user, k=200))[:100]
         assert counted(metrics) == (CATALOGUE_SLICE + 1, 1)
         removed = await stub.UpdateCatalogue(pb.UpdateCatalogueRequest(

@@ -216,6 +216,10 @@ def test_an_index_of_the_added_items_ranks_as_the_exact_path_and_follows_later_c
     assert snapshot is not None and snapshot.added_banned is not None
     assert (len(snapshot.delta), snapshot.added_live, snapshot.since_build) == (2, 398, 400)
     cat = approximate.served["kitchen"].index
+    assert snapshot.added is added_index
+    indexed_then = added_index.search(queries[0], 400, None)
+    now = snapshot.added.search(queries[0], 400, snapshot.added_banned)
+    assert {cat.position(gone), cat.position(moved)} <= set(indexed_then.tolist()) - set(now.tolist())
     at = cat.position(moved)
     assert at is not None
     np.testing.assert_allclose(snapshot.vectors(np.array([at]))[0], away, atol=1e-6)

@@ -7,6 +7,7 @@ tests/integration/test_catalogue_updates.py."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,14 @@ from interest_core.errors import InterestError
 from interest_core.live_catalogue import LiveCatalogue, check_changes
 from interest_core.migration import MigrationMap
 from interest_core.profiles import Profile
+from interest_core.ranking.ann import (
+    AddedIndex,
+    AnnIndex,
+    AnnSnapshot,
+    BuildStopped,
+    IndexParams,
+    store_index,
+)
 from interest_core.ranking.blend import ServedBlend
 from interest_core.store_sqlite import SqliteProfileStore
 from tests.unit.test_served_ranking import make_assets
@@ -260,3 +269,80 @@ def test_an_item_added_while_serving_gets_the_median_popularity_not_the_least() 
     np.testing.assert_allclose(terms[:4], known, rtol=1e-6)
     assert terms[4] == pytest.approx(float(np.median(known)), rel=1e-6)  # added: the median
     assert terms[5] == 0.0  # installed but unknown to the assets: as before, nothing
+
+
+# --- the gateway's index of the items added to an indexed catalogue ------------------------
+
+def test_an_indexed_catalogue_indexes_its_added_items_in_the_background(tmp_path: Path) -> None:
+    """ann_added_index_min 2 on a 3-item catalogue ranked through its index: nothing is built at
+    start-up; two added items are indexed by a build in the background and ranked through it;
+    one of them removed is masked there, not built again for alone; one more added makes two to
+    take care of, so the index is built again, whole; after close() nothing more is built."""
+    inst = installed()
+    store_index(inst.embeddings, tmp_path / "kitchen.faiss", IndexParams(m=16, ef_construction=40))
+    titles: dict[str, dict[str, str]] = {"food": {}, "kitchen": {i: t for i, (t, _) in KITCHEN.items()}}
+    encoder: Any = TableEncoder(TITLES)
+    svc = InterestGatewayService(load_settings(var_dir=tmp_path), SqliteProfileStore(tmp_path / "p.sqlite3"),
+                                 encoder, GatewayMetrics(), MigrationMap(DIM, None), titles)
+    svc.model_version = "v1"
+    tea_lover(svc)
+    follower = CatalogueFollower(svc.book, svc.recommender, encoder, svc.metrics, {"kitchen": inst},
+                                 titles, "v1", {"kitchen": AnnIndex.load(tmp_path / "kitchen.faiss", 16)},
+                                 added_index_min=2)
+    svc.catalogues = follower
+
+    def snapshot() -> AnnSnapshot:
+        ann = svc.recommender.served["kitchen"].ann
+        assert ann is not None
+        return ann
+
+    async def settled(added_live: int, delta: int) -> AnnSnapshot:
+        for _ in range(500):
+            ann = snapshot()
+            if (ann.added_live, len(ann.delta)) == (added_live, delta):
+                return ann
+            await asyncio.sleep(0.01)
+        raise AssertionError((snapshot().added_live, len(snapshot().delta)))
+
+    async def ranked() -> list[str]:
+        reply = await svc.Recommend(pb.RecommendRequest(user_id="tea-lover", target_platform="kitchen", k=5),
+                                    Ctx())  # type: ignore[arg-type]
+        return [i.item_id for i in reply.items]
+
+    async def main() -> None:
+        await follower.start()
+        assert snapshot().added is None
+        await follower.update("kitchen", [("n1", "Matcha whisk", {}, TITLES["Matcha whisk"]),
+                                          ("n2", "Bamboo tea scoop", {}, TITLES["Bamboo tea scoop"])], [])
+        first = await settled(2, 0)
+        assert first.added is not None and sorted(first.added.positions.tolist()) == [3, 4]
+        assert (await ranked())[:2] == ["n1", "n2"]  # the user's tea interest, through the new index
+        await follower.update("kitchen", [], ["n1"])
+        masked = await settled(1, 0)
+        assert masked.added is first.added and masked.added_banned is not None  # not built again
+        assert "n1" not in await ranked()
+        await follower.update("kitchen", [("n3", "Matcha whisk", {}, TITLES["Matcha whisk"])], [])
+        again = await settled(2, 0)  # one scored exactly and one masked: built again
+        assert again.added is not None and again.added is not first.added
+        assert again.added.positions.tolist() == [4, 5] and again.added_banned is None
+        assert (await ranked())[:2] == ["n3", "n2"]
+        await follower.close()
+        await follower.update("kitchen", [("n4", "Matcha whisk", {}, TITLES["Matcha whisk"]),
+                                          ("n5", "Bamboo tea scoop", {}, TITLES["Bamboo tea scoop"])], [])
+        await asyncio.sleep(0.2)
+        assert (snapshot().added_live, len(snapshot().delta)) == (2, 2)  # closed: scored exactly
+
+    asyncio.run(main())
+
+
+def test_a_build_of_the_added_items_index_stops_when_told() -> None:
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((5_000, DIM)).astype(np.float32)
+    stop = threading.Event()
+    built = AddedIndex.build(np.arange(5_000), vectors, np.arange(5_000), stop)
+    assert len(built) == 5_000
+    stop.set()
+    with pytest.raises(BuildStopped, match="stopped after 0 of 5,000 items"):
+        AddedIndex.build(np.arange(5_000), vectors, np.arange(5_000), stop)
+    with pytest.raises(ValueError, match="sorted"):
+        AddedIndex.build(np.array([2, 1]), vectors[:2], np.arange(2))
