@@ -208,9 +208,10 @@ def _catalogue_scale(section: dict[str, Any] | None) -> list[str]:
         lines += [f"| {c['items']:,} | {c['exact_ms']} | {c['ann_ms']} | {c['index_build_s']} |"
                   for c in section["rank_cost"]]
     if section.get("added_items_cost"):
-        lines += ["", "Items added since the index's build (beside the index, as UpdateCatalogue adds "
-                  "them), in-process at the largest indexed size: Recommender.ann_top_k for a model-only "
-                  "query, one at a time:", "",
+        lines += ["", "Items added since the index's build (as UpdateCatalogue adds them), in-process at "
+                  "the largest indexed size: Recommender.ann_top_k for a model-only query, one at a time, "
+                  "with the added items scored exactly beside the index, then (from ann_added_index_min "
+                  "on) in the index the gateway builds of them, its top 10 against their exact scoring:", "",
                   "| items added | call p50 ms | call p99 ms | its search p50 ms |"
                   " indexed by the gateway: build s | call p50 ms | call p99 ms | overlap@10 |",
                   "| --: | --: | --: | --: | --: | --: | --: | --: |"]
