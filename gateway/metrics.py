@@ -116,6 +116,12 @@ class GatewayMetrics:
             "in the gateway's own index of them, or scored beside the indexes on every call until there "
             "are ann_added_index_min to index, until the next `make engine` folds them in (0 for a "
             "catalogue scored whole).", ("platform",), registry=self.registry)
+        self.catalogue_added_index_build = Histogram(
+            "interest_catalogue_added_index_build_seconds",
+            "Builds of a gateway's index of the items added or retitled since `make engine` built the "
+            "platform's nearest-neighbour index (in the background, at the lowest CPU priority): how "
+            "long each took, how often they ran.", ("platform",),
+            buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600), registry=self.registry)
         self.catalogue_version = Gauge(
             "interest_catalogue_version",
             "The platform's catalogue-log version this gateway serves (0: as installed); gateways "

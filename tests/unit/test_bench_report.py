@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from bench.added_index_load import builds, window
 from bench.report import _catalogue_scale, _limit_target, _paired_table
 
 STACK = {"throughput_rps": 80.0}
@@ -148,3 +150,19 @@ def test_the_catalogue_section_tables_the_cost_of_added_items_when_measured() ->
     lines = _catalogue_scale(section)
     assert "| 0 | 3.75 | 5.04 | 3.68 |  |  |  |  |" in lines  # (below ann_added_index_min: not indexed)
     assert "| 50,000 | 10.37 | 11.73 | 4.07 | 12.03 | 4.58 | 7.35 | 1.0 |" in lines
+
+
+def test_the_added_index_load_reads_builds_from_the_gateway_log_and_splits_the_calls(tmp_path: Path) -> None:
+    log = tmp_path / "gateway.log"
+    log.write_text(
+        "x INFO interest.gateway: catalogue kitchen: indexing the 10000 items added or changed since "
+        "its index was built, in the background\n"
+        "x INFO interest.gateway: catalogue kitchen: indexed the 10000 items added or changed since its "
+        "index was built in 1.9 s (0 scored exactly beside the indexes now)\n"
+        "x INFO interest.gateway: catalogue kitchen: indexing the 20000 items added or changed since "
+        "its index was built, in the background\n")
+    assert builds(log, 0) == (2, [(10000, 1.9)])  # the second still building
+    calls = [(0.1, 0.010, "OK"), (0.5, 0.030, "OK"), (0.9, 1.0, "RESOURCE_EXHAUSTED"), (2.0, 0.008, "OK")]
+    assert window(calls, 0.0, 1.0) == {"calls": 2, "errors": {"RESOURCE_EXHAUSTED": 1},
+                                       "p50_ms": 20.0, "p99_ms": 29.8}
+    assert window(calls, 5.0, 6.0) == {"calls": 0, "errors": {}}

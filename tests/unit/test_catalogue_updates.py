@@ -7,6 +7,7 @@ tests/integration/test_catalogue_updates.py."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 
 from gateway.auth import key_digest
-from gateway.catalogue import CatalogueFollower
+from gateway.catalogue import CatalogueFollower, background_priority
 from gateway.errors import status_of
 from gateway.metrics import GatewayMetrics
 from gateway.proto.interest.v1 import gateway_pb2 as pb
@@ -346,3 +347,19 @@ def test_a_build_of_the_added_items_index_stops_when_told() -> None:
         AddedIndex.build(np.arange(5_000), vectors, np.arange(5_000), stop)
     with pytest.raises(ValueError, match="sorted"):
         AddedIndex.build(np.array([2, 1]), vectors[:2], np.arange(2))
+
+
+def test_the_added_items_index_builds_on_a_thread_that_yields_to_serving() -> None:
+    """background_priority puts only its own thread under SCHED_IDLE (Linux sets the policy per
+    thread): the serving threads keep theirs."""
+    seen: list[int] = []
+
+    def probe() -> None:
+        background_priority()
+        seen.append(os.sched_getscheduler(0))  # (0: the calling thread)
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join()
+    assert seen == [os.SCHED_IDLE]
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE
