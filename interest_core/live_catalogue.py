@@ -51,7 +51,8 @@ class LiveCatalogue:
         self.base = installed.embeddings
         self.dim = int(installed.embeddings.shape[1])
         self.changed: dict[int, np.ndarray] = {}  # position -> its vector, where not base's
-        self.changed_at: dict[int, int] = {}  # position -> the log version that gave `changed` its vector
+        # position -> the log version that gave `changed` its vector (-1: the base's, or removed)
+        self.changed_version = np.full(len(self.ids), -1, dtype=np.int64)
         self.popularity = np.asarray(installed.popularity, dtype=np.float32)
         self.live = np.ones(len(self.ids), dtype=bool)
         self.position = {item: i for i, item in enumerate(self.ids)}
@@ -83,6 +84,7 @@ class LiveCatalogue:
             self.titles += [""] * len(new_ids)
             self.popularity = np.concatenate([self.popularity, np.zeros(len(new_ids), np.float32)])
             self.live = np.concatenate([self.live, np.zeros(len(new_ids), dtype=bool)])
+            self.changed_version = np.concatenate([self.changed_version, np.full(len(new_ids), -1, np.int64)])
         live = self.live.copy()  # swapped in whole below: a reader never sees it half applied
         for change in fresh:
             pos = self.position.get(change.item_id)
@@ -90,7 +92,7 @@ class LiveCatalogue:
                 if pos is not None:
                     live[pos] = False
                     self.changed.pop(pos, None)
-                    self.changed_at.pop(pos, None)
+                    self.changed_version[pos] = -1
                 continue
             assert pos is not None
             if change.embedding is None:
@@ -101,7 +103,7 @@ class LiveCatalogue:
                 raise ValueError(f"catalogue log entry {change.version} of {change.item_id!r} has "
                                  f"{vec.shape} values, the served model {self.dim}")
             self.changed[pos] = vec
-            self.changed_at[pos] = change.version
+            self.changed_version[pos] = change.version
             self.titles[pos] = change.title
             live[pos] = True
         self.live = live
@@ -128,11 +130,10 @@ class LiveCatalogue:
         """The live items added or changed since the build: (positions int64, sorted; their
         vectors float32 [n, D]; the log version of each vector), copies: what AddedIndex.build
         indexes."""
-        positions = np.array(sorted(p for p in self.changed if self.live[p]), dtype=np.int64)
+        positions = np.flatnonzero((self.changed_version >= 0) & self.live)
         vectors = (np.stack([self.changed[int(p)] for p in positions]) if len(positions)
                    else np.zeros((0, self.dim), np.float32))
-        versions = np.array([self.changed_at[int(p)] for p in positions], dtype=np.int64)
-        return positions, vectors, versions
+        return positions, vectors, self.changed_version[positions]
 
     def ann_snapshot(self, index: AnnIndex, added: AddedIndex | None = None
                      ) -> tuple[CatalogueIndex, np.ndarray, np.ndarray, AnnSnapshot]:
@@ -146,11 +147,10 @@ class LiveCatalogue:
                              f"catalogue {self.installed}")
         live = self.live.copy()
         catalogue = Catalogue(self.platform, tuple(self.ids), tuple(self.titles))
-        changed = np.array(sorted(p for p in self.changed if live[p]), dtype=np.int64)
+        changed = np.flatnonzero((self.changed_version >= 0) & live)  # (sorted)
         delta, added_banned, added_live = changed, None, 0
         if added is not None:  # as indexed: still live, its vector from the same log entry
-            same = np.array([self.changed_at.get(int(p)) == v
-                             for p, v in zip(added.positions, added.versions)], dtype=bool)
+            same = self.changed_version[added.positions] == added.versions
             delta = np.setdiff1d(changed, added.positions[same], assume_unique=True)
             added_banned = bitmap(~same) if not same.all() else None
             added_live = int(same.sum())
