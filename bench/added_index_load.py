@@ -27,9 +27,8 @@ import sys
 import time
 from typing import Any
 
-import grpc
-
 from bench.catalogue_scale import PLATFORM, install, ms, populations
+from bench.loadgen import open_loop
 from bench.outputs import BENCH_VAR, standalone_section, write_json
 from bench.run import load_workload, log
 from devtools.fleet import client_channel, gateway_process
@@ -42,32 +41,6 @@ SIZE = 1_000_000
 BATCH = 1_000  # the default max_catalogue_changes_per_request
 BUILT = re.compile(r"indexed the (\d+) items added or changed since its index was built in ([\d.]+) s")
 STARTED = re.compile(r"indexing the (\d+) items added or changed since its index was built")
-
-
-async def timed_open_loop(call: Any, rate: float, duration_s: float) -> list[tuple[float, float, str]]:
-    """(sent at, seconds from the loop's start; latency in s; status name) of every call, open
-    loop."""
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    out: list[tuple[float, float, str]] = []
-
-    async def one(i: int, scheduled: float) -> None:
-        start = time.perf_counter() - max(loop.time() - scheduled, 0.0)
-        try:
-            await call(i)
-            status = "OK"
-        except grpc.aio.AioRpcError as exc:
-            status = exc.code().name
-        out.append((scheduled - t0, time.perf_counter() - start, status))
-
-    tasks = []
-    for i in range(int(rate * duration_s)):
-        scheduled = t0 + i / rate
-        if (delay := scheduled - loop.time()) > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(i, scheduled)))
-    await asyncio.wait(tasks, timeout=60)
-    return out
 
 
 def builds(path: Any, since: int) -> tuple[int, list[tuple[int, float]]]:
@@ -161,7 +134,7 @@ async def run(triton: TritonServer, added: int, index_min: int, rate: float,
                 f"for {duration:g} s")
             build: dict[str, float] = {}
             watcher = asyncio.create_task(watch_log(gateway.log_path, mark, added, time.monotonic(), build))
-            calls = await timed_open_loop(users.call(stub), rate, duration)
+            calls = (await open_loop(users.call(stub), rate, duration)).timeline
             watcher.cancel()
     finally:
         gateway.terminate()

@@ -24,6 +24,8 @@ class RunResult:
     errors: dict[str, int] = field(default_factory=dict)
     cpu: dict[str, dict[str, float]] = field(default_factory=dict)
     cpu_wall_s: float = 0.0  # the window CPU use is divided by (warm-up included)
+    # open loop: (sent, s after the run's start; latency in s; "OK" or the status name) per call
+    timeline: list[tuple[float, float, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> int:
@@ -45,12 +47,17 @@ class RunResult:
         }
 
 
-def _record(result: RunResult, start: float, exc: BaseException | None) -> None:
+def _record(result: RunResult, start: float, exc: BaseException | None, sent: float | None = None) -> None:
+    """One call's outcome; with `sent` (s after the run's start), also on the timeline."""
+    latency = time.perf_counter() - start
+    code = "OK"
     if exc is None:
-        result.latencies_ms.append((time.perf_counter() - start) * 1000)
+        result.latencies_ms.append(latency * 1000)
     else:
         code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else type(exc).__name__
         result.errors[code] = result.errors.get(code, 0) + 1
+    if sent is not None:
+        result.timeline.append((sent, latency, code))
 
 
 async def closed_loop(call: Call, concurrency: int, duration_s: float, warmup_s: float = 1.0) -> RunResult:
@@ -92,7 +99,7 @@ async def open_loop(call: Call, rate: float, duration_s: float, max_in_flight: i
             exc = None
         except Exception as e:
             exc = e
-        _record(result, start, exc)
+        _record(result, start, exc, sent=scheduled - t0)
 
     n = int(rate * duration_s)
     for i in range(n):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 from bench.added_index_load import builds, window
+from bench.loadgen import open_loop
 from bench.report import _catalogue_scale, _limit_target, _paired_table
 
 STACK = {"throughput_rps": 80.0}
@@ -166,3 +168,15 @@ def test_the_added_index_load_reads_builds_from_the_gateway_log_and_splits_the_c
     assert window(calls, 0.0, 1.0) == {"calls": 2, "errors": {"RESOURCE_EXHAUSTED": 1},
                                        "p50_ms": 20.0, "p99_ms": 29.8}
     assert window(calls, 5.0, 6.0) == {"calls": 0, "errors": {}}
+
+
+def test_the_open_loop_keeps_each_call_on_its_timeline() -> None:
+    async def call(i: int) -> None:
+        if i % 2:
+            raise ValueError("odd")
+
+    result = asyncio.run(open_loop(call, rate=100.0, duration_s=0.1))
+    assert [round(sent, 2) for sent, _, _ in sorted(result.timeline)] == [i / 100 for i in range(10)]
+    assert [status for _, _, status in sorted(result.timeline)] == ["OK", "ValueError"] * 5
+    assert result.errors == {"ValueError": 5} and result.ok == 5
+    assert all(latency >= 0 for _, latency, _ in result.timeline)
