@@ -130,10 +130,18 @@ class LiveCatalogue:
         """The live items added or changed since the build: (positions int64, sorted; their
         vectors float32 [n, D]; the log version of each vector), copies: what AddedIndex.build
         indexes."""
-        positions = np.flatnonzero((self.changed_version >= 0) & self.live)
-        vectors = (np.stack([self.changed[int(p)] for p in positions]) if len(positions)
-                   else np.zeros((0, self.dim), np.float32))
-        return positions, vectors, self.changed_version[positions]
+        positions = self._changed_positions(self.live)
+        return positions, self._changed_vectors(positions), self.changed_version[positions]
+
+    def _changed_positions(self, live: np.ndarray) -> np.ndarray:
+        """The positions (int64, sorted) of the items live in `live` whose vector is in `changed`."""
+        return np.flatnonzero((self.changed_version >= 0) & live)
+
+    def _changed_vectors(self, positions: np.ndarray) -> np.ndarray:
+        """float32 [len(positions), D]: the vectors in `changed` of `positions`, stacked."""
+        if not len(positions):
+            return np.zeros((0, self.dim), np.float32)
+        return np.stack([self.changed[int(p)] for p in positions])
 
     def ann_snapshot(self, index: AnnIndex, added: AddedIndex | None = None
                      ) -> tuple[CatalogueIndex, np.ndarray, np.ndarray, AnnSnapshot]:
@@ -147,15 +155,14 @@ class LiveCatalogue:
                              f"catalogue {self.installed}")
         live = self.live.copy()
         catalogue = Catalogue(self.platform, tuple(self.ids), tuple(self.titles))
-        changed = np.flatnonzero((self.changed_version >= 0) & live)  # (sorted)
+        changed = self._changed_positions(live)
         delta, added_banned, added_live = changed, None, 0
         if added is not None:  # as indexed: still live, its vector from the same log entry
             same = self.changed_version[added.positions] == added.versions
             delta = np.setdiff1d(changed, added.positions[same], assume_unique=True)
             added_banned = bitmap(~same) if not same.all() else None
             added_live = int(same.sum())
-        vectors = (np.stack([self.changed[int(p)] for p in delta]) if len(delta)
-                   else np.zeros((0, self.dim), np.float32))
+        vectors = self._changed_vectors(delta)
         stale = ~live[:self.installed]
         stale[changed[changed < self.installed]] = True  # changed since the build: not as indexed
         served = AnnSnapshot(index, live, bitmap(stale) if stale.any() else None, delta, vectors,

@@ -130,6 +130,23 @@ def test_removed_changed_and_added_items_under_the_index(tmp_path: Path) -> None
     np.testing.assert_allclose(ann.vectors(np.array([moved]))[0], far, atol=1e-6)
 
 
+def competing_changes(rec: Recommender, seed: int) -> tuple[list[np.ndarray], list[Change]]:
+    """(the 20 users' migrated queries, 400 catalogue changes near them, so that they compete):
+    half new items (no co-occurrence: the same blend), half installed items k0..k199 retitled
+    (their blend kept), versions 1..400."""
+    queries = []
+    for u in range(20):
+        profiles = rec.book.store.load(f"u{u}")
+        queries.append(rec.migration.migrate({p: (v.vector, v.events) for p, v in profiles.items()},
+                                             "kitchen"))
+    rng = np.random.default_rng(seed)
+    added = np.stack(queries)[np.arange(400) % 20] + rng.normal(0, 0.05, (400, DIM)).astype(np.float32)
+    added /= np.linalg.norm(added, axis=1, keepdims=True)
+    changes = [Change(f"new{j}", f"NEW {j}", added[j], False, j + 1) for j in range(200)]
+    changes += [Change(f"k{j}", f"MOVED {j}", added[200 + j], False, 201 + j) for j in range(200)]
+    return queries, changes
+
+
 @pytest.mark.parametrize("candidates", [0, 1024])
 def test_many_added_items_rank_as_the_exact_path(tmp_path: Path, candidates: int) -> None:
     """More added and changed items than the index's candidates (400 against 50): only the
@@ -138,17 +155,7 @@ def test_many_added_items_rank_as_the_exact_path(tmp_path: Path, candidates: int
     installed, assets, index = random_world(tmp_path)
     approximate = recommender(tmp_path / "a", assets, candidates)
     exact = recommender(tmp_path / "e", assets)
-    queries = []
-    for u in range(20):  # added items near the users' queries, so that they compete
-        profiles = exact.book.store.load(f"u{u}")
-        queries.append(exact.migration.migrate({p: (v.vector, v.events) for p, v in profiles.items()},
-                                               "kitchen"))
-    rng = np.random.default_rng(11)
-    added = np.stack(queries)[np.arange(400) % 20] + rng.normal(0, 0.05, (400, DIM)).astype(np.float32)
-    added /= np.linalg.norm(added, axis=1, keepdims=True)
-    # half new (no co-occurrence: the same blend), half installed items retitled (their blend kept)
-    changes = [Change(f"new{j}", f"NEW {j}", added[j], False, j + 1) for j in range(200)]
-    changes += [Change(f"k{j}", f"MOVED {j}", added[200 + j], False, 201 + j) for j in range(200)]
+    _, changes = competing_changes(exact, seed=11)
     for rec, index_or_none in ((approximate, index), (exact, None)):
         live = LiveCatalogue(installed)
         live.apply(changes)
@@ -175,16 +182,7 @@ def test_an_index_of_the_added_items_ranks_as_the_exact_path_and_follows_later_c
     installed, assets, index = random_world(tmp_path)
     approximate = recommender(tmp_path / "a", assets, 0)  # never the bound: always the indexes
     exact = recommender(tmp_path / "e", assets)
-    queries = []
-    for u in range(20):
-        profiles = exact.book.store.load(f"u{u}")
-        queries.append(exact.migration.migrate({p: (v.vector, v.events) for p, v in profiles.items()},
-                                               "kitchen"))
-    rng = np.random.default_rng(21)
-    added = np.stack(queries)[np.arange(400) % 20] + rng.normal(0, 0.05, (400, DIM)).astype(np.float32)
-    added /= np.linalg.norm(added, axis=1, keepdims=True)
-    changes = [Change(f"new{j}", f"NEW {j}", added[j], False, j + 1) for j in range(200)]
-    changes += [Change(f"k{j}", f"MOVED {j}", added[200 + j], False, 201 + j) for j in range(200)]
+    queries, changes = competing_changes(exact, seed=21)
     live, exact_live = LiveCatalogue(installed), LiveCatalogue(installed)
     live.apply(changes)
     exact_live.apply(changes)
@@ -208,7 +206,7 @@ def test_an_index_of_the_added_items_ranks_as_the_exact_path_and_follows_later_c
     gone, moved = [i for i in top(exact, "u0", k=20) if i in indexed][:2]  # two of u0's top 20
     away = -queries[0] / np.linalg.norm(queries[0])
     later = [Change(gone, "", None, True, 401), Change(moved, "MOVED AGAIN", away, False, 402),
-             Change("newer", "NEWER", added[0], False, 403)]
+             Change("newer", "NEWER", changes[0].embedding, False, 403)]  # (new0's vector)
     live.apply(later)
     exact_live.apply(later)
     serve_both()
