@@ -50,8 +50,13 @@ class LiveCatalogue:
         self.titles = list(installed.catalogue.titles)
         self.base = installed.embeddings
         self.dim = int(installed.embeddings.shape[1])
-        self.changed: dict[int, np.ndarray] = {}  # position -> its vector, where not base's
-        # position -> the log version that gave `changed` its vector (-1: the base's, or removed)
+        # The vector of each item added or changed since the build: row changed_row[position] of
+        # `changed` (rows appended, float32 [rows, D]; -1: the base's, or removed), set by the
+        # log entry changed_version[position]. Kept in numpy, not per item: a snapshot at 10^6
+        # items with 50,000 added gathers their vectors in one step (docs/catalogue.md).
+        self.changed = np.zeros((0, self.dim), np.float32)
+        self.changed_rows = 0  # rows of `changed` in use
+        self.changed_row = np.full(len(self.ids), -1, dtype=np.int64)
         self.changed_version = np.full(len(self.ids), -1, dtype=np.int64)
         self.popularity = np.asarray(installed.popularity, dtype=np.float32)
         self.live = np.ones(len(self.ids), dtype=bool)
@@ -85,13 +90,15 @@ class LiveCatalogue:
             self.popularity = np.concatenate([self.popularity, np.zeros(len(new_ids), np.float32)])
             self.live = np.concatenate([self.live, np.zeros(len(new_ids), dtype=bool)])
             self.changed_version = np.concatenate([self.changed_version, np.full(len(new_ids), -1, np.int64)])
+            self.changed_row = np.concatenate([self.changed_row, np.full(len(new_ids), -1, np.int64)])
+        self._make_room(sum(1 for c in fresh if not c.removed))
         live = self.live.copy()  # swapped in whole below: a reader never sees it half applied
         for change in fresh:
             pos = self.position.get(change.item_id)
             if change.removed:
                 if pos is not None:
                     live[pos] = False
-                    self.changed.pop(pos, None)
+                    self.changed_row[pos] = -1
                     self.changed_version[pos] = -1
                 continue
             assert pos is not None
@@ -102,13 +109,26 @@ class LiveCatalogue:
             if vec.shape != (self.dim,):
                 raise ValueError(f"catalogue log entry {change.version} of {change.item_id!r} has "
                                  f"{vec.shape} values, the served model {self.dim}")
-            self.changed[pos] = vec
+            self.changed[self.changed_rows] = vec  # (a new row: snapshots hold copies, not views)
+            self.changed_row[pos] = self.changed_rows
+            self.changed_rows += 1
             self.changed_version[pos] = change.version
             self.titles[pos] = change.title
             live[pos] = True
         self.live = live
         self.version = max(c.version for c in fresh)
         return len(fresh)
+
+    def _make_room(self, n: int) -> None:
+        """At least `n` free rows in `changed`: the rows still in use are moved to the front of
+        an array of twice their number plus n (rows of replaced or removed vectors are dropped)."""
+        if self.changed_rows + n <= len(self.changed):
+            return
+        used = np.flatnonzero(self.changed_row >= 0)
+        rows = np.empty((2 * len(used) + n, self.dim), np.float32)
+        rows[:len(used)] = self.changed[self.changed_row[used]]
+        self.changed_row[used] = np.arange(len(used))
+        self.changed, self.changed_rows = rows, len(used)
 
     def snapshot(self) -> tuple[CatalogueIndex, np.ndarray, np.ndarray]:
         """The index of the live items, their popularity and which were added while serving
@@ -119,10 +139,8 @@ class LiveCatalogue:
         embeddings = np.empty((len(keep), self.dim), np.float32)
         from_base = int(np.searchsorted(keep, self.installed))  # live installed items come first
         embeddings[:from_base] = self.base[keep[:from_base]]
-        for pos, vec in self.changed.items():
-            row = int(np.searchsorted(keep, pos))
-            if row < len(keep) and keep[row] == pos:
-                embeddings[row] = vec
+        rows = self.changed_row[keep]
+        embeddings[rows >= 0] = self.changed[rows[rows >= 0]]
         return (CatalogueIndex(catalogue, embeddings), self.popularity[keep].copy(),
                 keep >= self.installed)
 
@@ -135,13 +153,12 @@ class LiveCatalogue:
 
     def _changed_positions(self, live: np.ndarray) -> np.ndarray:
         """The positions (int64, sorted) of the items live in `live` whose vector is in `changed`."""
-        return np.flatnonzero((self.changed_version >= 0) & live)
+        return np.flatnonzero((self.changed_row >= 0) & live)
 
     def _changed_vectors(self, positions: np.ndarray) -> np.ndarray:
-        """float32 [len(positions), D]: the vectors in `changed` of `positions`, stacked."""
-        if not len(positions):
-            return np.zeros((0, self.dim), np.float32)
-        return np.stack([self.changed[int(p)] for p in positions])
+        """float32 [len(positions), D]: the vectors in `changed` of `positions` (a copy)."""
+        out: np.ndarray = self.changed[self.changed_row[positions]]
+        return out
 
     def ann_snapshot(self, index: AnnIndex, added: AddedIndex | None = None
                      ) -> tuple[CatalogueIndex, np.ndarray, np.ndarray, AnnSnapshot]:

@@ -96,6 +96,37 @@ def test_an_item_added_and_removed_in_one_batch_is_not_served() -> None:
     assert "k9" not in live and "k9" not in live.snapshot()[0].catalogue.item_ids
 
 
+def test_vectors_changed_again_and_again_keep_only_their_latest_row() -> None:
+    live = LiveCatalogue(installed())
+    rng = np.random.default_rng(0)
+    latest: dict[str, np.ndarray] = {}
+    listed_at: dict[str, int] = {}
+    version = 0
+    for _ in range(20):  # each round re-lists k0 and k9 and removes k2 or lists it again
+        batch = []
+        for item in ("k0", "k9", "k2"):
+            version += 1
+            if item == "k2" and version % 2:
+                batch.append(Change(item, "", None, True, version))
+                latest.pop(item, None)
+            else:
+                latest[item], listed_at[item] = unit(*rng.standard_normal(DIM)), version
+                batch.append(Change(item, f"{item} v{version}", latest[item], False, version))
+        live.apply(batch)
+        positions, vectors, versions = live.changed_items()
+        ids = [live.ids[p] for p in positions]
+        assert sorted(ids) == sorted(latest)
+        for item, vec, entry in zip(ids, vectors, versions):
+            np.testing.assert_array_equal(vec, latest[item])
+            assert entry == listed_at[item]
+    # rows of replaced or removed vectors were dropped on the way: never more than twice those in use
+    assert len(live.changed) <= 2 * len(latest) + 3
+    index, _, _ = live.snapshot()
+    for row, item in enumerate(index.catalogue.item_ids):
+        expected = latest[item] if item in latest else KITCHEN[item][1]
+        np.testing.assert_array_equal(index.embeddings[row], expected)
+
+
 def test_an_entry_of_another_dimension_is_refused() -> None:
     with pytest.raises(ValueError, match="values, the served model 4"):
         LiveCatalogue(installed()).apply([Change("k9", "Whisk", np.ones(3, np.float32), False, 1)])
