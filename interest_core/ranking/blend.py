@@ -158,7 +158,7 @@ class SparseBlend:
         the last bit)."""
         picked: dict[str, np.ndarray | None] = {}
         for source, pair in self.sums.items():
-            if pair is None:
+            if pair is None or not len(pair[0]):  # (no co-occurrence with any target item)
                 picked[source] = None
                 continue
             cols, values = pair

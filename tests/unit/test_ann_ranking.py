@@ -104,6 +104,24 @@ def test_exclusions_hold_and_k_items_come_back(tmp_path: Path) -> None:
     assert len(again) == 200 and not set(first[:150]) & set(again)
 
 
+def test_a_user_whose_items_co_occur_with_no_target_item_is_ranked_through_the_index(tmp_path: Path) -> None:
+    """Their blend is the popularity term alone: the sparse blend has no co-occurrence entry."""
+    installed, assets, index = random_world(tmp_path)
+    counts = assets.cooccurrence[("food", "kitchen")].tolil()
+    counts[7, :] = 0  # f7 co-occurs with nothing
+    assets.cooccurrence[("food", "kitchen")] = counts.tocsr()
+    assets.cooccurrence[("food", "kitchen")].eliminate_zeros()
+    ranked = []
+    for name, ann_index in (("a", index), ("e", None)):
+        rec = recommender(tmp_path / name, assets)
+        vec = np.ones(DIM, np.float32) / np.sqrt(DIM)
+        rec.book.store.save_many([("lonely", Profile("food", vec, 3, ["f7"]))])
+        rec.book.store.set_consent("lonely", True)
+        serve(rec, LiveCatalogue(installed), ann_index)
+        ranked.append(top(rec, "lonely"))
+    assert len(ranked[0]) == 10 and ranked[0] == ranked[1]
+
+
 def test_removed_changed_and_added_items_under_the_index(tmp_path: Path) -> None:
     installed, assets, index = random_world(tmp_path)
     rec = recommender(tmp_path, assets)
