@@ -18,7 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-from interest_core.catalogue import Catalogue, InstalledCatalogue
+from interest_core.catalogue import Catalogue, InstalledCatalogue, Prefix
 from interest_core.ranking.ann import AddedIndex, AnnIndex, AnnSnapshot, bitmap
 from interest_core.ranking.index import CatalogueIndex
 
@@ -46,8 +46,9 @@ class LiveCatalogue:
 
     def __init__(self, installed: InstalledCatalogue) -> None:
         self.platform = installed.catalogue.platform
-        self.ids = list(installed.catalogue.item_ids)
+        self.ids = list(installed.catalogue.item_ids)  # only ever appended to
         self.titles = list(installed.catalogue.titles)
+        self.titles_viewed = False  # whether a snapshot views `titles` (copied before a retitle)
         self.base = installed.embeddings
         self.dim = int(installed.embeddings.shape[1])
         # The vector of each item added or changed since the build: row changed_row[position] of
@@ -80,6 +81,9 @@ class LiveCatalogue:
         fresh = [c for c in changes if c.version > self.version]
         if not fresh:
             return 0
+        viewed = len(self.ids) if self.titles_viewed else 0  # positions whose titles a snapshot shows
+        if any(not c.removed and self.position.get(c.item_id, viewed) < viewed for c in fresh):
+            self.titles, self.titles_viewed = list(self.titles), False  # (views keep the old list)
         new_ids = list(dict.fromkeys(c.item_id for c in fresh
                                      if not c.removed and c.item_id not in self.position))
         if new_ids:  # room for the new items first, not live until their entry is applied
@@ -171,7 +175,10 @@ class LiveCatalogue:
             raise ValueError(f"the {self.platform} index holds {len(index)} items, the installed "
                              f"catalogue {self.installed}")
         live = self.live.copy()
-        catalogue = Catalogue(self.platform, tuple(self.ids), tuple(self.titles))
+        # views, not copies, of the id and title lists: ids are only appended, and `apply`
+        # copies the titles before it retitles an item a view shows
+        catalogue = Catalogue(self.platform, Prefix(self.ids, len(live)), Prefix(self.titles, len(live)))
+        self.titles_viewed = True
         changed = self._changed_positions(live)
         delta, added_banned, added_live = changed, None, 0
         if added is not None:  # as indexed: still live, its vector from the same log entry

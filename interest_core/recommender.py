@@ -131,11 +131,20 @@ class Recommender:
                 added: np.ndarray | None = None, ann: AnnSnapshot | None = None) -> ServedCatalogue:
         """Everything `index` is ranked with: its scorer (a transposed copy), each item's
         category and the precomputed blend (`added`: items added while serving, ServedBlend);
-        with `ann`, no scorer and each ranked item's category when it is ranked.
-        Reads no mutable state: callable off the event loop."""
-        blend = (ServedBlend(self.assets, platform, index.catalogue.item_ids, added)
-                 if self.assets is not None else None)
+        with `ann`, no scorer and each ranked item's category when it is ranked, and the blend
+        grown from the one served now (ServedBlend.grown: right from any earlier snapshot of the
+        same live catalogue, whose ids are only appended to). Callable off the event loop."""
+        if self.assets is None:
+            blend = None
+        elif ann is not None and (last := self.served.get(platform)) is not None and last.blend is not None:
+            # (an indexed catalogue's positions never move: new items come after the others)
+            blend = last.blend.grown(index.catalogue.item_ids, np.zeros(len(index), bool) if added is None
+                                     else added)
+        else:
+            blend = ServedBlend(self.assets, platform, index.catalogue.item_ids, added)
         if ann is not None:
+            if blend is not None and blend.popularity is not None:
+                blend.popularity_order()  # (here, off the event loop: not in the first call's search)
             return ServedCatalogue(index, None, popularity, None, blend, ann)
         categories = self.assets.item_categories(index.embeddings) if self.assets is not None else None
         scorer = BatchScorer(index.embeddings, self.rank_max_batch, on_batch=self.batch_sizes(platform))

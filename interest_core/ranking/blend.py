@@ -10,12 +10,15 @@ The popularity term needs at least one source platform: a target-only user gets 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import scipy.sparse as sp
+
+from interest_core.catalogue import Prefix
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class BlendAssets(Protocol):
     blend: dict[tuple[str, str], Blend]
 
     def reorder(self, platform: str, item_ids: Sequence[str]) -> np.ndarray: ...
+    def positions(self, platform: str) -> Mapping[str, int]: ...
 
 
 class ServedBlend:
@@ -74,6 +78,8 @@ class ServedBlend:
 
     def __init__(self, assets: BlendAssets, target: str, catalogue_ids: Sequence[str],
                  added: np.ndarray | None = None) -> None:
+        self.assets = assets
+        self.catalogue_ids = catalogue_ids
         self.target = target
         self.size = len(catalogue_ids)
         order = assets.reorder(target, catalogue_ids)  # asset position of each catalogue item
@@ -93,14 +99,43 @@ class ServedBlend:
             self.cooc[source] = moved
         self._pop_order: np.ndarray | None = None  # popularity_order(), made on first use
         self.popularity: np.ndarray | None = None  # log1p(popularity) float32 [N]
+        self.new_item_popularity = 0.0  # the popularity term of an item added while serving
         if target in assets.popularity:
             self.popularity = np.zeros(self.size, np.float32)
             self.popularity[known] = np.log1p(assets.popularity[target])[order[known]]
-            if added is not None and added.any() and self.known:
+            if self.known:
                 # Items added while serving (UpdateCatalogue) have not been seen yet, which is
                 # not the same as not being bought: they get the median popularity term of the
                 # items the assets know, not the least, until `make train` counts them.
-                self.popularity[added & ~known] = np.median(self.popularity[known])
+                self.new_item_popularity = float(np.median(self.popularity[known]))
+            if added is not None:
+                self.popularity[added & ~known] = self.new_item_popularity
+
+    def grown(self, catalogue_ids: Sequence[str], added: np.ndarray) -> ServedBlend:
+        """This blend for a catalogue that lists this one's items at the same positions and
+        more after them (a live catalogue's next snapshot: `catalogue_ids` a Prefix that
+        extends this one's); `added` as for the constructor, over all of them. When none of the
+        new items is known to the assets (items added while serving), nothing is recomputed for
+        the others: the co-occurrence columns and popularity terms are this one's, the new items
+        get none and the new-item term, and the popularity order has them inserted. At 10^6
+        items the constructor took 50-55 ms a catalogue change and the first call's popularity
+        order 48 ms more (docs/catalogue.md). Otherwise it is the constructor's."""
+        if not (isinstance(catalogue_ids, Prefix) and catalogue_ids.extends(self.catalogue_ids)):
+            return ServedBlend(self.assets, self.target, catalogue_ids, added)
+        pos = self.assets.positions(self.target)
+        tail = range(self.size, len(catalogue_ids))
+        if any(catalogue_ids[i] in pos for i in tail):
+            return ServedBlend(self.assets, self.target, catalogue_ids, added)
+        out = copy.copy(self)
+        out.catalogue_ids, out.size = catalogue_ids, len(catalogue_ids)
+        out.cooc = {source: sp.csr_matrix((m.data, m.indices, m.indptr), shape=(m.shape[0], out.size))
+                    for source, m in self.cooc.items()}  # (no copy: no entries in the new columns)
+        if self.popularity is not None:
+            new = np.where(added[self.size:], np.float32(self.new_item_popularity), np.float32(0.0))
+            out.popularity = np.concatenate([self.popularity, new.astype(np.float32)])
+            out._pop_order = None if self._pop_order is None else _merged_order(
+                self._pop_order, self.popularity, new, self.size)
+        return out
 
     def __call__(self, histories: Mapping[str, np.ndarray]) -> np.ndarray | None:
         """The blend float32 [N] (catalogue order) of a user whose items per source platform
@@ -201,6 +236,16 @@ class SparseBlend:
                       if popularity is not None else np.arange(min(self.served.size, len(self.touched) + 1)))
         untouched = candidates[~np.isin(candidates, self.touched)]
         return int(untouched[0]) if len(untouched) else None
+
+
+def _merged_order(order: np.ndarray, values: np.ndarray, new: np.ndarray, start: int) -> np.ndarray:
+    """argsort(-concat(values, new), stable) from `order` = argsort(-values, stable), `new` the
+    values of positions start.. (all beyond those in `order`): each new position goes after every
+    earlier one of equal or larger value, so the order of the rest is kept."""
+    new_order = np.argsort(-new, kind="stable")
+    keys = -values[order]  # ascending
+    at = np.searchsorted(keys, -new[new_order], side="right")
+    return np.insert(order, at, new_order + start)
 
 
 def _sparse_row_sum(matrix: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

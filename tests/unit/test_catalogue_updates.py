@@ -23,7 +23,7 @@ from gateway.errors import status_of
 from gateway.metrics import GatewayMetrics
 from gateway.proto.interest.v1 import gateway_pb2 as pb
 from gateway.servicer import InterestGatewayService
-from interest_core.catalogue import Catalogue, InstalledCatalogue
+from interest_core.catalogue import Catalogue, InstalledCatalogue, Prefix
 from interest_core.config import load_settings
 from interest_core.errors import InterestError
 from interest_core.live_catalogue import LiveCatalogue, check_changes
@@ -37,7 +37,7 @@ from interest_core.ranking.ann import (
     IndexParams,
     store_index,
 )
-from interest_core.ranking.blend import ServedBlend
+from interest_core.ranking.blend import ServedBlend, _merged_order
 from interest_core.store_sqlite import SqliteProfileStore
 from tests.unit.test_served_ranking import make_assets
 
@@ -301,6 +301,64 @@ def test_an_item_added_while_serving_gets_the_median_popularity_not_the_least() 
     np.testing.assert_allclose(terms[:4], known, rtol=1e-6)
     assert terms[4] == pytest.approx(float(np.median(known)), rel=1e-6)  # added: the median
     assert terms[5] == 0.0  # installed but unknown to the assets: as before, nothing
+
+
+def test_a_prefix_views_the_first_entries_of_a_list_as_it_grows() -> None:
+    items = ["a", "b", "c"]
+    view = Prefix(items, 2)
+    items += ["d"]  # the list grows: the view does not
+    assert len(view) == 2 and list(view) == ["a", "b"] and view[-1] == "b" and view[0:5] == ("a", "b")
+    with pytest.raises(IndexError):
+        view[2]
+    longer = Prefix(items, 4)
+    assert longer.extends(view) and not view.extends(longer)
+    assert not longer.extends(Prefix(list(items), 2)) and not longer.extends(("a", "b"))
+
+
+def test_a_snapshot_keeps_its_titles_when_an_item_is_retitled_later(tmp_path: Path) -> None:
+    store_index(installed().embeddings, tmp_path / "kitchen.faiss", IndexParams(m=16, ef_construction=40))
+    ann = AnnIndex.load(tmp_path / "kitchen.faiss", 16)
+    live = LiveCatalogue(installed())
+    index = live.ann_snapshot(ann)[0]
+    live.apply([Change("k1", "Cast iron pan", unit(0, 1, 1, 0), False, 1),
+                Change("k9", "Matcha whisk", unit(1, 0, 0, 1), False, 2)])
+    assert tuple(index.catalogue.titles) == ("Tea kettle", "Frying pan", "Chef knife")  # as it was
+    later = live.ann_snapshot(ann)[0]
+    assert tuple(later.catalogue.titles) == ("Tea kettle", "Cast iron pan", "Chef knife", "Matcha whisk")
+    assert tuple(later.catalogue.item_ids) == ("k0", "k1", "k2", "k9")
+    assert tuple(index.catalogue.item_ids) == ("k0", "k1", "k2")  # the ids only grew
+
+
+def test_a_blend_grown_by_added_items_equals_one_made_afresh() -> None:
+    assets = make_assets(cooc=1.0, pop=0.5)  # kitchen popularity 0, 2, 50, 4
+    ids = ["k0", "k1", "k2", "k3", "new1", "extra"]
+    first = ServedBlend(assets, "kitchen", Prefix(ids, 5), added=np.array([False] * 4 + [True]))
+    first.popularity_order()
+    ids += ["new2", "new3", "k9"]  # k9: unknown to the assets, listed again while serving
+    added = np.array([False] * 4 + [True] * 5)
+    grown = first.grown(Prefix(ids, 9), added)
+    fresh = ServedBlend(assets, "kitchen", Prefix(ids, 9), added=added)
+    assert grown.size == fresh.size == 9 and grown.cooc["food"].shape == fresh.cooc["food"].shape
+    np.testing.assert_array_equal(grown.popularity, fresh.popularity)
+    np.testing.assert_array_equal(grown.popularity_order(), fresh.popularity_order())
+    for history in ([0], [0, 1], [2]):
+        rows = {"food": np.array(history, np.int64)}
+        np.testing.assert_array_equal(grown(rows), fresh(rows))
+        mine, theirs = grown.sparse(rows), fresh.sparse(rows)
+        assert mine is not None and theirs is not None
+        np.testing.assert_array_equal(mine.leaders(4)[0], theirs.leaders(4)[0])
+    # an appended id the assets know (k1 listed again under another position cannot happen in a
+    # live catalogue, but a catalogue that is not a prefix of this one's is made afresh)
+    other = first.grown(("k0", "k1", "k2", "k3", "new1", "k2"), np.array([False] * 4 + [True] * 2))
+    assert other.cooc["food"][:, 5].sum() == 3  # k2's column from the assets again
+
+
+def test_merging_new_positions_into_a_popularity_order_keeps_it_stable() -> None:
+    rng = np.random.default_rng(3)
+    values = rng.integers(0, 5, 200).astype(np.float32)
+    new = rng.integers(0, 5, 30).astype(np.float32)
+    merged = _merged_order(np.argsort(-values, kind="stable"), values, new, len(values))
+    np.testing.assert_array_equal(merged, np.argsort(-np.concatenate([values, new]), kind="stable"))
 
 
 # --- the gateway's index of the items added to an indexed catalogue ------------------------
