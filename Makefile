@@ -142,7 +142,7 @@ tools:  ## Debian's prometheus server (the monitoring test scrapes the real stac
 	bash build/install-prometheus.sh
 	bash build/install-postgresql.sh
 
-bench: engine  ## benchmark: seed vs in-process limit vs this stack, perf_analyzer, one gateway vs two on PostgreSQL, catalogues of 10^4..10^6 items; writes results/bench.*
+bench: engine  ## benchmark: seed vs in-process limit vs this stack, perf_analyzer, one gateway vs two on PostgreSQL, catalogues of 10^4..10^6 items, Recommend while added items are indexed; writes results/bench.*
 	bash build/install-perf-analyzer.sh
 	bash build/install-postgresql.sh
 	$(PY) -m bench.run

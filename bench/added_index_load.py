@@ -25,6 +25,7 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from bench.catalogue_scale import PLATFORM, install, ms, populations
@@ -88,7 +89,7 @@ def window(calls: list[tuple[float, float, str]], first: float, last: float) -> 
     return {"calls": len(lat), "errors": errors, "p50_ms": ms(lat, 50), "p99_ms": ms(lat, 99)}
 
 
-async def add(stub: pb_grpc.InterestGatewayStub, titles: tuple[str, ...], first: int, last: int) -> float:
+async def add(stub: pb_grpc.InterestGatewayStub, titles: Sequence[str], first: int, last: int) -> float:
     """Add items `first`..`last` - 1 through UpdateCatalogue, BATCH a call; their texts/s."""
     started = time.monotonic()
     for start in range(first, last, BATCH):

@@ -118,6 +118,7 @@ def summarise(data: dict[str, Any]) -> dict[str, Any]:
         "fair_share": {k: v for k, v in fair.items() if k != "runs"} if fair else None,
         "scale_out": data.get("scale_out"),
         "catalogue_1m": million,
+        "added_index_load": data.get("added_index_load"),
         "perf_analyzer": data.get("perf_analyzer", {}),
         "targets": targets,
         "details": data,
@@ -417,6 +418,65 @@ def _fair_share(fair: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _added_index_load(section: dict[str, Any] | None) -> list[str]:
+    """The section of bench.added_index_load: Recommend at 10^6 items while a gateway builds its
+    index of the items added since `make engine`, and after."""
+    if not section:
+        return []
+    if "error" in section:
+        return ["## Recommend while a gateway indexes the items added since `make engine`", "",
+                f"not run: {section['error']}", ""]
+    build, during, after = section.get("build") or {}, section["during_build"], section["after_build"]
+    by_second = [(s, p) for s, p in enumerate(section["p99_ms_by_second"]) if p is not None]
+    worst = max(by_second, key=lambda sp: sp[1]) if by_second else None
+
+    def cells(w: dict[str, Any]) -> str:
+        errors = ", ".join(f"{n} {code}" for code, n in sorted(w.get("errors", {}).items())) or "none"
+        return f"{w['calls']} | {w.get('p50_ms', '')} | {w.get('p99_ms', '')} | {errors}"
+
+    return [
+        "## Recommend while a gateway indexes the items added since `make engine`",
+        "",
+        f"The {section['catalogue_items']:,}-item kitchen catalogue; {section['added']:,} items added "
+        f"through UpdateCatalogue ({section['texts_per_s']} texts/s through Triton), the last "
+        f"{section['index_min']:,} of them starting a build of all {section['added']:,} in the background "
+        "(bench/added_index_load.py, docs/catalogue.md); from the last add's reply, the model-only "
+        f"users at {section['rate_rps']:g} Recommend/s for {section['duration_s']:g} s.",
+        "",
+        "| calls sent | calls | p50 ms | p99 ms | errors |",
+        "| --- | --- | --- | --- | --- |",
+        f"| while it built ({build['build_s']} s by the gateway's log) | {cells(during)} |" if build else
+        f"| the whole run (the build had not ended) | {cells(during)} |",
+        f"| from a second after it | {cells(after)} |",
+        "",
+        (f"Worst second's p99: {worst[1]} ms, second {worst[0]} after the last add "
+         "(added_index_load.png, second by second)." if worst else ""),
+        "",
+        "![p99 second by second while the added items are indexed](added_index_load.png)",
+        "",
+    ]
+
+
+def plot_added_index_load(section: dict[str, Any], path: Path, title: str) -> None:
+    """Recommend's p99 second by second from the last add, the build's time shaded."""
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    points = [(s + 0.5, p) for s, p in enumerate(section["p99_ms_by_second"]) if p is not None]
+    if points:
+        ax.plot(*zip(*points), ".-", label="p99 of the calls sent that second")
+    build = section.get("build") or {}
+    if build:
+        ax.axvspan(0, build["at_s"], color="orange", alpha=0.2,
+                   label=f"building the index of {build['items']:,.0f} added items ({build['build_s']} s)")
+    ax.axhline(RECOMMEND_TARGET_P99_MS, color="red", ls=":", label="p99 target 15 ms")
+    ax.set(yscale="log", xlabel="seconds after the last add", ylabel="ms",
+           title=f"Recommend at {section['rate_rps']:g}/s, {section['catalogue_items']:,} items")
+    ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 SCALE_OUT_STACKS = (("one_gateway_sqlite", "one gateway, SQLite"),
                     ("two_gateways_postgres", "two gateways, PostgreSQL"))
 SCALE_OUT_RUNS = ("ingest", "recommend", "recommend_at_rate")
@@ -535,6 +595,7 @@ def write_markdown(summary: dict[str, Any], path: Path) -> None:
         *_fair_share(d.get("fair_share")),
         *_scale_out(d.get("scale_out")),
         *_catalogue_scale(d.get("catalogue_scale")),
+        *_added_index_load(d.get("added_index_load")),
         "## perf_analyzer (Triton alone, real tokenized titles, batch 1 per request)",
         "",
     ]
@@ -600,4 +661,8 @@ def write_report(data: dict[str, Any], out: Path) -> dict[str, Any]:
     if scale and "sizes" in scale:
         plot_catalogue_scale(scale, out / "catalogue_scale.png",
                              f"{summary['machine'][:90]} — rev {summary['revision']}")
+    rebuild = data.get("added_index_load")
+    if rebuild and "p99_ms_by_second" in rebuild:
+        plot_added_index_load(rebuild, out / "added_index_load.png",
+                              f"{summary['machine'][:90]} — rev {summary['revision']}")
     return summary

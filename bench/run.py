@@ -7,13 +7,18 @@ with real users' histories, runs perf_analyzer against Triton, and writes
 results/bench.json, results/bench.md and results/bench.png. The stack's share of the
 in-process limit is judged on paired rounds (`--paired-rounds`): each stack run at the
 saturating concurrency between two limit measurements, as this VM's speed drifts by a
-third within minutes. Last, the scale-out section (bench.scale_out): one gateway on SQLite
-beside two gateways sharing PostgreSQL, on one Triton.
+third within minutes. Then the scale-out section (bench.scale_out): one gateway on SQLite
+beside two gateways sharing PostgreSQL, on one Triton; the catalogue-scale section
+(bench.catalogue_scale): Recommend on 10^4, 10^5 and 10^6 kitchen items; last, Recommend at
+10^6 items while a gateway indexes 50,000 items added through UpdateCatalogue
+(bench.added_index_load, about 6 minutes).
 
     python -m bench.run [--duration 15] [--out results]
     python -m bench.run --recommend-only   # just the Recommend runs, for tuning them
     python -m bench.fair_share             # just the fair-share runs (bench.fair_share)
     python -m bench.scale_out              # just the scale-out runs (bench.scale_out)
+    python -m bench.catalogue_scale        # just the catalogue-scale runs
+    python -m bench.added_index_load       # just the run while added items are indexed
 """
 
 from __future__ import annotations
@@ -489,6 +494,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     log("catalogue scale: 10^4, 10^5 and 10^6 kitchen items (bench.catalogue_scale)")
     # (it builds the 10^6-item catalogue and its index the first time: minutes)
     results["catalogue_scale"] = await asyncio.to_thread(run_section, "catalogue_scale")
+    log("catalogue rebuild: Recommend at 10^6 items while a gateway indexes 50,000 added items "
+        "(bench.added_index_load)")
+    results["added_index_load"] = await asyncio.to_thread(run_section, "added_index_load")
     return {
         "revision": revision(),
         "machine": machine(),

@@ -180,3 +180,24 @@ def test_the_open_loop_keeps_each_call_on_its_timeline() -> None:
     assert [status for _, _, status in sorted(result.timeline)] == ["OK", "ValueError"] * 5
     assert result.errors == {"ValueError": 5} and result.ok == 5
     assert all(latency >= 0 for _, latency, _ in result.timeline)
+
+
+def test_the_added_index_load_section_names_the_build_the_windows_and_the_worst_second(tmp_path: Path
+                                                                                       ) -> None:
+    from bench.report import _added_index_load, plot_added_index_load
+
+    section = {"catalogue_items": 1_000_000, "added": 50_000, "index_min": 10_000, "texts_per_s": 831.0,
+               "rate_rps": 200.0, "duration_s": 5.0,
+               "build": {"at_s": 2.4, "items": 50000.0, "build_s": 2.1},
+               "during_build": {"calls": 480, "errors": {}, "p50_ms": 8.8, "p99_ms": 83.4},
+               "after_build": {"calls": 400, "errors": {"DEADLINE_EXCEEDED": 2}, "p50_ms": 4.3,
+                               "p99_ms": 7.5},
+               "p99_ms_by_second": [28.2, 96.8, None, 6.1, 5.9]}
+    text = "\n".join(_added_index_load(section))
+    assert "| while it built (2.1 s by the gateway's log) | 480 | 8.8 | 83.4 | none |" in text
+    assert "| from a second after it | 400 | 4.3 | 7.5 | 2 DEADLINE_EXCEEDED |" in text
+    assert "Worst second's p99: 96.8 ms, second 1 after the last add" in text
+    plot_added_index_load(section, tmp_path / "a.png", "machine")
+    assert (tmp_path / "a.png").stat().st_size > 10_000
+    assert _added_index_load(None) == []
+    assert "not run: exit status 1" in "\n".join(_added_index_load({"error": "exit status 1"}))

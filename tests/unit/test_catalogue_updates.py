@@ -339,11 +339,14 @@ def test_a_blend_grown_by_added_items_equals_one_made_afresh() -> None:
     grown = first.grown(Prefix(ids, 9), added)
     fresh = ServedBlend(assets, "kitchen", Prefix(ids, 9), added=added)
     assert grown.size == fresh.size == 9 and grown.cooc["food"].shape == fresh.cooc["food"].shape
+    assert grown.popularity is not None and fresh.popularity is not None
     np.testing.assert_array_equal(grown.popularity, fresh.popularity)
     np.testing.assert_array_equal(grown.popularity_order(), fresh.popularity_order())
     for history in ([0], [0, 1], [2]):
         rows = {"food": np.array(history, np.int64)}
-        np.testing.assert_array_equal(grown(rows), fresh(rows))
+        dense_mine, dense_theirs = grown(rows), fresh(rows)
+        assert dense_mine is not None and dense_theirs is not None
+        np.testing.assert_array_equal(dense_mine, dense_theirs)
         mine, theirs = grown.sparse(rows), fresh.sparse(rows)
         assert mine is not None and theirs is not None
         np.testing.assert_array_equal(mine.leaders(4)[0], theirs.leaders(4)[0])
