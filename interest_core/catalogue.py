@@ -42,8 +42,8 @@ class Prefix(Sequence[str]):
     """The first `n` entries of a list, without copying them: valid for as long as the list's
     first `n` entries are not replaced (it may grow). A live catalogue's snapshot views its id
     and title lists this way (interest_core.live_catalogue): at 10^6 items two tuple copies per
-    catalogue change cost about 20 ms, and freeing the last snapshot's another 16 ms, all under
-    the interpreter lock (docs/catalogue.md)."""
+    catalogue change cost about 20 ms, and freeing the last snapshot's another 7-16 ms, all
+    under the interpreter lock (docs/catalogue.md)."""
 
     __slots__ = ("items", "n")
 
