@@ -81,9 +81,11 @@ class LiveCatalogue:
         fresh = [c for c in changes if c.version > self.version]
         if not fresh:
             return 0
-        viewed = len(self.ids) if self.titles_viewed else 0  # positions whose titles a snapshot shows
-        if any(not c.removed and self.position.get(c.item_id, viewed) < viewed for c in fresh):
-            self.titles, self.titles_viewed = list(self.titles), False  # (views keep the old list)
+        # An upsert of an item listed before may change its title: once a snapshot views the
+        # title list, the first such change copies it (the views keep the old list)
+        listed = len(self.ids) if self.titles_viewed else 0
+        if any(not c.removed and self.position.get(c.item_id, listed) < listed for c in fresh):
+            self.titles, self.titles_viewed = list(self.titles), False
         new_ids = list(dict.fromkeys(c.item_id for c in fresh
                                      if not c.removed and c.item_id not in self.position))
         if new_ids:  # room for the new items first, not live until their entry is applied

@@ -72,8 +72,9 @@ class ServedBlend:
     The co-occurrence matrices get their columns moved into the served catalogue's order
     (catalogue items the assets do not know get no blend) and log1p(popularity) is reordered
     the same way, so a request only sums the co-occurrence rows of the user's own items.
-    `added` (bool [N]) marks items added while serving: no co-occurrence, and the median
-    popularity term of the known items (an item not seen yet is not an item nobody wants).
+    `added` (bool [N]) marks items added while serving: those the assets do not know get no
+    co-occurrence and the median popularity term of the known items (an item not seen yet is
+    not an item nobody wants); those they know, their own.
     """
 
     def __init__(self, assets: BlendAssets, target: str, catalogue_ids: Sequence[str],

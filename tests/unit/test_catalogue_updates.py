@@ -350,10 +350,27 @@ def test_a_blend_grown_by_added_items_equals_one_made_afresh() -> None:
         mine, theirs = grown.sparse(rows), fresh.sparse(rows)
         assert mine is not None and theirs is not None
         np.testing.assert_array_equal(mine.leaders(4)[0], theirs.leaders(4)[0])
-    # an appended id the assets know (k1 listed again under another position cannot happen in a
-    # live catalogue, but a catalogue that is not a prefix of this one's is made afresh)
+    # ids that are not a view extending this one's: made afresh
     other = first.grown(("k0", "k1", "k2", "k3", "new1", "k2"), np.array([False] * 4 + [True] * 2))
     assert other.cooc["food"][:, 5].sum() == 3  # k2's column from the assets again
+
+
+def test_a_blend_grown_by_an_item_the_assets_know_equals_one_made_afresh() -> None:
+    """k2 (popularity 50, co-occurring with f1) listed while serving: its column and popularity
+    come from the assets, and the median term of the new items moves with the known items."""
+    assets = make_assets(cooc=1.0, pop=0.5)
+    ids = ["k0", "k1", "k3", "new1"]
+    first = ServedBlend(assets, "kitchen", Prefix(ids, 4), added=np.array([False] * 3 + [True]))
+    first.popularity_order()
+    ids += ["k2", "new2"]
+    added = np.array([False] * 3 + [True] * 3)
+    grown = first.grown(Prefix(ids, 6), added)
+    fresh = ServedBlend(assets, "kitchen", Prefix(ids, 6), added=added)
+    assert grown.popularity is not None and fresh.popularity is not None
+    np.testing.assert_array_equal(grown.popularity, fresh.popularity)
+    assert first.popularity is not None and grown.popularity[3] != first.popularity[3]  # new1's median moved
+    np.testing.assert_array_equal(grown.popularity_order(), fresh.popularity_order())
+    assert grown.cooc["food"][:, 4].sum() == fresh.cooc["food"][:, 4].sum() == 3
 
 
 def test_merging_new_positions_into_a_popularity_order_keeps_it_stable() -> None:
