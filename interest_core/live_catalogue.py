@@ -48,7 +48,7 @@ class LiveCatalogue:
         self.platform = installed.catalogue.platform
         self.ids = list(installed.catalogue.item_ids)  # only ever appended to
         self.titles = list(installed.catalogue.titles)
-        self.titles_viewed = False  # whether a snapshot views `titles` (copied before a retitle)
+        self.titles_viewed = False  # whether a snapshot views `titles` (see apply: copied first)
         self.base = installed.embeddings
         self.dim = int(installed.embeddings.shape[1])
         # The vector of each item added or changed since the build: row changed_row[position] of
@@ -178,7 +178,7 @@ class LiveCatalogue:
                              f"catalogue {self.installed}")
         live = self.live.copy()
         # views, not copies, of the id and title lists: ids are only appended, and `apply`
-        # copies the titles before it retitles an item a view shows
+        # copies the titles before it upserts an item already listed
         catalogue = Catalogue(self.platform, Prefix(self.ids, len(live)), Prefix(self.titles, len(live)))
         self.titles_viewed = True
         changed = self._changed_positions(live)

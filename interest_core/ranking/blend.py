@@ -133,7 +133,7 @@ class ServedBlend:
                     for source, m in self.cooc.items()}  # (no copy: no entries in the new columns)
         if self.popularity is not None:
             new = np.where(added[self.size:], np.float32(self.new_item_popularity), np.float32(0.0))
-            out.popularity = np.concatenate([self.popularity, new.astype(np.float32)])
+            out.popularity = np.concatenate([self.popularity, new])
             out._pop_order = None if self._pop_order is None else _merged_order(
                 self._pop_order, self.popularity, new, self.size)
         return out
