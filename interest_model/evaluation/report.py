@@ -17,7 +17,14 @@ OVERLAP_TARGET = ("overlap-5%", 1.3)
 def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's targets, each with the figures it was judged on and met / missed."""
     out: list[dict[str, Any]] = []
-    for task, body in results["tasks"].items():
+    tasks = results["tasks"]
+    for task, body in tasks.items():
+        if "/" not in task and f"{task}/{OVERLAP_TARGET[0]}" not in tasks:
+            # No few-overlap checkpoint at that share was evaluated: the target stands, unmeasured.
+            out.append({"task": f"{task}/{OVERLAP_TARGET[0]}", "target": overlap_target_text(),
+                        "measured": False, "met": False,
+                        "why": f"no checkpoint trained with {OVERLAP_TARGET[0][len('overlap-'):]} of "
+                               "the overlap users was evaluated (make train, then make eval)"})
         if "/history-" in task:
             continue  # reported by history length; the issue sets no target on the subsets
         if "/overlap-" in task:
@@ -33,16 +40,25 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         value = methods[ours]["ndcg@10"]
         need = 1.5 if new_items else (1.1 if task == results.get("primary_task") else 1.0)
-        row = {"task": task, "target": f"{ours} NDCG@10 >= {need}x best baseline",
+        # Task 1 (warm migration, each direction) also asks the paired interval's lower bound
+        # above 1: better than the best baseline beyond noise, not only on the point estimate.
+        firm = not new_items
+        row = {"task": task, "target": f"{ours} NDCG@10 >= {need}x best baseline"
+                                       + (", paired CI's lower bound > 1" if firm else ""),
                "ours": value, "best_baseline": best_name, "best_baseline_ndcg@10": best,
                "ratio": round(value / best, 3) if best else None, "need": need}
         paired = body.get("ratio_ci95")
+        met = value >= need * best
         if paired and paired["baseline"] == best_name:
             # Offline, over all the task's users: the served ranking's own per-user values are
             # equal to its offline reference's (checked below), the baselines' exist only there.
             row["ratio_ci95"] = paired["ci95"]
             row["ratio_ci95_of"] = f"{paired['method']} offline, paired bootstrap over users"
-        out.append({**row, "met": value >= need * best})
+            met = met and (not firm or paired["ci95"][0] > 1.0)
+        elif firm:
+            met = False  # the lower bound could not be judged
+            row["why"] = "no paired interval against the best baseline"
+        out.append({**row, "met": met})
         if "model_int8" in methods and "model_fp32" in methods:
             fp, q = methods["model_fp32"]["ndcg@10"], methods["model_int8"]["ndcg@10"]
             gap = (fp - q) / fp if fp else 0.0
@@ -67,7 +83,7 @@ def overlap_verdict(task: str, body: dict[str, Any]) -> dict[str, Any]:
     best_name = max((m for m in BASELINES if m in methods), key=lambda m: methods[m]["ndcg@10"])
     best = methods[best_name]["ndcg@10"]
     row: dict[str, Any] = {
-        "task": task, "target": f"model_fp32 NDCG@10 >= {need}x cooccurrence and above every baseline",
+        "task": task, "target": overlap_target_text(),
         "ours": ours, "best_baseline": "cooccurrence", "best_baseline_ndcg@10": cooc,
         "ratio": round(ours / cooc, 3) if cooc else None, "need": need,
         "strongest_baseline": best_name, "strongest_baseline_ndcg@10": best}
@@ -76,6 +92,16 @@ def overlap_verdict(task: str, body: dict[str, Any]) -> dict[str, Any]:
         row["ratio_ci95"] = paired["ci95"]
         row["ratio_ci95_of"] = "model_fp32 offline, paired bootstrap over users"
     return {**row, "met": ours >= need * cooc and ours > best}
+
+
+def overlap_target_text() -> str:
+    return f"model_fp32 NDCG@10 >= {OVERLAP_TARGET[1]}x cooccurrence and above every baseline"
+
+
+def verdict_word(v: dict[str, Any]) -> str:
+    if not v.get("measured", True):
+        return "NOT MEASURED"
+    return "met" if v["met"] else "MISSED"
 
 
 def write_markdown(results: dict[str, Any], path: Path) -> None:
@@ -125,8 +151,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         lines.append("")
     lines += ["## Targets", "", "| task | target | figures | verdict |", "| --- | --- | --- | --- |"]
     for v in results["targets"]:
-        figures = ", ".join(f"{k} {v[k]}" for k in v if k not in ("task", "target", "met"))
-        lines.append(f"| {v['task']} | {v['target']} | {figures} | {'met' if v['met'] else 'MISSED'} |")
+        figures = ", ".join(f"{k} {v[k]}" for k in v if k not in ("task", "target", "met", "measured"))
+        lines.append(f"| {v['task']} | {v['target']} | {figures} | {verdict_word(v)} |")
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -1,0 +1,49 @@
+"""The evaluation report's verdicts, on hand-made results (no training)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from interest_model.evaluation.report import verdicts, write_markdown
+
+
+def _methods(**ndcg: float) -> dict[str, Any]:
+    return {m: {"ndcg@10": v, "hr@10": 0.0, "recall@50": 0.0, "mrr": 0.0} for m, v in ndcg.items()}
+
+
+def _results(with_few_overlap: bool) -> dict[str, Any]:
+    tasks: dict[str, Any] = {"a->b": {"users": 10, "methods": _methods(cooccurrence=0.04, model_fp32=0.05)}}
+    if with_few_overlap:
+        tasks["a->b/overlap-5%"] = {"users": 10, "methods": _methods(cooccurrence=0.02, popularity=0.01,
+                                                                   model_fp32=0.03)}
+    return {"dataset": "d", "revision": "r", "machine": "m", "primary_task": "a->b", "tasks": tasks}
+
+
+def test_a_missing_few_overlap_checkpoint_is_reported_not_measured(tmp_path: Path) -> None:
+    results = _results(with_few_overlap=False)
+    results["targets"] = verdicts(results)
+    row = next(v for v in results["targets"] if v["task"] == "a->b/overlap-5%")
+    assert row["measured"] is False and row["met"] is False and "make train" in row["why"]
+    write_markdown(results, tmp_path / "eval.md")
+    lines = (tmp_path / "eval.md").read_text().splitlines()
+    line = next(x for x in lines if x.startswith("| a->b/overlap-5%"))
+    assert line.endswith("| NOT MEASURED |")
+
+
+def test_a_measured_few_overlap_target_is_judged_on_its_figures() -> None:
+    row = next(v for v in verdicts(_results(with_few_overlap=True)) if v["task"] == "a->b/overlap-5%")
+    assert "measured" not in row and row["ratio"] == 1.5 and row["met"] is True
+    assert not any(v.get("measured") is False for v in verdicts(_results(with_few_overlap=True)))
+
+
+def test_task_1_needs_the_paired_lower_bound_above_one_as_well_as_the_ratio() -> None:
+    results = _results(with_few_overlap=True)
+    body = results["tasks"]["a->b"]  # model 0.05 against co-occurrence 0.04: 1.25x, above 1.1x
+    for low, met in ((0.98, False), (1.02, True)):
+        body["ratio_ci95"] = {"method": "model_fp32", "baseline": "cooccurrence", "ci95": [low, 1.5]}
+        row = next(v for v in verdicts(results) if v["task"] == "a->b")
+        assert row["ratio"] == 1.25 and row["ratio_ci95"] == [low, 1.5] and row["met"] is met
+    del body["ratio_ci95"]  # without an interval the lower bound cannot be judged
+    row = next(v for v in verdicts(results) if v["task"] == "a->b")
+    assert row["met"] is False and "paired interval" in row["why"]
