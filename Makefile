@@ -93,9 +93,12 @@ ngc-repo: setup $(ART)/validation-$(ACT).json  ## NGC Triton repositories under 
 
 # Shares of the overlap users (users on both platforms) the few-overlap evaluation models keep.
 OVERLAP ?= 1 5 20
-# Seeds of the new-items hold-out splits (each its own 20% of items and its own 3-seed model):
-# seed 0 in models/DATASET-new-items, seed S in models/DATASET-new-items-seedS.
-NEW_ITEMS_SEEDS ?= 0 3 6
+# Seeds of the NEW_ITEMS_SPLITS new-items hold-out splits (each its own 20% of items and its own
+# MEMBERS-seed model, members seeded S .. S+MEMBERS-1): 0, MEMBERS, 2*MEMBERS, ... so that no two
+# splits share a member seed (0 3 6 with 3 members); seed 0 in models/DATASET-new-items, seed S
+# in models/DATASET-new-items-seedS.
+NEW_ITEMS_SPLITS ?= 3
+NEW_ITEMS_SEEDS ?= $(shell seq 0 $(MEMBERS) $$(( ($(NEW_ITEMS_SPLITS) - 1) * $(MEMBERS) )))
 new_items_dir = $(MODELS)/$(DATASET)-new-items$(if $(filter-out 0,$(1)),-seed$(1))
 
 train: setup  ## train DATASET's model, the new-items hold-out models (NEW_ITEMS_SEEDS) and the few-overlap models (OVERLAP %) into models/, each a merged 3-seed ensemble (~90 min on 2 cores; resumes)
