@@ -56,12 +56,20 @@ def ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.nd
 
 
 class Popularity:
-    """Training interaction count of each target item (pairs + target-only users), same for all."""
+    """Training interaction count of each target item, same for every user: counted over every
+    training user on the target platform (`users="all"`: pairs + target-only users), or only
+    over those also on the source platform (`users="both"`: what people who also use the source
+    platform take there; tuned on validation users by `make eval`)."""
 
     name = "popularity"
 
+    def __init__(self, users: str = "all") -> None:
+        if users not in ("all", "both"):
+            raise ValueError(f"users must be 'all' or 'both', got {users!r}")
+        self.users = users
+
     def fit(self, data: PairTrainData) -> Popularity:
-        rows = [t for _, t in data.pairs] + list(data.target_only)
+        rows = [t for _, t in data.pairs] + (list(data.target_only) if self.users == "all" else [])
         self.counts = np.asarray(binary_matrix(rows, data.n_target).sum(axis=0), np.float32).ravel()
         return self
 

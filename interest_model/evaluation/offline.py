@@ -70,6 +70,7 @@ HISTORY_BUCKETS: tuple[tuple[int, int | None], ...] = ((1, 2), (3, 5), (6, None)
 # Each tuned baseline's grid, in stages: each stage's options are tried on top of the best so
 # far (EMCDR: the factor rank first, then the mapping's L2 strength at that rank).
 TUNING: dict[str, list[list[dict[str, Any]]]] = {
+    "popularity": [[{"users": u} for u in ("all", "both")]],
     "cooccurrence": [[{"beta": b} for b in (0.0, 0.25, 0.5, 0.75)]],
     "text_ridge": [[{"alpha": a} for a in (0.001, 0.01, 0.1, 1.0, 10.0, 100.0)]],
     "emcdr": [[{"rank": r} for r in (32, 64, 128)], [{"alpha": a} for a in (0.1, 1.0, 10.0, 100.0)]],

@@ -231,6 +231,15 @@ def test_popularity_planted() -> None:
     assert pop[0, POPULAR] == 4 * 15
 
 
+def test_popularity_counts_all_target_users_or_only_those_on_both_platforms() -> None:
+    data = PairTrainData(2, 3, [([0], [0]), ([1], [0, 1])], target_only=[[2], [2], [2, 1]])
+    np.testing.assert_array_equal(make_baseline("popularity").fit(data).score([[0]]), [[2, 2, 3]])
+    both = make_baseline("popularity", users="both").fit(data)
+    np.testing.assert_array_equal(both.score([[0], [1]]), [[2, 1, 0], [2, 1, 0]])
+    with pytest.raises(ValueError, match="users"):
+        make_baseline("popularity", users="some")
+
+
 def test_cooccurrence_counts_and_errors() -> None:
     data = PairTrainData(3, 4, [([0, 1], [2]), ([0], [2, 3]), ([1], [3])])
     co = make_baseline("cooccurrence").fit(data)
@@ -296,8 +305,8 @@ def test_staged_tuning_keeps_the_best_of_each_stage(monkeypatch: pytest.MonkeyPa
     assert record is not None and record["chosen"] == {"rank": 6, "alpha": 0.01}
     assert (model.rank, model.alpha) == (6, 0.01)  # type: ignore[attr-defined]
     assert [t["valid_ndcg@10"] for t in record["tried"]] == [0.1, 0.5, 0.7, 0.2]
-    fitted, nothing = offline.tuned_baseline("popularity", synthetic(), lambda m: 0.0)
-    assert nothing is None and fitted.name == "popularity"
+    fitted, nothing = offline.tuned_baseline("zero_shot", synthetic(), lambda m: 0.0)
+    assert nothing is None and fitted.name == "zero_shot"
 
 
 def test_history_subsets_split_users_by_source_history_length() -> None:
