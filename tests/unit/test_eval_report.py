@@ -31,10 +31,20 @@ def test_a_missing_few_overlap_checkpoint_is_reported_not_measured(tmp_path: Pat
     assert line.endswith("| NOT MEASURED |")
 
 
+def test_a_missing_new_items_checkpoint_is_reported_not_measured() -> None:
+    rows = {v["task"]: v for v in verdicts(_results(with_few_overlap=True))}
+    assert rows["a->b/new-items"]["measured"] is False and rows["a->b/new-items"]["met"] is False
+    results = _results(with_few_overlap=True)
+    results["tasks"]["a->b/new-items"] = {"users": 5, "methods": _methods(text_ridge=0.01, model_fp32=0.02)}
+    row = next(v for v in verdicts(results) if v["task"] == "a->b/new-items")
+    assert "measured" not in row and row["ratio"] == 2.0 and row["met"] is True
+
+
 def test_a_measured_few_overlap_target_is_judged_on_its_figures() -> None:
     row = next(v for v in verdicts(_results(with_few_overlap=True)) if v["task"] == "a->b/overlap-5%")
     assert "measured" not in row and row["ratio"] == 1.5 and row["met"] is True
-    assert not any(v.get("measured") is False for v in verdicts(_results(with_few_overlap=True)))
+    assert not any(v.get("measured") is False and "overlap" in v["task"]
+                   for v in verdicts(_results(with_few_overlap=True)))
 
 
 def test_task_1_needs_the_paired_lower_bound_above_one_as_well_as_the_ratio() -> None:
