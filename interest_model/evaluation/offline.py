@@ -52,6 +52,7 @@ from interest_model.evaluation import (
     tune,
 )
 from interest_model.evaluation.metrics import METRICS, ROUND_OFF, expected_random
+from interest_model.evaluation.populations import describe
 from interest_model.features import catalogue_features
 from interest_model.tasks import (
     Direction,
@@ -462,7 +463,8 @@ def main(argv: list[str] | None = None) -> int:
     int8 = onnx_embeddings(args.int8, data, cache) if args.int8 else None
     none = {p: np.array([], dtype=np.int64) for p in data.platforms}
     tasks: dict[str, Any] = {}
-    for d in (Direction(*data.platforms[:2]), Direction(*reversed(data.platforms[:2]))):
+    directions = (Direction(*data.platforms[:2]), Direction(*reversed(data.platforms[:2])))
+    for d in directions:
         log.info("task %s (warm catalogue)", d)
         w = assets.migration[d.key]
 
@@ -477,8 +479,12 @@ def main(argv: list[str] | None = None) -> int:
     for ckpt in args.overlap_checkpoint:
         tasks.update(overlap_tasks(data, features, ckpt, cache))
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    rows = {split: user_rows(data.split(split), data.platforms, none) for split in ("train", "valid", "test")}
+    n_items = {p: len(data.catalogues[p]) for p in data.platforms}
     summary = {"dataset": data.name, "checkpoint": str(args.checkpoint),
-               "int8": str(args.int8) if args.int8 else None, "tasks": tasks}
+               "int8": str(args.int8) if args.int8 else None, "tasks": tasks,
+               "populations": {str(d): describe(rows["train"], {s: rows[s] for s in ("valid", "test")},
+                                                d, n_items) for d in directions}}
     args.out.write_text(json.dumps(summary, indent=1))
     log.info("wrote %s", args.out)
     return 0

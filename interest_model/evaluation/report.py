@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from interest_model.evaluation import BASELINES
+from interest_model.evaluation.populations import markdown as populations_markdown
 
 METHOD_ORDER = (*BASELINES, "model_only_fp32", "model_fp32", "model_int8", "served")
 # The few-overlap target: at this share of the overlap users, the served ranking (offline, the
@@ -99,10 +100,12 @@ def overlap_verdict(task: str, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def overlap_target_text() -> str:
+    """What the few-overlap target asks, as the targets table says it."""
     return f"model_fp32 NDCG@10 >= {OVERLAP_TARGET[1]}x cooccurrence and above every baseline"
 
 
 def verdict_word(v: dict[str, Any]) -> str:
+    """A verdict row's last column: met, MISSED, or NOT MEASURED when nothing was evaluated."""
     if not v.get("measured", True):
         return "NOT MEASURED"
     return "met" if v["met"] else "MISSED"
@@ -153,6 +156,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         if "served_note" in body:
             lines += ["", body["served_note"]]
         lines.append("")
+    if results.get("populations"):
+        lines += populations_markdown(results["populations"])
     lines += ["## Targets", "", "| task | target | figures | verdict |", "| --- | --- | --- | --- |"]
     for v in results["targets"]:
         figures = ", ".join(f"{k} {v[k]}" for k in v if k not in ("task", "target", "met", "measured"))

@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from interest_model.evaluation.populations import describe
+from interest_model.evaluation.populations import markdown as populations_markdown
 from interest_model.evaluation.report import verdicts, write_markdown
+from interest_model.tasks import Direction
 
 
 def _methods(**ndcg: float) -> dict[str, Any]:
@@ -57,3 +60,21 @@ def test_task_1_needs_the_paired_lower_bound_above_one_as_well_as_the_ratio() ->
     del body["ratio_ci95"]  # without an interval the lower bound cannot be judged
     row = next(v for v in verdicts(results) if v["task"] == "a->b")
     assert row["met"] is False and "paired interval" in row["why"]
+
+
+def test_populations_describe_each_split_against_the_training_users() -> None:
+    d = Direction("a", "b")
+    # training: two users on both platforms, one only on b (counts as a taker, not for reach)
+    train = {"a": [[0], [0, 1], []], "b": [[0], [0, 1], [2]]}
+    test = {"a": [[1, 2], [0]], "b": [[2, 3], []]}  # the second user is on a only: not described
+    rows = {r["split"]: r for r in describe(train, {"test": test}, d, {"a": 3, "b": 4})}
+    assert rows["train"] == {"split": "train", "users": 2, "source_items_per_user": 1.5,
+                             "target_items_per_user": 1.5, "median_training_takers_source": 2.0,
+                             "median_training_takers_target": 2.0, "target_unreachable_share": 0.0}
+    # test user: a items 1 (1 taker) and 2 (none); b items 2 (the b-only user) and 3 (none):
+    # neither was taken by a training user on both platforms
+    assert rows["test"] == {"split": "test", "users": 1, "source_items_per_user": 2.0,
+                            "target_items_per_user": 2.0, "median_training_takers_source": 0.5,
+                            "median_training_takers_target": 0.5, "target_unreachable_share": 1.0}
+    lines = populations_markdown({"a->b": list(rows.values())})
+    assert "| test | 1 | 2.0 | 2.0 | 0.5 | 0.5 | 100.0% |" in lines

@@ -232,6 +232,11 @@ def test_eval_runs_on_the_other_platform_pair(config: Path, checkpoint: Path, tm
     table = (tmp_path / "results" / "eval.md").read_text()
     assert "## Targets" in table and "social->video/new-items" in table
     assert "Pooled over 2 seeded new-items splits" in table and "social->video/overlap-5%" in table
+    assert "## Who the users are" in table  # the held-out users beside the training users, each way
+    for direction in ("social->video", "video->social"):
+        splits = {r["split"]: r for r in result["populations"][direction]}
+        assert set(splits) == {"train", "valid", "test"}
+        assert splits["test"]["users"] == tasks[direction]["users"]
     primary = next(v for v in verdicts(result) if v["task"] == "social->video" and "1.1x" in v["target"])
     paired = result["tasks"]["social->video"]["ratio_ci95"]
     assert paired["method"] == "model_fp32" and paired["baseline"] == primary["best_baseline"]
