@@ -98,6 +98,9 @@ OVERLAP ?= 1 5 20
 # splits share a member seed (0 3 6 with 3 members); seed 0 in models/DATASET-new-items, seed S
 # in models/DATASET-new-items-seedS.
 NEW_ITEMS_SPLITS ?= 3
+ifeq ($(filter-out 0,$(MEMBERS)),)
+$(error MEMBERS must be at least 1)
+endif
 NEW_ITEMS_SEEDS ?= $(shell seq 0 $(MEMBERS) $$(( ($(NEW_ITEMS_SPLITS) - 1) * $(MEMBERS) )))
 new_items_dir = $(MODELS)/$(DATASET)-new-items$(if $(filter-out 0,$(1)),-seed$(1))
 

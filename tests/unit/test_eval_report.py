@@ -34,13 +34,18 @@ def test_a_missing_few_overlap_checkpoint_is_reported_not_measured(tmp_path: Pat
     assert line.endswith("| NOT MEASURED |")
 
 
-def test_a_missing_new_items_checkpoint_is_reported_not_measured() -> None:
-    rows = {v["task"]: v for v in verdicts(_results(with_few_overlap=True))}
-    assert rows["a->b/new-items"]["measured"] is False and rows["a->b/new-items"]["met"] is False
+def test_a_missing_new_items_checkpoint_is_reported_not_measured_after_the_measured_rows() -> None:
+    rows = verdicts(_results(with_few_overlap=True))
+    assert rows[-1]["task"] == "a->b/new-items" and rows[-1]["measured"] is False and rows[-1]["met"] is False
+    assert all(v.get("measured", True) for v in rows[:-1])
     results = _results(with_few_overlap=True)
     results["tasks"]["a->b/new-items"] = {"users": 5, "methods": _methods(text_ridge=0.01, model_fp32=0.02)}
     row = next(v for v in verdicts(results) if v["task"] == "a->b/new-items")
     assert "measured" not in row and row["ratio"] == 2.0 and row["met"] is True
+    # new items held out on the other platform (--new-items-platform): measured there, nothing missing
+    results = _results(with_few_overlap=True)
+    results["tasks"]["b->a/new-items"] = {"users": 5, "methods": _methods(text_ridge=0.01, model_fp32=0.02)}
+    assert all(v.get("measured", True) for v in verdicts(results))
 
 
 def test_a_measured_few_overlap_target_is_judged_on_its_figures() -> None:
@@ -57,9 +62,25 @@ def test_task_1_needs_the_paired_lower_bound_above_one_as_well_as_the_ratio() ->
         body["ratio_ci95"] = {"method": "model_fp32", "baseline": "cooccurrence", "ci95": [low, 1.5]}
         row = next(v for v in verdicts(results) if v["task"] == "a->b")
         assert row["ratio"] == 1.25 and row["ratio_ci95"] == [low, 1.5] and row["met"] is met
+    # an interval against another baseline than the best says nothing of the best: not met
+    body["ratio_ci95"] = {"method": "model_fp32", "baseline": "popularity", "ci95": [1.5, 2.0]}
+    body["methods"]["popularity"] = _methods(popularity=0.01)["popularity"]
+    row = next(v for v in verdicts(results) if v["task"] == "a->b")
+    assert row["best_baseline"] == "cooccurrence" and "ratio_ci95" not in row and row["met"] is False
     del body["ratio_ci95"]  # without an interval the lower bound cannot be judged
     row = next(v for v in verdicts(results) if v["task"] == "a->b")
     assert row["met"] is False and "paired interval" in row["why"]
+
+
+def test_the_other_direction_needs_1x_and_its_lower_bound_above_one() -> None:
+    results = _results(with_few_overlap=True)
+    results["tasks"]["b->a"] = {"users": 10, "methods": _methods(cooccurrence=0.05, model_fp32=0.051),
+                                "ratio_ci95": {"method": "model_fp32", "baseline": "cooccurrence",
+                                               "ci95": [0.99, 1.05]}}
+    row = next(v for v in verdicts(results) if v["task"] == "b->a")
+    assert row["need"] == 1.0 and row["ratio"] == 1.02 and row["met"] is False  # 1.02x, CI from 0.99
+    results["tasks"]["b->a"]["ratio_ci95"]["ci95"] = [1.001, 1.05]
+    assert next(v for v in verdicts(results) if v["task"] == "b->a")["met"] is True
 
 
 def test_populations_describe_each_split_against_the_training_users() -> None:
