@@ -59,6 +59,8 @@ def markdown(populations: dict[str, list[dict[str, Any]]]) -> list[str]:
              "test users, a gain chosen on valid may not hold on test. Takers: training users who took "
              "the item; unreachable: target items no training user on both platforms took.", ""]
     for direction, rows in populations.items():
+        if not rows:
+            continue  # no user on both platforms of that direction in any split
         lines += [f"**{direction}**", "",
                   "| split | users | source items / user | target items / user | median takers, source "
                   "items | median takers, target items | target items unreachable |",

@@ -99,3 +99,5 @@ def test_populations_describe_each_split_against_the_training_users() -> None:
                             "median_training_takers_target": 0.5, "target_unreachable_share": 1.0}
     lines = populations_markdown({"a->b": list(rows.values())})
     assert "| test | 1 | 2.0 | 2.0 | 0.5 | 0.5 | 100.0% |" in lines
+    assert describe({"a": [[0]], "b": [[]]}, {}, d, {"a": 1, "b": 1}) == []  # nobody on both
+    assert not any("b->a" in x for x in populations_markdown({**{"a->b": list(rows.values())}, "b->a": []}))
