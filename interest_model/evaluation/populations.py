@@ -13,15 +13,16 @@ from typing import Any
 
 import numpy as np
 
+from interest_core.ranking.sparse import binary_matrix
 from interest_model.tasks import Direction, pairs_of
 
 Rows = dict[str, list[list[int]]]  # per platform, each user's items (same user order everywhere)
 
 
 def takers(rows: Sequence[Sequence[int]], n_items: int) -> np.ndarray:
-    """How many of `rows`' users took each item, int64 [n_items]."""
-    flat = [i for r in rows for i in r]
-    return np.bincount(np.asarray(flat, dtype=np.int64), minlength=n_items)
+    """How many of `rows`' users took each item, int64 [n_items] (as the popularity baseline
+    counts them)."""
+    return np.asarray(binary_matrix(rows, n_items).sum(axis=0), dtype=np.int64).ravel()
 
 
 def describe(train: Rows, splits: dict[str, Rows], d: Direction,
