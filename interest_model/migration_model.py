@@ -15,16 +15,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from interest_core.ranking.assets import Blend, RankingAssets
+from interest_core.ranking.assets import RankingAssets
 from interest_core.ranking.sparse import binary_matrix
 from interest_model.datasets import InteractionData
 from interest_model.evaluation import evaluate
 from interest_model.tasks import Direction, mask_to, model_scores, pairs_of, restrict
-
-# Blend weights searched on valid. Model cosines lie in [-1, 1] and log1p(co-occurrence) reaches
-# 3-5, so large cooc weights make co-occurrence lead with the model breaking its many ties.
-BLEND_COOC = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
-BLEND_POP = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 
 
 class MigrationModel(nn.Module):
@@ -199,21 +194,3 @@ def blend_scores(assets: RankingAssets, items: dict[str, np.ndarray], d: Directi
     scores = model_scores(items, assets.migration[d.key], d, histories)
     return scores + assets.collaborative({d.source: histories}, d.target)
 
-
-def tune_blend(assets: RankingAssets, items: dict[str, np.ndarray], d: Direction,
-               rows: dict[str, list[list[int]]]) -> tuple[Blend, dict[str, float]]:
-    """Grid-search the blend weights of `d` on valid users by NDCG@10."""
-    hist, rel = pairs_of(rows, d)
-    base = model_scores(items, assets.migration[d.key], d, hist)
-    best = (-1.0, Blend())
-    model_only = 0.0
-    for cooc in BLEND_COOC:
-        for pop in BLEND_POP:
-            assets.blend[d.key] = Blend(cooc, pop)
-            scores = base + assets.collaborative({d.source: hist}, d.target)
-            value = float(evaluate(scores.__getitem__, len(hist), rel)["ndcg@10"])
-            if cooc == 0.0 and pop == 0.0:
-                model_only = value
-            if value > best[0]:
-                best = (value, Blend(cooc, pop))
-    return best[1], {"model": model_only, "blend": best[0], "cooc": best[1].cooc, "pop": best[1].pop}

@@ -44,13 +44,13 @@ from interest_core.ranking.assets import RankingAssets
 from interest_model.backbone import InterestEncoder
 from interest_model.categories import derive_categories
 from interest_model.datasets import InteractionData, load_dataset
+from interest_model.evaluation.blend import search_blend
 from interest_model.features import catalogue_features
 from interest_model.migration_model import (
     MigrationModel,
     collaborative_signals,
     cosine_lr,
     merge_members,
-    tune_blend,
     valid_ndcg,
     within_examples,
     within_pool,
@@ -238,7 +238,7 @@ def write_checkpoint(model: MigrationModel, encoder: InterestEncoder, data: Inte
     )
     blend_report = {}
     for d in directions:
-        assets.blend[d.key], blend_report[str(d)] = tune_blend(assets, item_emb, d, valid_rows)
+        assets.blend[d.key], blend_report[str(d)] = search_blend(assets, item_emb, d, valid_rows)
         log.info("blend %s: cooc %.3f pop %.3f (valid NDCG@10 model %.4f -> blend %.4f)", d,
                  assets.blend[d.key].cooc, assets.blend[d.key].pop,
                  blend_report[str(d)]["model"], blend_report[str(d)]["blend"])

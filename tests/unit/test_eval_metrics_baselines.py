@@ -336,3 +336,28 @@ def test_cooccurrence_normalisation_moves_popular_targets_down() -> None:
     np.testing.assert_array_equal(counts, [[0, 0, 3, 2]])
     per_taker = make_baseline("cooccurrence", beta=1.0).fit(data).score([[0]])
     np.testing.assert_allclose(per_taker, [[0, 0, 3 / 4, 2 / 2]])
+
+
+# ---- the blend's weights searched on a set of users (interest_model.evaluation.blend) -----------
+
+def test_blend_search_finds_the_signal_that_ranks_and_leaves_the_assets_as_they_were() -> None:
+    import scipy.sparse as sp
+
+    from interest_core.ranking.assets import Blend, RankingAssets
+    from interest_model.evaluation.blend import search_blend
+    from interest_model.tasks import Direction
+
+    d = Direction("a", "b")
+    # the model puts target item 0 first for everyone; the users took item 2, which co-occurs
+    items = {"a": np.eye(3, dtype=np.float32), "b": np.array([[1, 0, 0], [0, 1, 0], [0.5, 0, 0.9]],
+                                                              dtype=np.float32)}
+    cooc = sp.csr_matrix(np.array([[0, 0, 5], [0, 0, 5], [0, 0, 5]], dtype=np.float32))
+    assets = RankingAssets(item_ids={"a": ["x", "y", "z"], "b": ["p", "q", "r"]},
+                           migration={d.key: np.eye(3, dtype=np.float32)}, cooccurrence={d.key: cooc},
+                           popularity={"b": np.zeros(3, np.float32)}, blend={})
+    rows = {"a": [[0], [0, 1]], "b": [[2], [2]]}
+    best, figures = search_blend(assets, items, d, rows)
+    assert best.cooc > 0 and figures["blend"] == pytest.approx(1.0) and figures["model"] < 1.0
+    assert d.key not in assets.blend  # it came without weights for d and leaves without
+    assets.blend[d.key] = Blend(0.05, 0.5)
+    assert search_blend(assets, items, d, rows)[0] == best and assets.blend[d.key] == Blend(0.05, 0.5)

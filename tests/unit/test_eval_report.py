@@ -101,3 +101,26 @@ def test_populations_describe_each_split_against_the_training_users() -> None:
     assert "| test | 1 | 2.0 | 2.0 | 0.5 | 0.5 | 100.0% |" in lines
     assert describe({"a": [[0]], "b": [[]]}, {}, d, {"a": 1, "b": 1}) == []  # nobody on both
     assert not any("b->a" in x for x in populations_markdown({**{"a->b": list(rows.values())}, "b->a": []}))
+
+
+def test_a_missed_target_says_when_even_weights_chosen_on_test_fall_short(tmp_path: Path) -> None:
+    results = _results(with_few_overlap=True)
+    task1, few = results["tasks"]["a->b"], results["tasks"]["a->b/overlap-5%"]
+    task1["methods"]["model_fp32"]["ndcg@10"] = 0.041  # 1.025x co-occurrence: below 1.1x
+    task1["ratio_ci95"] = {"method": "model_fp32", "baseline": "cooccurrence", "ci95": [0.98, 1.07]}
+    ceiling = {"of": "model_fp32", "test_weights": {"cooc": 10.0, "pop": 0.01},
+               "served_weights": {"cooc": 5.0, "pop": 0.05}}
+    task1["blend_ceiling"] = {**ceiling, "ndcg@10": 0.042}  # 1.05x: weights alone cannot reach 1.1x
+    few["blend_ceiling"] = {**ceiling, "ndcg@10": 0.031}  # the few-overlap target is met anyway
+    rows = {v["task"]: v for v in verdicts(results) if "blend_ceiling_ratio" in v}
+    assert rows["a->b"]["blend_ceiling_ratio"] == 1.05 and rows["a->b"]["met"] is False
+    assert "chosen on the test users reach only 1.05x" in rows["a->b"]["why"]
+    assert rows["a->b/overlap-5%"]["blend_ceiling_ratio"] == 1.55 and "why" not in rows["a->b/overlap-5%"]
+    task1["blend_ceiling"]["ndcg@10"] = 0.046  # 1.15x: better weights could have met it
+    row = next(v for v in verdicts(results) if v["task"] == "a->b")
+    assert row["met"] is False and row["blend_ceiling_ratio"] == 1.15 and "why" not in row
+    results["targets"] = verdicts(results)
+    write_markdown(results, tmp_path / "eval.md")
+    text = (tmp_path / "eval.md").read_text()
+    assert "| a->b | cooc=5, pop=0.05 | 0.0410 | cooc=10, pop=0.01 | 0.0460 | 1.150x |" in text
+    assert text.index("## The blend's ceiling") < text.index("## Targets")

@@ -193,6 +193,13 @@ def test_eval_runs_on_the_other_platform_pair(config: Path, checkpoint: Path, tm
     assert few_verdict["need"] == 1.3 and few_verdict["ratio_ci95"] == few["cooccurrence_ratio_ci95"]["ci95"]
     assert few_verdict["met"] == (few_verdict["ours"] >= 1.3 * few_verdict["best_baseline_ndcg@10"]
                                   and few_verdict["ours"] > few_verdict["strongest_baseline_ndcg@10"])
+    for task in ("social->video", "video->social", "social->video/overlap-5%", "video->social/overlap-5%"):
+        # weights searched on test, from a grid that holds those chosen on valid: never below them
+        ceiling = tasks[task]["blend_ceiling"]
+        assert ceiling["ndcg@10"] >= tasks[task]["methods"]["model_fp32"]["ndcg@10"] - 1e-5, task
+    served = RankingAssets.load(checkpoint / ASSETS_FILE).blend[("social", "video")]
+    weights = tasks["social->video"]["blend_ceiling"]["served_weights"]
+    assert weights == {"cooc": served.cooc, "pop": served.pop}
     for direction in ("social->video", "video->social"):  # its users again, by history length
         subsets = [b for t, b in tasks.items() if t.startswith(f"{direction}/history-")]
         assert subsets and sum(b["users"] for b in subsets) == tasks[direction]["users"]
