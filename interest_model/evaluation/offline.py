@@ -320,9 +320,10 @@ def run_task(data: InteractionData, d: Direction, features: dict[str, np.ndarray
 def blend_ceiling(assets: RankingAssets, items: dict[str, np.ndarray], d: Direction,
                   data: InteractionData) -> dict[str, Any]:
     """The served blend's weights searched on the test users themselves (the grid training
-    searches on the valid users), with `items` as model_fp32 embeds them. No way of choosing the
-    weights before test can beat it, so a missed target below it needs a model that ranks
-    better, not better weights. A diagnostic: it chooses nothing that is served."""
+    searches on the valid users), with `items` as model_fp32 embeds them. No choice of weights on
+    that grid made before test can beat it, so a missed target below it needs a model that ranks
+    better (or a signal the blend lacks), not better weights. A diagnostic: it chooses nothing
+    that is served."""
     served = assets.blend[d.key]
     best, figures = search_blend(assets, items, d, user_rows(data.split("test"), data.platforms, {}))
     log.info("  blend ceiling: cooc %g pop %g on test gives %.4f (served weights cooc %g pop %g)",
