@@ -200,7 +200,8 @@ def ceiling_markdown(tasks: dict[str, Any]) -> list[str]:
              "against the best baseline, the few-overlap target against co-occurrence), better weights "
              "cannot meet it: the model must rank better.", "",
              "| task | weights chosen on valid | model_fp32 | weights chosen on test | ceiling | "
-             "ceiling / co-occurrence | ceiling / best baseline |", "| --- | --- | --- | --- | --- | --- | --- |"]
+             "ceiling / co-occurrence | ceiling / best baseline |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for task, body in rows:
         c, methods = body["blend_ceiling"], body["methods"]
         best = max((m for m in BASELINES if m in methods), key=lambda m: methods[m]["ndcg@10"])
