@@ -130,6 +130,7 @@ def test_a_missed_target_says_when_even_weights_chosen_on_test_fall_short(tmp_pa
     results["targets"] = verdicts(results)
     write_markdown(results, tmp_path / "eval.md")
     text = (tmp_path / "eval.md").read_text()
-    want = "| a->b | cooc=5, pop=0.05 | 0.0410 | cooc=10, pop=0.01 | 0.0460 | 1.150x | 1.150x (cooccurrence) |"
+    want = ("| a->b | cooc=5, pop=0.05 | 0.0410 | cooc=10, pop=0.01 | 0.0460 | 1.150x "
+            "| 1.150x (cooccurrence) |")
     assert want in text
     assert text.index("## The blend's ceiling") < text.index("## Targets")
