@@ -15,6 +15,11 @@ METHOD_ORDER = (*BASELINES, "model_only_fp32", "model_fp32", "model_int8", "serv
 OVERLAP_TARGET = ("overlap-5%", 1.3)
 
 
+def best_baseline(methods: dict[str, Any]) -> str:
+    """The name of the baseline in a task's `methods` with the highest NDCG@10."""
+    return max((m for m in BASELINES if m in methods), key=lambda m: methods[m]["ndcg@10"])
+
+
 def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's targets, each with the figures it was judged on and met / missed."""
     out: list[dict[str, Any]] = []
@@ -34,7 +39,7 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
                 out.append(overlap_verdict(task, body))
             continue
         methods = body["methods"]
-        best_name = max((m for m in BASELINES if m in methods), key=lambda m: methods[m]["ndcg@10"])
+        best_name = best_baseline(methods)
         best = methods[best_name]["ndcg@10"]
         new_items = task.endswith("/new-items")
         ours = "model_fp32" if new_items else ("served" if "served" in methods else "model_fp32")
@@ -90,7 +95,7 @@ def overlap_verdict(task: str, body: dict[str, Any]) -> dict[str, Any]:
     methods, need = body["methods"], OVERLAP_TARGET[1]
     ours = methods["model_fp32"]["ndcg@10"]
     cooc = methods["cooccurrence"]["ndcg@10"]
-    best_name = max((m for m in BASELINES if m in methods), key=lambda m: methods[m]["ndcg@10"])
+    best_name = best_baseline(methods)
     best = methods[best_name]["ndcg@10"]
     row: dict[str, Any] = {
         "task": task, "target": overlap_target_text(),
@@ -204,7 +209,7 @@ def ceiling_markdown(tasks: dict[str, Any]) -> list[str]:
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for task, body in rows:
         c, methods = body["blend_ceiling"], body["methods"]
-        best = max((m for m in BASELINES if m in methods), key=lambda m: methods[m]["ndcg@10"])
+        best = best_baseline(methods)
         ratios = [f"{c['ndcg@10'] / v:.3f}x" if v else "–"
                   for v in (methods.get("cooccurrence", {}).get("ndcg@10"), methods[best]["ndcg@10"])]
         lines.append(f"| {task} | {_options(c['served_weights'])} | {methods['model_fp32']['ndcg@10']:.4f} | "
